@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Start a second, private Docker engine that only speaks TLS with client certificates on
+# 127.0.0.1, for testing remote-engine support the way the docker CLI would use it.
+#
+# Usage: scripts/tls-engine.sh start DIR PORT   -> prints DOCKER_HOST and DOCKER_CERT_PATH lines
+#        scripts/tls-engine.sh stop DIR
+#
+# DIR holds everything: certificates (DIR/certs: ca.pem cert.pem key.pem for the client), the
+# engine's data root, exec root, pid file and log. The worker image is copied from the default
+# engine with `docker save | docker load`. Nothing listens anywhere but loopback.
+set -euo pipefail
+
+cmd=${1:?start or stop}
+dir=${2:?DIR}
+image=${ISC_IMAGE:-isc-ffmpeg:latest}
+
+stop() {
+    if [ -f "$dir/docker.pid" ]; then
+        pid=$(cat "$dir/docker.pid")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    # Containers of that engine may still hold mounts under DIR.
+    grep -o " $dir/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+}
+
+case "$cmd" in
+stop)
+    stop
+    exit 0
+    ;;
+start) ;;
+*)
+    echo "usage: $0 start DIR PORT | stop DIR" >&2
+    exit 2
+    ;;
+esac
+
+port=${3:?PORT}
+mkdir -p "$dir/certs" "$dir/server"
+cd "$dir"
+ssl() { openssl "$@" >/dev/null 2>&1; }
+ssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=isc-test-ca" \
+    -keyout server/ca-key.pem -out certs/ca.pem
+ssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server/key.pem -out server/req.csr
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server/ext.cnf
+ssl x509 -req -in server/req.csr -CA certs/ca.pem -CAkey server/ca-key.pem -CAcreateserial \
+    -days 2 -extfile server/ext.cnf -out server/cert.pem
+ssl req -newkey rsa:2048 -nodes -subj "/CN=client" -keyout certs/key.pem -out server/client.csr
+printf 'extendedKeyUsage=clientAuth\n' >server/client-ext.cnf
+ssl x509 -req -in server/client.csr -CA certs/ca.pem -CAkey server/ca-key.pem -CAcreateserial \
+    -days 2 -extfile server/client-ext.cnf -out certs/cert.pem
+
+driver=$(docker info --format '{{.Driver}}' 2>/dev/null || echo overlay2)
+# Its own (empty) config file, so that the machine's /etc/docker/daemon.json does not clash.
+printf '{"storage-driver": "%s"}\n' "$driver" >"$dir/daemon.json"
+sock="unix://$dir/docker.sock"
+nohup dockerd --config-file "$dir/daemon.json" \
+    --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
+    -H "$sock" -H "tcp://127.0.0.1:$port" \
+    --tlsverify --tlscacert certs/ca.pem --tlscert server/cert.pem --tlskey server/key.pem \
+    --bridge=none --iptables=false --ip-masq=false \
+    >"$dir/dockerd.log" 2>&1 </dev/null &
+for _ in $(seq 1 60); do
+    docker -H "$sock" info >/dev/null 2>&1 && break
+    sleep 0.5
+done
+docker -H "$sock" info >/dev/null 2>&1 || { tail -n 30 "$dir/dockerd.log" >&2; stop; exit 1; }
+docker save "$image" | docker -H "$sock" load >/dev/null
+echo "DOCKER_HOST=tcp://127.0.0.1:$port"
+echo "DOCKER_CERT_PATH=$dir/certs"

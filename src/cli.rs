@@ -1,0 +1,182 @@
+//! Command-line flags, as clap sees them.
+//!
+//! These structs only mirror the flags; they do no I/O. [`crate::app`] turns them into a
+//! validated plan.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const EXAMPLES: &str = "\
+Examples:
+  isc-transcode *.mp4                          H.264 MP4s of every MP4 here, into ./out
+  isc-transcode ~/Videos -o /srv/web -p vp9    every media file under ~/Videos, as WebM
+  isc-transcode clips/ -p copy --include '*.mov'
+                                               remux only the .mov files to faststart MP4
+  isc-transcode -H tcp://build1:2376 raw/      run the containers on another engine (TLS
+                                               from DOCKER_TLS_VERIFY and DOCKER_CERT_PATH)
+  isc-transcode --backend local a.mkv          use this machine's ffmpeg, no Docker
+  isc-transcode presets                        list the presets
+  isc-transcode presets h264                   show one, with its ffmpeg command line
+
+Exit codes: 0 all done, 1 some files failed, 2 usage or configuration error, 130 interrupted.";
+
+/// Transcode media in locked-down ffmpeg containers on any Docker engine, local or remote.
+///
+/// Inputs stream into an ffmpeg container and the result streams back into the output folder.
+/// An output is written under a temporary name and only renamed into place after ffprobe
+/// confirms it has the expected streams and the input's duration.
+#[derive(Debug, Parser)]
+#[command(
+    name = "isc-transcode",
+    version,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the presets, or show one with its resolved ffmpeg arguments.
+    ///
+    /// Example: `isc-transcode presets h264`, or `isc-transcode presets ./mine.toml` to check
+    /// a preset file of your own.
+    Presets {
+        /// A built-in preset name or the path of a preset file.
+        name: Option<String>,
+    },
+}
+
+/// Where ffmpeg runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// Docker when an engine answers, otherwise this machine's ffmpeg (and say which).
+    Auto,
+    /// Always a Docker engine; fail if none answers.
+    Docker,
+    /// This machine's ffmpeg and ffprobe, no containers.
+    Local,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Files and/or folders to transcode. Folders are walked recursively; files in them are
+    /// taken by media extension (mp4, mov, mkv, webm, avi, ts, mp3, wav, ...). Files named
+    /// directly are taken whatever their extension. Example: `isc-transcode a.mp4 clips/`
+    #[arg(value_name = "INPUT", required = true)]
+    pub inputs: Vec<PathBuf>,
+
+    /// Preset: a built-in name (h264, h265, vp9, av1, copy, 720p, aac, mp3, thumbnail) or the
+    /// path of a preset TOML file. Example: `-p vp9`, `-p ./presets/mine.toml`
+    #[arg(short, long, value_name = "NAME|FILE", default_value = "h264")]
+    pub preset: String,
+
+    /// Output folder. A file found under an input folder D goes to
+    /// OUT/<path relative to D>/<stem>.<ext>; a file named directly goes to OUT/<stem>.<ext>.
+    /// The output folder is never scanned for inputs. Example: `-o /srv/media/web`
+    #[arg(short, long, value_name = "DIR", default_value = "out")]
+    pub out: PathBuf,
+
+    /// Jobs at once per engine [default: the engine's CPU count]. Example: `-j 2`
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+
+    /// ffmpeg worker image. Build it with `scripts/build-image.sh` (no registry needed) or
+    /// `docker build -t isc-ffmpeg:latest docker/`.
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        env = "ISC_IMAGE",
+        default_value = "isc-ffmpeg:latest"
+    )]
+    pub image: String,
+
+    /// Docker engine: unix:///path/to/docker.sock or tcp://host:port. For TLS set
+    /// DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem), as for the docker
+    /// CLI [default: unix:///var/run/docker.sock]. Example: `-H tcp://10.0.0.5:2376`
+    #[arg(short = 'H', long, value_name = "URL", env = "DOCKER_HOST")]
+    pub host: Option<String>,
+
+    /// Where ffmpeg runs. `auto` uses Docker when an engine answers and local ffmpeg otherwise,
+    /// and says which it chose.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Only take files matching this glob (repeatable). A glob without `/` matches the file
+    /// name, one with `/` the path relative to the input folder. Example: `--include '*.mov'`
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Skip files matching this glob (repeatable), same rules as --include.
+    /// Example: `--exclude 'raw/**'`
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// Memory limit of each job container, e.g. 512m, 2g.
+    #[arg(long, value_name = "SIZE", default_value = "4g", value_parser = parse_size)]
+    pub memory: u64,
+
+    /// Process limit of each job container.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub pids_limit: i64,
+
+    /// Print only failures and the summary.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Parse a size such as `512m` or `4g` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (digits, shift) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 10),
+        Some('m') => (&s[..s.len() - 1], 20),
+        Some('g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512m or 4g"))?;
+    n.checked_shl(shift)
+        .filter(|v| *v >= 6 << 20)
+        .ok_or_else(|| format!("{s:?} is out of range (at least 6m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4g"), Ok(4 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert!(parse_size("12").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn inputs_and_subcommand() {
+        let cli =
+            Cli::try_parse_from(["isc-transcode", "a.mp4", "-p", "vp9", "-j", "2"]).expect("parse");
+        assert_eq!(cli.run.inputs, [PathBuf::from("a.mp4")]);
+        assert_eq!(cli.run.preset, "vp9");
+        assert_eq!(cli.run.jobs, Some(2));
+        let cli = Cli::try_parse_from(["isc-transcode", "presets", "h264"]).expect("parse");
+        assert!(matches!(cli.command, Some(Command::Presets { name: Some(n) }) if n == "h264"));
+        assert!(Cli::try_parse_from(["isc-transcode"]).is_err());
+        assert!(Cli::try_parse_from(["isc-transcode", "a.mp4", "-j", "0"]).is_err());
+    }
+}

@@ -1,0 +1,50 @@
+//! Errors that stop a run before or outside the batch, and the one mapping to exit codes.
+//!
+//! A failure of one file is not here: it is recorded in that file's result and the batch goes
+//! on. These are the errors that mean nothing can run at all (bad flags, a bad preset, no
+//! engine), and they all exit with [`ExitCode::Usage`].
+
+use std::path::PathBuf;
+
+/// The process exit codes, documented in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Every file is done.
+    Success = 0,
+    /// At least one file failed; the others are done.
+    SomeFailed = 1,
+    /// Usage or configuration error: nothing was transcoded.
+    Usage = 2,
+    /// Interrupted by SIGINT or SIGTERM.
+    Interrupted = 130,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Preset(#[from] crate::preset::PresetError),
+    #[error(transparent)]
+    Scan(#[from] crate::scan::ScanError),
+    #[error(transparent)]
+    Engine(#[from] crate::exec::docker::EngineError),
+    #[error("cannot create output folder {}: {source}", path.display())]
+    OutDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--backend local needs ffmpeg and ffprobe on PATH (Debian: apt-get install ffmpeg)")]
+    NoLocalFfmpeg,
+    #[error(
+        "no way to run ffmpeg: {docker}, and there is no ffmpeg/ffprobe on PATH for the local backend"
+    )]
+    NoBackend { docker: String },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl AppError {
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::Usage
+    }
+}

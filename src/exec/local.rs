@@ -1,0 +1,161 @@
+//! The local backend: the same presets, run by the ffmpeg installed on this machine.
+//!
+//! It exists for machines without a Docker engine and as a reference for the Docker backend's
+//! results and speed. No user file name reaches ffmpeg's command line here either: the input is
+//! opened by this process and handed to ffmpeg as its stdin, and ffmpeg reads it as
+//! `file:/dev/stdin`, which is seekable because stdin is the file itself, not a pipe. The output
+//! goes the same way through stdout (`file:/dev/stdout`), so `+faststart` can rewrite it in place.
+
+use super::{
+    Backend, JobCtx, JobError, JobSpec, Produced, Transfer, decoded_seconds, finish_stderr,
+    pump_stderr,
+};
+use crate::ffmpeg::{Probe, StderrParser};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+/// Runs jobs with local `ffmpeg` and `ffprobe`.
+pub struct LocalBackend {
+    ffmpeg: PathBuf,
+    ffprobe: PathBuf,
+}
+
+impl LocalBackend {
+    /// Find ffmpeg and ffprobe on `PATH`.
+    pub fn find() -> Option<LocalBackend> {
+        Some(LocalBackend {
+            ffmpeg: which("ffmpeg")?,
+            ffprobe: which("ffprobe")?,
+        })
+    }
+}
+
+/// Look a program up on `PATH`.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            })
+        })
+}
+
+fn open(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
+    if write {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+    } else {
+        std::fs::File::open(path)
+    }
+}
+
+/// Probe a file with the local ffprobe, handing it over as stdin.
+pub async fn probe_file(ffprobe: &Path, file: &Path) -> Result<Probe, JobError> {
+    let stdin = open(file, false).map_err(JobError::Output)?;
+    let out = Command::new(ffprobe)
+        .args([
+            "-v",
+            "error",
+            "-of",
+            "json",
+            "-show_format",
+            "-show_streams",
+            "file:/dev/stdin",
+        ])
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| JobError::Spawn {
+            program: ffprobe.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(JobError::Verify {
+            reason: format!(
+                "ffprobe cannot read the output: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            tail: vec![],
+        });
+    }
+    Probe::from_json(&String::from_utf8_lossy(&out.stdout)).map_err(|reason| JobError::Verify {
+        reason,
+        tail: vec![],
+    })
+}
+
+impl Backend for LocalBackend {
+    fn describe(&self) -> String {
+        format!("local {}", self.ffmpeg.display())
+    }
+
+    async fn run(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
+        let stdin = open(&job.input, false).map_err(JobError::Input)?;
+        let stdout = open(out, true).map_err(JobError::Output)?;
+        let mut child = Command::new(&self.ffmpeg)
+            .args(
+                job.preset
+                    .ffmpeg_args("file:/dev/stdin", "file:/dev/stdout"),
+            )
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| JobError::Spawn {
+                program: self.ffmpeg.display().to_string(),
+                source,
+            })?;
+        ctx.started(job.id, "local", Transfer::Direct);
+        let mut stderr = child.stderr.take().ok_or_else(|| JobError::Spawn {
+            program: self.ffmpeg.display().to_string(),
+            source: std::io::Error::other("no stderr pipe"),
+        })?;
+        let mut parser = StderrParser::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let status = loop {
+            tokio::select! {
+                n = stderr.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => break child.wait().await,
+                    Ok(n) => pump_stderr(&mut parser, &buf[..n], job.id, ctx),
+                },
+                _ = ctx.cancel.cancelled() => {
+                    let _ = child.kill().await;
+                    return Err(JobError::Cancelled);
+                }
+            }
+        }
+        .map_err(|source| JobError::Spawn {
+            program: self.ffmpeg.display().to_string(),
+            source,
+        })?;
+        finish_stderr(&mut parser, job.id, ctx);
+        if !status.success() {
+            return Err(JobError::Ffmpeg {
+                code: status.code().map_or(-1, i64::from),
+                tail: parser.tail(),
+            });
+        }
+        let probe = probe_file(&self.ffprobe, out).await?;
+        let bytes_out = std::fs::metadata(out).map_err(JobError::Output)?.len();
+        Ok(Produced {
+            input: parser.input.clone(),
+            probe,
+            decoded: decoded_seconds(&parser),
+            bytes_out,
+            transfer: Transfer::Direct,
+        })
+    }
+
+    async fn abandon(&self) {}
+}

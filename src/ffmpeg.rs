@@ -1,0 +1,502 @@
+//! Reading what ffmpeg and ffprobe say.
+//!
+//! ffmpeg's stderr carries three things at once, and all of them are read in one pass while the
+//! job runs (a stderr that is not drained stalls the process):
+//! - the input dump (`Input #0 ... Duration: ... Stream #0:1: Audio: ...`), which gives the input's
+//!   duration and streams without a separate probe of the input;
+//! - the machine-readable progress blocks of `-progress pipe:2` (`key=value` lines ending in
+//!   `progress=continue|end`);
+//! - error messages, of which the last few meaningful lines are kept for the failure report.
+//!
+//! The container-side job script adds lines of its own, prefixed `@isc:`, to pass back the
+//! output's ffprobe JSON and size over the same channel.
+//!
+//! ffprobe's JSON (`-of json -show_format -show_streams`) is parsed with serde.
+
+use serde::Deserialize;
+use std::collections::VecDeque;
+
+/// Prefix of the lines that the container-side job script writes to stderr.
+pub const MARK: &str = "@isc:";
+
+/// What the input dump told about the input.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InputInfo {
+    /// Seconds, when the container states it.
+    pub duration: Option<f64>,
+    /// Codec of each video stream, excluding attached pictures (cover art).
+    pub video: Vec<String>,
+    /// Codec of each audio stream.
+    pub audio: Vec<String>,
+}
+
+/// One `-progress` block.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// Position in the output, in microseconds.
+    pub out_time_us: Option<u64>,
+    pub fps: Option<f64>,
+    /// Encode speed as a multiple of realtime.
+    pub speed: Option<f64>,
+    pub total_size: Option<u64>,
+    /// `progress=end` was seen.
+    pub end: bool,
+}
+
+/// Incremental parser for ffmpeg's stderr.
+#[derive(Debug, Default)]
+pub struct StderrParser {
+    section: Section,
+    pub input: InputInfo,
+    block: Progress,
+    pub last_progress: Option<Progress>,
+    tail: VecDeque<String>,
+    probe_json: String,
+    pub marks: Vec<(String, String)>,
+    partial: Vec<u8>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+enum Section {
+    #[default]
+    None,
+    Input,
+    Output,
+    Mapping,
+}
+
+const TAIL_LINES: usize = 12;
+
+/// What a chunk of stderr produced.
+#[derive(Debug, Default)]
+pub struct Feed {
+    /// Completed progress blocks, in order.
+    pub progress: Vec<Progress>,
+}
+
+impl StderrParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed raw bytes (any chunking); complete lines are parsed.
+    pub fn feed(&mut self, bytes: &[u8]) -> Feed {
+        let mut feed = Feed::default();
+        self.partial.extend_from_slice(bytes);
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n' || b == b'\r') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            if let Some(p) = self.line(&line) {
+                feed.progress.push(p);
+            }
+        }
+        if self.partial.len() > 64 * 1024 {
+            let line = String::from_utf8_lossy(&self.partial).into_owned();
+            self.partial.clear();
+            self.line(&line);
+        }
+        feed
+    }
+
+    /// Flush a trailing line without a newline.
+    pub fn finish(&mut self) -> Feed {
+        let mut feed = Feed::default();
+        if !self.partial.is_empty() {
+            let line = String::from_utf8_lossy(&self.partial).into_owned();
+            self.partial.clear();
+            if let Some(p) = self.line(&line) {
+                feed.progress.push(p);
+            }
+        }
+        feed
+    }
+
+    fn line(&mut self, line: &str) -> Option<Progress> {
+        if line.is_empty() {
+            return None;
+        }
+        if let Some(rest) = line.strip_prefix(MARK) {
+            if let Some(json) = rest.strip_prefix("probe:") {
+                self.probe_json.push_str(json);
+                self.probe_json.push('\n');
+            } else if let Some((k, v)) = rest.split_once('=') {
+                self.marks.push((k.to_string(), v.to_string()));
+            }
+            return None;
+        }
+        if let Some((key, value)) = progress_pair(line) {
+            return self.progress_line(key, value);
+        }
+        let trimmed = line.trim_start();
+        if line.starts_with("Input #") {
+            self.section = Section::Input;
+            return None;
+        }
+        if line.starts_with("Output #") {
+            self.section = Section::Output;
+            return None;
+        }
+        if line.starts_with("Stream mapping:") {
+            self.section = Section::Mapping;
+            return None;
+        }
+        let indented = line.starts_with(' ');
+        if indented && self.section == Section::Input {
+            if let Some(rest) = trimmed.strip_prefix("Duration: ") {
+                self.input.duration = parse_clock(rest.split(',').next().unwrap_or(""));
+            } else if trimmed.starts_with("Stream #") {
+                if let Some(codec) = stream_codec(trimmed, "Video: ") {
+                    if !trimmed.contains("(attached pic)") {
+                        self.input.video.push(codec);
+                    }
+                } else if let Some(codec) = stream_codec(trimmed, "Audio: ") {
+                    self.input.audio.push(codec);
+                }
+            }
+            return None;
+        }
+        if indented && self.section != Section::None {
+            return None;
+        }
+        if is_noise(trimmed) {
+            return None;
+        }
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(neutral_names(trimmed.trim_end()));
+        None
+    }
+
+    fn progress_line(&mut self, key: &str, value: &str) -> Option<Progress> {
+        let num = |v: &str| v.trim().parse::<f64>().ok().filter(|x| x.is_finite());
+        match key {
+            "out_time_us" => self.block.out_time_us = value.trim().parse::<u64>().ok(),
+            "fps" => self.block.fps = num(value),
+            "speed" => self.block.speed = num(value.trim().trim_end_matches('x')),
+            "total_size" => self.block.total_size = value.trim().parse().ok(),
+            "progress" => {
+                self.block.end = value.trim() == "end";
+                let done = std::mem::take(&mut self.block);
+                self.last_progress = Some(done.clone());
+                return Some(done);
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// The last meaningful lines, oldest first.
+    pub fn tail(&self) -> Vec<String> {
+        self.tail.iter().cloned().collect()
+    }
+
+    /// The output probe passed back by the container-side script, if any.
+    pub fn probe(&self) -> Option<Result<Probe, String>> {
+        if self.probe_json.is_empty() {
+            return None;
+        }
+        Some(Probe::from_json(&self.probe_json))
+    }
+
+    /// A value the container-side script reported with `@isc:key=value`.
+    pub fn mark(&self, key: &str) -> Option<&str> {
+        self.marks
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+const PROGRESS_KEYS: &[&str] = &[
+    "frame",
+    "fps",
+    "stream_0_0_q",
+    "bitrate",
+    "total_size",
+    "out_time_us",
+    "out_time_ms",
+    "out_time",
+    "dup_frames",
+    "drop_frames",
+    "speed",
+    "progress",
+];
+
+fn progress_pair(line: &str) -> Option<(&str, &str)> {
+    let (k, v) = line.split_once('=')?;
+    (PROGRESS_KEYS.contains(&k) || k.starts_with("stream_")).then_some((k, v))
+}
+
+/// Lines that never help explain a failure.
+fn is_noise(line: &str) -> bool {
+    line.starts_with("Press [q]")
+        || line.starts_with("video:")
+        || line.starts_with("[libx264 @")
+        || line.starts_with("[aac @") && line.contains("Qavg")
+        || line.starts_with("frame=")
+        || line.starts_with("size=")
+        || line.starts_with("Metadata:")
+        || line.starts_with("Side data:")
+        || line.starts_with("Input stream #")
+        || line.starts_with("Output stream #")
+        || line.starts_with("Total:")
+}
+
+/// Replace the executor's own names for the input and output (`pipe:0`, `in.mp4`,
+/// `file:/dev/stdin`, ...) with plain words, and drop ffmpeg's context addresses, so that a
+/// message reads the same whichever backend ran it.
+fn neutral_names(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for (i, word) in line.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let (core, colon) = match word.strip_suffix(':') {
+            Some(c) => (c, ":"),
+            None => (word, ""),
+        };
+        let bare = core.trim_matches('\'');
+        let is_in = bare == "pipe:0"
+            || bare == "file:/dev/stdin"
+            || (bare.starts_with("in.") && bare.len() <= 11 && !bare[3..].contains(['/', '.']));
+        let is_out = bare == "file:/dev/stdout"
+            || (bare.starts_with("out.") && bare.len() <= 12 && !bare[4..].contains(['/', '.']));
+        if is_in {
+            out.push_str("input");
+            out.push_str(colon);
+        } else if is_out {
+            out.push_str("output");
+            out.push_str(colon);
+        } else if word.starts_with("0x") && word.ends_with(']') {
+            out.pop();
+            out.push(']');
+        } else if word == "@" {
+            out.pop();
+        } else {
+            out.push_str(word);
+        }
+    }
+    out.replace(" ]", "]")
+}
+
+fn stream_codec(line: &str, kind: &str) -> Option<String> {
+    let rest = &line[line.find(kind)? + kind.len()..];
+    let codec: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!codec.is_empty()).then_some(codec)
+}
+
+/// Parse `HH:MM:SS.frac`; `N/A` gives `None`.
+pub fn parse_clock(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let mut parts = s.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let sec: f64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(h * 3600.0 + m * 60.0 + sec)
+}
+
+/// ffprobe's view of a file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Probe {
+    #[serde(default)]
+    pub streams: Vec<ProbeStream>,
+    pub format: Option<ProbeFormat>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ProbeStream {
+    #[serde(default)]
+    pub codec_type: String,
+    #[serde(default)]
+    pub codec_name: String,
+    #[serde(default)]
+    pub codec_tag_string: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub pix_fmt: Option<String>,
+    pub duration: Option<String>,
+    #[serde(default)]
+    pub disposition: Disposition,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Disposition {
+    #[serde(default)]
+    pub attached_pic: u8,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ProbeFormat {
+    #[serde(default)]
+    pub format_name: String,
+    pub duration: Option<String>,
+    pub size: Option<String>,
+}
+
+impl Probe {
+    pub fn from_json(text: &str) -> Result<Probe, String> {
+        serde_json::from_str(text).map_err(|e| format!("unreadable ffprobe output: {e}"))
+    }
+
+    /// Video streams that are real video, not cover art.
+    pub fn video(&self) -> impl Iterator<Item = &ProbeStream> {
+        self.streams
+            .iter()
+            .filter(|s| s.codec_type == "video" && s.disposition.attached_pic == 0)
+    }
+
+    pub fn audio(&self) -> impl Iterator<Item = &ProbeStream> {
+        self.streams.iter().filter(|s| s.codec_type == "audio")
+    }
+
+    /// Duration in seconds: the container's, else the longest stream's.
+    pub fn duration(&self) -> Option<f64> {
+        let parse = |s: &Option<String>| s.as_deref().and_then(|d| d.parse::<f64>().ok());
+        self.format
+            .as_ref()
+            .and_then(|f| parse(&f.duration))
+            .or_else(|| {
+                self.streams
+                    .iter()
+                    .filter_map(|s| parse(&s.duration))
+                    .reduce(f64::max)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Captured from `ffmpeg -nostats -progress pipe:2` in the worker image (ffmpeg 5.1).
+    const STDERR: &str = "\
+Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'pipe:0':
+  Metadata:
+    major_brand     : isom
+  Duration: 00:00:02.00, start: 0.000000, bitrate: N/A
+  Stream #0:0[0x1](und): Video: h264 (High) (avc1 / 0x31637661), yuv420p(progressive), 320x240, 25 fps
+    Metadata:
+      handler_name    : VideoHandler
+  Stream #0:1[0x2](und): Audio: aac (LC) (mp4a / 0x6134706D), 44100 Hz, mono, fltp, 69 kb/s
+  Stream #0:2[0x0]: Video: mjpeg (Baseline), yuvj420p, 300x300, 90k tbr, 90k tbn (attached pic)
+Stream mapping:
+  Stream #0:0 -> #0:0 (h264 (native) -> h264 (libx264))
+Output #0, mp4, to '/work/j/out.mp4':
+  Stream #0:0: Video: h264, yuv420p(progressive), 320x240, q=2-31, 25 fps
+frame=25
+fps=0.00
+stream_0_0_q=28.0
+bitrate=N/A
+total_size=48
+out_time_us=1000000
+out_time_ms=1000000
+out_time=00:00:01.000000
+dup_frames=0
+drop_frames=0
+speed=1.95x
+progress=continue
+frame=50
+fps=48.3
+total_size=90000
+out_time_us=2000000
+speed=N/A
+progress=end
+[aac @ 0x55] Qavg: 123.4
+video:58kB audio:18kB subtitle:0kB other streams:0kB global headers:0kB muxing overhead: 3.06%
+";
+
+    #[test]
+    fn input_dump_gives_duration_and_streams() {
+        let mut p = StderrParser::new();
+        p.feed(STDERR.as_bytes());
+        assert_eq!(p.input.duration, Some(2.0));
+        assert_eq!(p.input.video, ["h264"]);
+        assert_eq!(p.input.audio, ["aac"]);
+    }
+
+    #[test]
+    fn progress_blocks_in_any_chunking() {
+        let mut whole = StderrParser::new();
+        let a = whole.feed(STDERR.as_bytes()).progress;
+        let mut bytewise = StderrParser::new();
+        let mut b = Vec::new();
+        for byte in STDERR.as_bytes() {
+            b.extend(bytewise.feed(std::slice::from_ref(byte)).progress);
+        }
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].out_time_us, Some(1_000_000));
+        assert_eq!(a[0].speed, Some(1.95));
+        assert!(!a[0].end);
+        assert_eq!(a[1].fps, Some(48.3));
+        assert_eq!(a[1].speed, None, "N/A is no speed");
+        assert!(a[1].end);
+    }
+
+    #[test]
+    fn tail_keeps_errors_not_noise() {
+        let mut p = StderrParser::new();
+        p.feed(STDERR.as_bytes());
+        p.feed(b"[mov,mp4 @ 0x1] moov atom not found\npipe:0: Invalid data found when processing input\n");
+        let tail = p.tail();
+        assert_eq!(
+            tail,
+            [
+                "[mov,mp4] moov atom not found",
+                "input: Invalid data found when processing input"
+            ]
+        );
+    }
+
+    #[test]
+    fn marks_and_probe_are_collected() {
+        let mut p = StderrParser::new();
+        p.feed(b"@isc:probe:{\"streams\":[{\"codec_type\":\"video\",\n@isc:probe:\"codec_name\":\"h264\",\"width\":2}],\n@isc:probe:\"format\":{\"duration\":\"2.5\"}}\n@isc:size=1234\n");
+        assert_eq!(p.mark("size"), Some("1234"));
+        let probe = p.probe().expect("some").expect("json");
+        assert_eq!(probe.duration(), Some(2.5));
+        assert_eq!(probe.video().count(), 1);
+        assert!(p.tail().is_empty());
+    }
+
+    #[test]
+    fn internal_names_are_neutral() {
+        assert_eq!(
+            neutral_names("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x556ed667f3c0] moov atom not found"),
+            "[mov,mp4,m4a,3gp,3g2,mj2] moov atom not found"
+        );
+        assert_eq!(
+            neutral_names("in.mp4: Invalid data found when processing input"),
+            "input: Invalid data found when processing input"
+        );
+        assert_eq!(
+            neutral_names("file:/dev/stdin: Invalid data found"),
+            "input: Invalid data found"
+        );
+        assert_eq!(
+            neutral_names("Could not write header for output file #0"),
+            "Could not write header for output file #0"
+        );
+    }
+
+    #[test]
+    fn clock_parsing() {
+        assert_eq!(parse_clock("00:01:02.50"), Some(62.5));
+        assert_eq!(parse_clock("N/A"), None);
+    }
+
+    #[test]
+    fn unknown_input_duration_stays_unknown() {
+        let mut p = StderrParser::new();
+        p.feed(b"Input #0, mpegts, from 'pipe:0':\n  Duration: N/A, start: 1.4, bitrate: N/A\n");
+        assert_eq!(p.input.duration, None);
+    }
+}

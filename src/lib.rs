@@ -1,0 +1,33 @@
+//! `isc-transcode`: transcode media batches in locked-down ffmpeg containers on any Docker
+//! engine, local or remote, as if ffmpeg ran here.
+//!
+//! The path a file takes through the modules:
+//!
+//! 1. [`cli`] mirrors the flags; [`app`] resolves them into a plan and runs it.
+//! 2. [`preset`] loads what to make (ffmpeg arguments as an array, plus the checks an output
+//!    must pass).
+//! 3. [`scan`] finds the inputs (walking folders, never the output folder) and maps each to its
+//!    output path, refusing collisions before any work starts.
+//! 4. [`schedule`] is the dispatcher: it owns the running jobs, the temporary outputs, signals,
+//!    and the rename that makes an output final.
+//! 5. [`exec`] holds the backends behind one small trait: [`exec::docker`] streams each input
+//!    into a container on a Docker engine and the output back; [`exec::local`] runs local
+//!    ffmpeg. [`media`] reads container layouts (where an MP4's index sits) to choose how the
+//!    input travels.
+//! 6. [`ffmpeg`] reads ffmpeg's stderr (input facts, progress, errors) and ffprobe's JSON;
+//!    [`verify`] decides whether an output is good enough to count.
+//! 7. [`report`] owns the terminal: bars in a terminal, plain lines elsewhere.
+//!
+//! [`error`] maps what can stop a run to the documented exit codes.
+
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod exec;
+pub mod ffmpeg;
+pub mod media;
+pub mod preset;
+pub mod report;
+pub mod scan;
+pub mod schedule;
+pub mod verify;

@@ -1,0 +1,307 @@
+//! The dispatcher: the one place that owns running jobs.
+//!
+//! It starts up to `jobs` jobs at once on a [`Backend`], and for each one it owns the parts that
+//! must be right whatever the backend:
+//! - the output is written to a hidden temporary file (`.isc-tmp-*`) next to its final path, so
+//!   a half-written file never sits at a final path, and the rename is atomic (same folder);
+//! - the output counts as done only after its shape and its probe pass the preset's checks,
+//!   and it is synced before the rename and the folder after it;
+//! - nothing is written outside the output folder, even through a symlinked subfolder;
+//! - a failure is recorded for that file and the batch goes on.
+//!
+//! Signals: the first SIGINT/SIGTERM stops starting jobs and cancels the running ones (each
+//! backend removes its containers; temp files are deleted when their handles drop). A second one
+//! removes whatever containers remain, at once, and leaves.
+//!
+//! Workers never print: they send events, and the reporter owns the terminal.
+
+use crate::exec::{Backend, JobCtx, JobError, JobSpec, Produced, Transfer};
+use crate::report::Event;
+use crate::{media, verify};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Prefix of temporary outputs. Hidden, so scans never pick them up.
+pub const TEMP_PREFIX: &str = ".isc-tmp-";
+
+/// How one file ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Done,
+    Failed,
+    /// Started, then stopped by an interrupt.
+    Interrupted,
+    /// Never started because of an interrupt.
+    NotStarted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Done => "done",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+            Status::NotStarted => "not started",
+        }
+    }
+}
+
+/// The result of one job.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    pub id: usize,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub status: Status,
+    pub error: Option<String>,
+    /// ffmpeg's last meaningful lines, for failures.
+    pub tail: Vec<String>,
+    pub seconds: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub host: String,
+    pub transfer: Option<Transfer>,
+    /// Seconds of media, when known.
+    pub media_seconds: Option<f64>,
+}
+
+/// How the batch ended.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub results: Vec<JobResult>,
+    pub interrupted: bool,
+}
+
+/// Run every job, at most `parallel` at once.
+pub async fn run_batch<B: Backend>(
+    backend: Arc<B>,
+    jobs: Vec<JobSpec>,
+    out_dir: &Path,
+    parallel: usize,
+    events: UnboundedSender<Event>,
+) -> BatchOutcome {
+    let cancel = CancellationToken::new();
+    let ctx = JobCtx {
+        events: events.clone(),
+        cancel: cancel.clone(),
+    };
+    let out_root = Arc::new(out_dir.to_path_buf());
+    let host = backend.describe();
+    let mut pending = jobs.into_iter();
+    let mut running = JoinSet::new();
+    let mut results = Vec::new();
+    let mut interrupted = false;
+    let (mut sigint, mut sigterm) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (Some(i), Some(t)),
+        _ => (None, None),
+    };
+
+    loop {
+        while !interrupted && running.len() < parallel.max(1) {
+            let Some(job) = pending.next() else { break };
+            let (backend, ctx, out_root, host) =
+                (backend.clone(), ctx.clone(), out_root.clone(), host.clone());
+            running.spawn(async move { run_one(&*backend, job, &out_root, &ctx, host).await });
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some(joined) = running.join_next() => {
+                if let Ok(result) = joined {
+                    let _ = events.send(Event::Finished(result.clone()));
+                    results.push(result);
+                }
+            }
+            _ = recv(&mut sigint), if sigint.is_some() => {
+                if stop(&mut interrupted, &cancel, &events, &*backend, &mut running).await { break; }
+            }
+            _ = recv(&mut sigterm), if sigterm.is_some() => {
+                if stop(&mut interrupted, &cancel, &events, &*backend, &mut running).await { break; }
+            }
+        }
+    }
+    for job in pending {
+        let result = JobResult {
+            id: job.id,
+            input: job.input,
+            output: job.output,
+            status: Status::NotStarted,
+            error: None,
+            tail: vec![],
+            seconds: 0.0,
+            bytes_in: job.size,
+            bytes_out: 0,
+            host: String::new(),
+            transfer: None,
+            media_seconds: None,
+        };
+        let _ = events.send(Event::Finished(result.clone()));
+        results.push(result);
+    }
+    results.sort_by_key(|r| r.id);
+    BatchOutcome {
+        results,
+        interrupted,
+    }
+}
+
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Handle a stop signal. Returns true when the batch must end now.
+async fn stop<B: Backend>(
+    interrupted: &mut bool,
+    cancel: &CancellationToken,
+    events: &UnboundedSender<Event>,
+    backend: &B,
+    running: &mut JoinSet<JobResult>,
+) -> bool {
+    if !*interrupted {
+        *interrupted = true;
+        cancel.cancel();
+        let _ = events.send(Event::Note(
+            "interrupted: stopping the running jobs and removing their containers \
+             (interrupt again to leave at once)"
+                .into(),
+        ));
+        return false;
+    }
+    let _ = events.send(Event::Note("leaving now".into()));
+    running.abort_all();
+    backend.abandon().await;
+    while running.join_next().await.is_some() {}
+    true
+}
+
+async fn run_one<B: Backend>(
+    backend: &B,
+    job: JobSpec,
+    out_root: &Path,
+    ctx: &JobCtx,
+    host: String,
+) -> JobResult {
+    let start = Instant::now();
+    let outcome = produce(backend, &job, out_root, ctx).await;
+    let seconds = start.elapsed().as_secs_f64();
+    let mut result = JobResult {
+        id: job.id,
+        input: job.input.clone(),
+        output: job.output.clone(),
+        status: Status::Done,
+        error: None,
+        tail: vec![],
+        seconds,
+        bytes_in: job.size,
+        bytes_out: 0,
+        host,
+        transfer: None,
+        media_seconds: None,
+    };
+    match outcome {
+        Ok(p) => {
+            result.bytes_out = p.bytes_out;
+            result.transfer = Some(p.transfer);
+            result.media_seconds = p.input.duration.or(p.decoded);
+        }
+        Err(JobError::Cancelled) => {
+            result.status = Status::Interrupted;
+            result.error = Some("interrupted".into());
+        }
+        Err(e) => {
+            result.status = Status::Failed;
+            result.tail = e.tail().to_vec();
+            result.error = Some(e.to_string());
+        }
+    }
+    result
+}
+
+/// Run the job into a temp file, check it, and move it into place.
+async fn produce<B: Backend>(
+    backend: &B,
+    job: &JobSpec,
+    out_root: &Path,
+    ctx: &JobCtx,
+) -> Result<Produced, JobError> {
+    let parent = job
+        .output
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| out_root.to_path_buf());
+    std::fs::create_dir_all(&parent).map_err(JobError::Output)?;
+    let canon_root = out_root.canonicalize().map_err(JobError::Output)?;
+    let canon_parent = parent.canonicalize().map_err(JobError::Output)?;
+    if !canon_parent.starts_with(&canon_root) {
+        return Err(JobError::Output(std::io::Error::other(format!(
+            "refusing to write outside the output folder: {} resolves to {}",
+            parent.display(),
+            canon_parent.display()
+        ))));
+    }
+    if job.size == 0 {
+        return Err(JobError::Input(std::io::Error::other(
+            "the file is empty (0 bytes)",
+        )));
+    }
+    let temp = tempfile::Builder::new()
+        // 0o666 less the umask, like any file the user creates; tempfile's default is 0o600.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .prefix(TEMP_PREFIX)
+        .suffix(&format!(".{}", job.preset.extension))
+        .tempfile_in(&parent)
+        .map_err(JobError::Output)?;
+
+    let produced = backend.run(job, temp.path(), ctx).await?;
+
+    let preset = &job.preset;
+    media::check_output_shape(temp.path(), &preset.format, preset.is_mp4_family()).map_err(
+        |reason| JobError::Verify {
+            reason,
+            tail: vec![],
+        },
+    )?;
+    verify::check(
+        &preset.check,
+        &produced.input,
+        &produced.probe,
+        produced.decoded,
+    )
+    .map_err(|reason| JobError::Verify {
+        reason,
+        tail: vec![],
+    })?;
+    let on_disk = std::fs::metadata(temp.path())
+        .map_err(JobError::Output)?
+        .len();
+    if on_disk != produced.bytes_out {
+        return Err(JobError::Verify {
+            reason: format!(
+                "output file holds {on_disk} bytes, {} were produced",
+                produced.bytes_out
+            ),
+            tail: vec![],
+        });
+    }
+    temp.as_file().sync_all().map_err(JobError::Output)?;
+    temp.persist(&job.output)
+        .map_err(|e| JobError::Output(e.error))?;
+    if let Ok(dir) = std::fs::File::open(&parent) {
+        let _ = dir.sync_all();
+    }
+    Ok(produced)
+}

@@ -1,0 +1,654 @@
+//! The core pipeline, end to end, on the real engine with the real worker image.
+
+use crate::util::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn sample_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(samples())
+        .expect("samples/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| !matches!(e.to_str(), Some("sh" | "md" | "txt")))
+        })
+        .collect();
+    v.sort();
+    assert!(v.len() >= 10, "samples/ looks incomplete: {v:?}");
+    v
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().expect("stem").to_string_lossy().into_owned()
+}
+
+fn num(v: &Value, key: &str) -> i64 {
+    v[key].as_i64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+/// The h264 preset's promises, checked with host ffprobe against the input.
+fn check_h264(input: &Path, output: &Path) -> Value {
+    let pin = probe(input);
+    let pout = probe(output);
+    assert_faststart(output);
+    let (vin, vout) = (streams(&pin, "video"), streams(&pout, "video"));
+    let (ain, aout) = (streams(&pin, "audio"), streams(&pout, "audio"));
+    assert_eq!(
+        vout.len(),
+        vin.len().min(1),
+        "{}: video streams",
+        input.display()
+    );
+    assert_eq!(
+        aout.len(),
+        ain.len(),
+        "{}: every audio track kept",
+        input.display()
+    );
+    if let (Some(i), Some(o)) = (vin.first(), vout.first()) {
+        assert_eq!(o["codec_name"], "h264", "{}", output.display());
+        assert_eq!(o["pix_fmt"], "yuv420p", "{}", output.display());
+        assert_eq!(
+            num(o, "width"),
+            num(i, "width") / 2 * 2,
+            "{}",
+            output.display()
+        );
+        assert_eq!(
+            num(o, "height"),
+            num(i, "height") / 2 * 2,
+            "{}",
+            output.display()
+        );
+    }
+    for a in &aout {
+        assert_eq!(a["codec_name"], "aac", "{}", output.display());
+    }
+    let (din, dout) = (duration(&pin), duration(&pout));
+    assert!(
+        (din - dout).abs() <= 0.5,
+        "{}: duration {dout} vs input {din}",
+        input.display()
+    );
+    pout
+}
+
+#[test]
+fn every_sample_becomes_a_correct_h264_mp4_on_docker_and_locally() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut probes = Vec::new();
+    for backend in ["docker", "local"] {
+        let out = tmp.path().join(backend);
+        let o = run(bin().arg(samples()).arg("--out").arg(&out).args([
+            "--preset",
+            "h264",
+            "--backend",
+            backend,
+            "-j",
+            "2",
+        ]));
+        assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
+        let mut these = Vec::new();
+        for input in sample_files() {
+            let output = out.join(format!("{}.mp4", stem(&input)));
+            assert!(output.is_file(), "{backend}: missing {}", output.display());
+            these.push(check_h264(&input, &output));
+        }
+        assert!(temp_files(&out).is_empty());
+        probes.push(these);
+    }
+    for (d, l) in probes[0].iter().zip(&probes[1]) {
+        let shape = |p: &Value| {
+            p["streams"]
+                .as_array()
+                .expect("streams")
+                .iter()
+                .map(|s| {
+                    (
+                        s["codec_type"].clone(),
+                        s["codec_name"].clone(),
+                        s["width"].clone(),
+                        s["height"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shape(d), shape(l), "docker and local disagree");
+        assert!((duration(d) - duration(l)).abs() < 0.1);
+    }
+    assert!(containers_for(tmp.path()).is_empty());
+}
+
+#[test]
+fn moov_at_end_input_is_spooled_and_faststart_is_piped() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let o = run(bin()
+        .arg(samples().join("moov-at-end.mp4"))
+        .arg(samples().join("faststart.mp4"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--backend", "docker", "-p", "copy"]));
+    assert_eq!(o.status.code(), Some(0));
+    let text = stdout(&o);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no line for {name}"))
+            .to_string()
+    };
+    assert!(line("moov-at-end.mp4").ends_with("(spool)"), "{text}");
+    assert!(line("faststart.mp4").ends_with("(pipe)"), "{text}");
+    for name in ["moov-at-end", "faststart"] {
+        let output = out.join(format!("{name}.mp4"));
+        assert_faststart(&output);
+        let p = probe(&output);
+        assert!((duration(&p) - 2.0).abs() < 0.5, "{name}: {}", duration(&p));
+        assert_eq!(streams(&p, "video")[0]["codec_name"], "h264");
+    }
+}
+
+/// (preset, output extension, expected video codec, expected audio codec)
+const PRESETS: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+    ("h265", "mp4", Some("hevc"), Some("aac")),
+    ("vp9", "webm", Some("vp9"), Some("opus")),
+    ("av1", "mp4", Some("av1"), Some("aac")),
+    ("copy", "mp4", Some("h264"), Some("aac")),
+    ("aac", "m4a", None, Some("aac")),
+    ("mp3", "mp3", None, Some("mp3")),
+    ("thumbnail", "jpg", Some("mjpeg"), None),
+];
+
+#[test]
+fn every_preset_makes_what_it_promises() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = samples().join("moov-at-end.mp4");
+    for (preset, ext, video, audio) in PRESETS {
+        let out = tmp.path().join(preset);
+        let o =
+            run(bin()
+                .arg(&input)
+                .arg("-o")
+                .arg(&out)
+                .args(["--backend", "docker", "-p", preset]));
+        assert_eq!(o.status.code(), Some(0), "{preset}");
+        let output = out.join(format!("moov-at-end.{ext}"));
+        let p = probe(&output);
+        let v = streams(&p, "video");
+        let a = streams(&p, "audio");
+        match video {
+            Some(codec) => assert_eq!(v[0]["codec_name"], *codec, "{preset}"),
+            None => assert!(v.is_empty(), "{preset} has video"),
+        }
+        match audio {
+            Some(codec) => assert_eq!(a[0]["codec_name"], *codec, "{preset}"),
+            None => assert!(a.is_empty(), "{preset} has audio"),
+        }
+        if *preset != "thumbnail" {
+            assert!(
+                (duration(&p) - 2.0).abs() <= 0.5,
+                "{preset}: {}",
+                duration(&p)
+            );
+        }
+        if *ext == "mp4" || *ext == "m4a" {
+            assert_faststart(&output);
+        }
+        if *preset == "h265" {
+            assert_eq!(v[0]["codec_tag_string"], "hvc1");
+        }
+    }
+}
+
+#[test]
+fn preset_720p_scales_down_and_keeps_aspect() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("big.mkv");
+    make_media(
+        &input,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1920x1080:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine",
+            "-t",
+            "1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+        ],
+    );
+    let out = tmp.path().join("out");
+    let o = run(bin()
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .args(["--backend", "docker", "-p", "720p"]));
+    assert_eq!(o.status.code(), Some(0));
+    let p = probe(&out.join("big.mp4"));
+    let v = streams(&p, "video");
+    assert_eq!((num(v[0], "width"), num(v[0], "height")), (1280, 720));
+}
+
+#[test]
+fn bad_inputs_fail_alone_and_the_batch_goes_on() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let good = std::fs::read(samples().join("moov-at-end.mp4")).expect("sample");
+    std::fs::write(dir.join("empty.mp4"), b"").expect("w");
+    std::fs::write(dir.join("truncated.mp4"), &good[..good.len() / 2]).expect("w");
+    let noise: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(dir.join("random.mp4"), noise).expect("w");
+    std::fs::write(dir.join("text.mp4"), "this is not a video\n".repeat(100)).expect("w");
+    std::fs::write(dir.join("good.mp4"), &good).expect("w");
+    let out = tmp.path().join("out");
+    let o = run(bin()
+        .arg(&dir)
+        .arg("-o")
+        .arg(&out)
+        .args(["--backend", "docker", "-j", "2"]));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for bad in ["empty.mp4", "truncated.mp4", "random.mp4", "text.mp4"] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("failed") && l.contains(bad)),
+            "{bad} not reported: {err}"
+        );
+        assert!(!out.join(bad).exists(), "{bad} has an output");
+    }
+    assert!(err.contains("empty (0 bytes)"), "{err}");
+    check_h264(&dir.join("good.mp4"), &out.join("good.mp4"));
+    assert_eq!(files_under(&out), [PathBuf::from("good.mp4")]);
+    assert!(stdout(&o).contains("1 done, 4 failed"), "{}", stdout(&o));
+}
+
+#[test]
+fn hostile_file_names_work_and_run_nothing() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let names = [
+        "with space.mp4",
+        "unicodé 日本.mp4",
+        "quote's \"double\".mp4",
+        "-leading-dash.mp4",
+        "$(touch PWNED).mp4",
+        "`touch PWNED2`;.mp4",
+    ];
+    for n in names {
+        std::fs::copy(samples().join("faststart.mp4"), dir.join(n)).expect("copy");
+    }
+    let out = tmp.path().join("out");
+    let o = run(bin()
+        .current_dir(&dir)
+        .args(["--backend", "docker", "-p", "copy", "-o"])
+        .arg(&out)
+        .arg("--")
+        .args(names));
+    assert_eq!(o.status.code(), Some(0));
+    for n in names {
+        let output = out.join(n);
+        assert!(output.is_file(), "missing output for {n}");
+        assert_faststart(&output);
+    }
+    for leftover in ["PWNED", "PWNED2"] {
+        assert!(!dir.join(leftover).exists());
+        assert!(!tmp.path().join(leftover).exists());
+    }
+    assert_eq!(files_under(&dir).len(), names.len(), "inputs untouched");
+}
+
+#[test]
+fn output_folder_inside_input_is_never_scanned() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("media");
+    std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+    std::fs::copy(samples().join("faststart.mp4"), dir.join("a.mp4")).expect("copy");
+    std::fs::copy(samples().join("vp9-opus.webm"), dir.join("sub/b.webm")).expect("copy");
+    let out = dir.join("out");
+    for round in 0..2 {
+        let o =
+            run(bin()
+                .arg(&dir)
+                .arg("-o")
+                .arg(&out)
+                .args(["--backend", "docker", "-p", "copy"]));
+        assert_eq!(o.status.code(), Some(0), "round {round}");
+        assert!(
+            stdout(&o).contains("2 done"),
+            "round {round}: {}",
+            stdout(&o)
+        );
+        assert_eq!(
+            files_under(&out),
+            [PathBuf::from("a.mp4"), PathBuf::from("sub/b.mp4")],
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn colliding_outputs_stop_before_any_work() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for d in ["x", "y"] {
+        std::fs::create_dir(tmp.path().join(d)).expect("mkdir");
+        std::fs::copy(
+            samples().join("faststart.mp4"),
+            tmp.path().join(d).join("same.mp4"),
+        )
+        .expect("copy");
+    }
+    let out = tmp.path().join("out");
+    let o = run(bin()
+        .arg(tmp.path().join("x/same.mp4"))
+        .arg(tmp.path().join("y/same.mp4"))
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("x/same.mp4") && err.contains("y/same.mp4"),
+        "{err}"
+    );
+    assert!(!out.exists() || files_under(&out).is_empty());
+}
+
+#[test]
+fn sigint_mid_batch_leaves_no_container_and_no_partial_file() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let long = dir.join("long0.mp4");
+    make_media(
+        &long,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine",
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+        ],
+    );
+    for i in 1..4 {
+        std::fs::copy(&long, dir.join(format!("long{i}.mp4"))).expect("copy");
+    }
+    let out = tmp.path().join("out");
+    let child = bin()
+        .arg(&dir)
+        .arg("-o")
+        .arg(&out)
+        .args(["--backend", "docker", "-j", "2", "-p", "h264"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while containers_for(&dir).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "jobs never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let o = child.wait_with_output().expect("wait");
+    eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(130));
+    assert!(containers_for(&dir).is_empty(), "containers left behind");
+    assert!(
+        temp_files(&out).is_empty(),
+        "partial files: {:?}",
+        files_under(&out)
+    );
+    assert!(
+        files_under(&out).is_empty(),
+        "nothing finished, nothing kept"
+    );
+    assert_eq!(files_under(&dir).len(), 4, "inputs untouched");
+}
+
+#[test]
+fn sigkilled_run_leaves_no_container_for_long() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("long.mp4");
+    make_media(
+        &input,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ],
+    );
+    let mut child = bin()
+        .arg(&input)
+        .arg("-o")
+        .arg(tmp.path().join("out"))
+        .args(["--backend", "docker"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while containers_for(tmp.path()).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "job never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    // The container's main process reads the stdin this process held; the engine removes the
+    // container once that connection is gone.
+    let start = Instant::now();
+    while !containers_for(tmp.path()).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "container outlived its killed client: {:?}",
+            containers_for(tmp.path())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn containers_are_locked_down() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("long.mp4");
+    make_media(
+        &input,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-t",
+            "20",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ],
+    );
+    let mut child = bin()
+        .arg(&input)
+        .arg("-o")
+        .arg(tmp.path().join("out"))
+        .args([
+            "--backend",
+            "docker",
+            "--memory",
+            "1g",
+            "--pids-limit",
+            "200",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    let id = loop {
+        if let Some(line) = containers_for(tmp.path()).first() {
+            break line.split(' ').next().expect("id").to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "job never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", &id])
+        .output()
+        .expect("inspect");
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let v: Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    let c = &v[0];
+    let hc = &c["HostConfig"];
+    assert_eq!(hc["NetworkMode"], "none");
+    assert_eq!(hc["CapDrop"], serde_json::json!(["ALL"]));
+    assert!(hc["SecurityOpt"].to_string().contains("no-new-privileges"));
+    assert_eq!(hc["Memory"], 1i64 << 30);
+    assert_eq!(hc["PidsLimit"], 200);
+    assert_eq!(hc["LogConfig"]["Type"], "none");
+    assert_eq!(c["Config"]["User"], "65534:65534");
+    let labels = &c["Config"]["Labels"];
+    assert!(labels["io.isc-transcode"].is_string());
+    assert!(labels["io.isc-transcode.run"].is_string());
+    assert_eq!(labels["io.isc-transcode.job"], "0");
+}
+
+#[test]
+fn presets_command_lists_and_explains() {
+    let o = run(bin().arg("presets"));
+    assert_eq!(o.status.code(), Some(0));
+    let text = stdout(&o);
+    for name in [
+        "h264",
+        "h265",
+        "vp9",
+        "av1",
+        "copy",
+        "720p",
+        "aac",
+        "mp3",
+        "thumbnail",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing: {text}"
+        );
+    }
+    let o = run(bin().args(["presets", "h264"]));
+    assert!(stdout(&o).contains("-c:v libx264"), "{}", stdout(&o));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "description = \"x\"\nextension = \"mkv\"\nformat = \"matroska\"\nargs = [\"-y\"]\n[check]\nvideo = \"copy\"\n",
+    )
+    .expect("w");
+    let o = run(bin()
+        .arg(samples().join("faststart.mp4"))
+        .arg("-p")
+        .arg(&bad));
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("bad.toml") && err.contains("args"), "{err}");
+}
+
+#[test]
+fn missing_image_says_how_to_build_it() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A registry on a closed loopback port: the pull fails at once and sends nothing anywhere.
+    let o = run(bin()
+        .arg(samples().join("faststart.mp4"))
+        .arg("-o")
+        .arg(tmp.path().join("out"))
+        .args([
+            "--backend",
+            "docker",
+            "--image",
+            "127.0.0.1:9/isc-missing:latest",
+        ]));
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("scripts/build-image.sh"), "{err}");
+    assert!(err.contains("pulling"), "{err}");
+}
+
+#[test]
+fn auto_backend_says_which_it_chose() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = run(bin()
+        .arg(samples().join("faststart.mp4"))
+        .arg("-o")
+        .arg(tmp.path().join("out"))
+        .args(["-p", "copy", "-H"])
+        .arg(format!("unix://{}/no.sock", tmp.path().display())));
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("using local ffmpeg"), "{}", stderr(&o));
+    let o = run(bin()
+        .arg(samples().join("faststart.mp4"))
+        .arg("-o")
+        .arg(tmp.path().join("out2"))
+        .args(["--backend", "docker", "-H"])
+        .arg(format!("unix://{}/no.sock", tmp.path().display())));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no.sock"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("using local"), "{}", stderr(&o));
+}

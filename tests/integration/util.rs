@@ -1,0 +1,217 @@
+//! Shared helpers: a temp folder per test, the real binary, host ffprobe, engine queries.
+//!
+//! Tests that need Docker call [`require_engine`], which fails (never skips) when the engine or
+//! the worker image is missing: a missing engine must not turn into a green run.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const IMAGE: &str = "isc-ffmpeg:latest";
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn samples() -> PathBuf {
+    root().join("samples")
+}
+
+/// Panic with a clear message unless the engine answers and the image is present.
+pub fn require_engine() {
+    let info = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
+    match info {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "the Docker engine does not answer (run scripts/setup.sh): {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("cannot run the docker CLI (run scripts/setup.sh): {e}"),
+    }
+    let image = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .expect("docker image inspect");
+    assert!(
+        image.status.success(),
+        "worker image {IMAGE} is missing: run scripts/setup.sh"
+    );
+}
+
+/// A command for the real binary, with the environment cleared of settings that would change
+/// what it does.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_isc-transcode"));
+    c.env_remove("ISC_IMAGE").env_remove("NO_COLOR");
+    c
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run isc-transcode");
+    eprintln!(
+        "--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Host ffprobe's JSON for a file.
+pub fn probe(path: &Path) -> Value {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-of",
+            "json",
+            "-show_format",
+            "-show_streams",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ffprobe (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "ffprobe cannot read {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe json")
+}
+
+pub fn duration(p: &Value) -> f64 {
+    p["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .expect("format.duration")
+}
+
+pub fn streams<'a>(p: &'a Value, kind: &str) -> Vec<&'a Value> {
+    p["streams"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["codec_type"] == kind && s["disposition"]["attached_pic"] != 1)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Top-level box types of an MP4 file, in order.
+pub fn mp4_boxes(path: &Path) -> Vec<String> {
+    let data = std::fs::read(path).expect("read mp4");
+    let mut boxes = Vec::new();
+    let mut off = 0usize;
+    while off + 8 <= data.len() {
+        let size = u32::from_be_bytes(data[off..off + 4].try_into().expect("4")) as usize;
+        boxes.push(String::from_utf8_lossy(&data[off + 4..off + 8]).into_owned());
+        let size = if size == 1 {
+            u64::from_be_bytes(data[off + 8..off + 16].try_into().expect("8")) as usize
+        } else {
+            size
+        };
+        assert!(size >= 8, "bad box size in {}", path.display());
+        off += size;
+    }
+    assert_eq!(off, data.len(), "boxes do not tile {}", path.display());
+    boxes
+}
+
+pub fn assert_faststart(path: &Path) {
+    let boxes = mp4_boxes(path);
+    let moov = boxes.iter().position(|b| b == "moov").expect("moov");
+    let mdat = boxes.iter().position(|b| b == "mdat").expect("mdat");
+    assert!(
+        moov < mdat,
+        "{}: moov after mdat: {boxes:?}",
+        path.display()
+    );
+}
+
+/// Make a media file with host ffmpeg from lavfi sources.
+pub fn make_media(path: &Path, args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("run ffmpeg");
+    assert!(
+        out.status.success(),
+        "ffmpeg could not make {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Containers of this tool on the engine whose input label lies under `dir`.
+pub fn containers_for(dir: &Path) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=io.isc-transcode",
+            "--format",
+            "{{.ID}} {{.Label \"io.isc-transcode.input\"}}",
+        ])
+        .output()
+        .expect("docker ps");
+    let dir = dir.to_string_lossy().into_owned();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.split_once(' ')
+                .is_some_and(|(_, input)| input.starts_with(&dir))
+        })
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Every file under `dir`, recursively, relative to it.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walk(dir)
+        .into_iter()
+        .map(|p| p.strip_prefix(dir).expect("under").to_path_buf())
+        .collect();
+    v.sort();
+    v
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                v.extend(walk(&p));
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+/// Temp outputs left behind anywhere under `dir`.
+pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".isc-tmp-"))
+        })
+        .collect()
+}

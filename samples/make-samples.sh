@@ -1,60 +1,143 @@
 #!/usr/bin/env bash
-# Regenerate the sample media in this folder with the host's ffmpeg.
+# Regenerate the sample media in this folder with the host's ffmpeg, then check them.
 #
-# Each sample is 2 seconds of testsrc2 video (320x240, 25 fps) and/or a sine tone, small enough to
-# commit, and each exercises one thing a transcoder must get right (see README.md here).
-# Bit-exact flags keep re-runs reproducible for a given ffmpeg version.
+#   samples/make-samples.sh        (from anywhere; writes next to this script)
+#
+# Each sample is exactly 2 seconds of testsrc2 video (320x240, 25 fps) and/or a sine tone, small
+# enough to commit, and each exercises one thing a transcoder must get right (see README.md here).
+# Every output stem is unique, so transcoding the whole folder never makes two outputs collide.
+# The bit-exact flags keep re-runs byte-identical for a given ffmpeg build. Needs ffmpeg, ffprobe,
+# od and awk; nothing else.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-ff() { ffmpeg -hide_banner -loglevel error -y "$@"; }
+for tool in ffmpeg ffprobe od awk; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "make-samples: $tool not found" >&2; exit 1; }
+done
+
+samples=(moov-at-end.mp4 faststart.mp4 quicktime.mov two-audio.mkv vp9-opus.webm mpeg-ts.ts
+    mpeg4-mp3.avi odd-size.mp4 10bit.mkv no-audio.mp4 tone-mp3.mp3 tone-wav.wav)
+# Names earlier versions of this script wrote; removed so a re-run leaves exactly the set above.
+legacy=(clip.mov clip.webm clip.ts clip.avi tone.mp3 tone.wav tone.flac)
+rm -f -- "${samples[@]}" "${legacy[@]}"
+
+ff() { ffmpeg -nostdin -hide_banner -loglevel error -y "$@"; }
 exact=(-map_metadata -1 -fflags +bitexact -flags:v +bitexact -flags:a +bitexact)
-v=(-f lavfi -i "testsrc2=size=320x240:rate=25")
-a=(-f lavfi -i "sine=frequency=440:sample_rate=44100")
-b=(-f lavfi -i "sine=frequency=880:sample_rate=48000")
-t=(-t 2)
-x264=(-c:v libx264 -preset veryfast -crf 30 -pix_fmt yuv420p -threads 1)
+# -t 2 on each lavfi input: the sources are endless otherwise.
+v=(-f lavfi -t 2 -i "testsrc2=size=320x240:rate=25")
+a=(-f lavfi -t 2 -i "sine=frequency=440:sample_rate=44100")
+b=(-f lavfi -t 2 -i "sine=frequency=880:sample_rate=48000")
+# One thread: x264's output then does not depend on the machine's core count.
+x264=(-c:v libx264 -preset veryfast -crf 30 -threads 1)
+aac=(-c:a aac -b:a 64k)
 
-rm -f moov-at-end.mp4 faststart.mp4 quicktime.mov two-audio.mkv vp9-opus.webm mpeg-ts.ts mpeg4-mp3.avi \
-    odd-size.mp4 10bit.mkv no-audio.mp4 tone-mp3.mp3 tone-wav.wav
-
-# ffmpeg's default MP4 layout: the moov index after the media. Cannot be read from a pipe.
-ff "${v[@]}" "${a[@]}" "${t[@]}" "${x264[@]}" -c:a aac -b:a 64k "${exact[@]}" moov-at-end.mp4
-# The index first: streams from a pipe.
-ff "${v[@]}" "${a[@]}" "${t[@]}" "${x264[@]}" -c:a aac -b:a 64k -movflags +faststart "${exact[@]}" faststart.mp4
-ff "${v[@]}" "${a[@]}" "${t[@]}" "${x264[@]}" -c:a pcm_s16le "${exact[@]}" -f mov quicktime.mov
-ff "${v[@]}" "${a[@]}" "${b[@]}" "${t[@]}" -map 0:v -map 1:a -map 2:a "${x264[@]}" \
+# ffmpeg's default MP4 layout (and most cameras'): the moov index after the media. ffmpeg cannot
+# read it from a pipe, but only once mdat outgrows what the demuxer can seek back over in its read
+# buffer (about 64 KiB; a 56 KB file still worked). CRF 18 makes the mdat about 4 times that.
+ff "${v[@]}" "${a[@]}" "${x264[@]}" -crf 18 -pix_fmt yuv420p "${aac[@]}" "${exact[@]}" moov-at-end.mp4
+# The same streams with the index first: reads fine from a pipe.
+ff "${v[@]}" "${a[@]}" "${x264[@]}" -crf 18 -pix_fmt yuv420p "${aac[@]}" -movflags +faststart \
+    "${exact[@]}" faststart.mp4
+ff "${v[@]}" "${a[@]}" "${x264[@]}" -pix_fmt yuv420p -c:a pcm_s16le "${exact[@]}" -f mov quicktime.mov
+ff "${v[@]}" "${a[@]}" "${b[@]}" -map 0:v -map 1:a -map 2:a "${x264[@]}" -pix_fmt yuv420p \
     -c:a:0 aac -b:a:0 64k -c:a:1 libvorbis -q:a:1 2 \
     -metadata:s:a:0 language=eng -metadata:s:a:1 language=fra "${exact[@]}" two-audio.mkv
-ff "${v[@]}" "${a[@]}" "${t[@]}" -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 200k \
-    -c:a libopus -b:a 48k "${exact[@]}" vp9-opus.webm
-ff "${v[@]}" "${a[@]}" "${t[@]}" "${x264[@]}" -c:a aac -b:a 64k "${exact[@]}" -f mpegts mpeg-ts.ts
-ff "${v[@]}" "${a[@]}" "${t[@]}" -c:v mpeg4 -q:v 8 -c:a libmp3lame -b:a 64k "${exact[@]}" mpeg4-mp3.avi
-# Odd width and height: 4:2:0 encoders need even ones, so the preset must fix them.
-ff "${v[@]}" "${a[@]}" "${t[@]}" -vf scale=321:241 -c:v libx264 -preset veryfast \
-    -crf 30 -pix_fmt yuv444p -threads 1 -c:a aac -b:a 64k "${exact[@]}" odd-size.mp4
-# 10-bit 4:2:0 (High 10): must come out 8-bit.
-ff "${v[@]}" "${a[@]}" "${t[@]}" -c:v libx264 -preset veryfast -crf 30 -pix_fmt yuv420p10le \
-    -threads 1 -c:a aac -b:a 64k "${exact[@]}" 10bit.mkv
-ff "${v[@]}" "${t[@]}" "${x264[@]}" -movflags +faststart "${exact[@]}" no-audio.mp4
-ff "${a[@]}" "${t[@]}" -c:a libmp3lame -b:a 96k "${exact[@]}" tone-mp3.mp3
-ff "${a[@]}" "${t[@]}" -c:a pcm_s16le "${exact[@]}" tone-wav.wav
+ff "${v[@]}" "${a[@]}" -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 200k -threads 1 \
+    -pix_fmt yuv420p -c:a libopus -b:a 48k "${exact[@]}" vp9-opus.webm
+ff "${v[@]}" "${a[@]}" "${x264[@]}" -pix_fmt yuv420p "${aac[@]}" "${exact[@]}" -f mpegts mpeg-ts.ts
+ff "${v[@]}" "${a[@]}" -c:v mpeg4 -q:v 8 -c:a libmp3lame -b:a 64k "${exact[@]}" -f avi mpeg4-mp3.avi
+# Odd width and height. libx264 and libx265 reject odd sizes in 4:2:0 ("width not divisible by 2";
+# chroma is subsampled 2x2) but take them in 4:4:4 (High 4:4:4 Predictive), so the file really is
+# 321x241 and the preset must fix it. Scale rather than ask testsrc2 for 321x241: it rounds to even.
+ff "${v[@]}" "${a[@]}" -vf scale=321:241 "${x264[@]}" -pix_fmt yuv444p "${aac[@]}" "${exact[@]}" \
+    odd-size.mp4
+# 10-bit 4:2:0 (High 10): must come out 8-bit for players that only do 8-bit H.264.
+ff "${v[@]}" "${a[@]}" "${x264[@]}" -pix_fmt yuv420p10le -profile:v high10 "${aac[@]}" "${exact[@]}" \
+    10bit.mkv
+ff "${v[@]}" "${x264[@]}" -pix_fmt yuv420p -movflags +faststart "${exact[@]}" no-audio.mp4
+ff "${a[@]}" -c:a libmp3lame -b:a 96k "${exact[@]}" tone-mp3.mp3
+ff "${a[@]}" -c:a pcm_s16le "${exact[@]}" tone-wav.wav
 
+# ---- checks ---------------------------------------------------------------------------------
 status=0
-for f in moov-at-end.mp4 faststart.mp4 quicktime.mov two-audio.mkv vp9-opus.webm mpeg-ts.ts mpeg4-mp3.avi \
-    odd-size.mp4 10bit.mkv no-audio.mp4 tone-mp3.mp3 tone-wav.wav; do
+fail() { echo "make-samples: $*" >&2; status=1; }
+
+# One line per stream: "video h264 High 320x240 yuv420p" or "audio aac LC 44100Hz 1ch eng".
+# (MPEG-TS lists its streams twice, once under the program: keep the first of each.)
+streams() {
+    ffprobe -v error -show_entries \
+        stream=index,codec_type,codec_name,profile,width,height,pix_fmt,sample_rate,channels:stream_tags=language \
+        -of compact=p=0 "$1" | awk -F'|' 'NF && !seen[$0]++ {
+            delete k
+            for (i = 1; i <= NF; i++) { split($i, kv, "="); k[kv[1]] = substr($i, length(kv[1]) + 2) }
+            p = (k["profile"] == "unknown" ? "" : " " k["profile"])
+            if (k["codec_type"] == "video")
+                print "video " k["codec_name"] p " " k["width"] "x" k["height"] " " k["pix_fmt"]
+            else if (k["codec_type"] == "audio")
+                print "audio " k["codec_name"] p " " k["sample_rate"] "Hz " k["channels"] "ch" \
+                    (k["tag:language"] != "" && k["tag:language"] != "und" ? " " k["tag:language"] : "")
+            else print k["codec_type"] " " k["codec_name"]
+        }'
+}
+count() { streams "$1" | grep -c "^$2 " || true; }
+
+# Top-level MP4/MOV box types in file order, read with od so no other tool is needed.
+boxes() {
+    local f=$1 off=0 len size hdr type
+    len=$(stat -c %s "$f")
+    while (( off + 8 <= len )); do
+        hdr=$(od -An -v -tx1 -j "$off" -N 8 "$f" | tr -d ' \n')
+        size=$((16#${hdr:0:8}))
+        type=$(printf '%b' "\\x${hdr:8:2}\\x${hdr:10:2}\\x${hdr:12:2}\\x${hdr:14:2}")
+        if (( size == 1 )); then
+            size=$((16#$(od -An -v -tx1 -j "$((off + 8))" -N 8 "$f" | tr -d ' \n')))
+        elif (( size == 0 )); then
+            size=$((len - off))
+        fi
+        (( size >= 8 )) || { echo "$type(bad-size)"; return; }
+        printf '%s ' "$type"
+        off=$((off + size))
+    done
+    echo
+}
+
+total=0
+for f in "${samples[@]}"; do
+    [ -s "$f" ] || { fail "$f was not written"; continue; }
+    size=$(stat -c %s "$f")
+    total=$((total + size))
     d=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$f")
-    s=$(ffprobe -v error -show_entries stream=codec_name,width,height,pix_fmt -of csv=p=0 "$f" | sort -u | tr '\n' ' ')
-    printf '%-16s %7s bytes  %ss  %s\n' "$f" "$(stat -c %s "$f")" "$d" "$s"
-    awk -v d="$d" 'BEGIN { exit !(d > 1.9 && d < 2.1) }' || { echo "  duration $d is not 2 s" >&2; status=1; }
+    printf '%-16s %7d B  %8.3f s  %s\n' "$f" "$size" "$d" "$(streams "$f" | paste -sd, - | sed 's/,/, /g')"
+    awk -v d="$d" 'BEGIN { exit !(d + 0 >= 1.9 && d + 0 <= 2.1) }' || fail "$f lasts $d s, not 2.0 +- 0.1"
 done
-# The whole point of two of them: check the layouts.
-boxes() { python3 -c 'import struct,sys
-d=open(sys.argv[1],"rb").read(); o=0; r=[]
-while o+8<=len(d):
-    s,t=struct.unpack(">I4s",d[o:o+8]); r.append(t.decode()); o+=s
-print(" ".join(r))' "$1"; }
-case "$(boxes moov-at-end.mp4)" in *mdat*moov*) ;; *) echo "moov-at-end.mp4 has moov first" >&2; status=1 ;; esac
-case "$(boxes faststart.mp4)" in *moov*mdat*) ;; *) echo "faststart.mp4 has moov last" >&2; status=1 ;; esac
-[ "$(ffprobe -v error -show_entries stream=width -of csv=p=0 odd-size.mp4)" = 321 ] || { echo "odd-size.mp4 is not 321 wide" >&2; status=1; }
-exit $status
+printf '%-16s %7d B\n' total "$total"
+
+layout=$(boxes moov-at-end.mp4)
+[[ $layout =~ ^ftyp\ (free\ )?mdat\ moov\ $ ]] || fail "moov-at-end.mp4 boxes: $layout (want ftyp [free] mdat moov)"
+layout=$(boxes faststart.mp4)
+[[ $layout =~ ^ftyp\ moov\ (free\ )?mdat\ $ ]] || fail "faststart.mp4 boxes: $layout (want ftyp moov [free] mdat)"
+# The reason moov-at-end.mp4 exists: reading it from a pipe must fail, and faststart.mp4 must not.
+pipe_err=$(ffmpeg -nostdin -hide_banner -v error -i pipe:0 -map 0 -f null - <moov-at-end.mp4 2>&1 || true)
+grep -q 'partial file' <<<"$pipe_err" || fail "moov-at-end.mp4 read from a pipe without 'partial file'"
+pipe_err=$(ffmpeg -nostdin -hide_banner -v error -i pipe:0 -map 0 -f null - <faststart.mp4 2>&1) \
+    && [ -z "$pipe_err" ] || fail "faststart.mp4 does not read cleanly from a pipe: $pipe_err"
+
+wh=$(ffprobe -v error -select_streams v:0 -show_entries stream=width,height -of csv=p=0 odd-size.mp4)
+w=${wh%,*} h=${wh#*,}
+(( w % 2 == 1 && h % 2 == 1 )) || fail "odd-size.mp4 is ${w}x${h}, not odd by odd"
+pf=$(ffprobe -v error -select_streams v:0 -show_entries stream=pix_fmt,profile -of csv=p=0 10bit.mkv)
+[[ $pf == *yuv420p10le* && $pf == *"High 10"* ]] || fail "10bit.mkv is '$pf', not High 10 yuv420p10le"
+[ "$(count two-audio.mkv audio)" = 2 ] || fail "two-audio.mkv does not have two audio streams"
+[ "$(streams two-audio.mkv | awk '/^audio/ { print $NF }' | paste -sd, -)" = eng,fra ] \
+    || fail "two-audio.mkv audio languages are not eng,fra"
+[ "$(count no-audio.mp4 audio)" = 0 ] || fail "no-audio.mp4 has audio"
+for f in tone-mp3.mp3 tone-wav.wav; do
+    [ "$(count "$f" video)" = 0 ] || fail "$f has video"
+done
+for f in "${samples[@]}"; do
+    case $f in tone-*) ;; *) [ "$(count "$f" video)" = 1 ] || fail "$f does not have one video stream" ;; esac
+done
+(( total < 3 * 1024 * 1024 )) || fail "samples total $total bytes, over 3 MiB"
+
+[ "$status" = 0 ] && echo "make-samples: all ${#samples[@]} samples OK" >&2
+exit "$status"

@@ -1,27 +1,42 @@
 //! From parsed flags to a finished batch.
 //!
-//! [`run`] resolves the flags into a plan (preset, inputs, output paths, backend), refusing
-//! anything inconsistent before any work starts, then hands the jobs to the dispatcher and the
-//! events to the reporter, and turns the outcome into an exit code.
+//! [`run`] resolves the flags into a plan, refusing anything inconsistent before any work
+//! starts, and carries it out:
+//! 1. load the preset and scan the inputs;
+//! 2. lock the output folder, clear temporary files a killed run left, open the state store;
+//! 3. plan each input against the store (skip, copy an existing output, follow a duplicate, or
+//!    run);
+//! 4. only if something must run: choose and connect the backend, remove containers of dead
+//!    runs, make sure the image is there;
+//! 5. hand the jobs to the dispatcher and the events to the reporter;
+//! 6. turn the outcome into an exit code.
 
 use crate::cli::{BackendChoice, Cli, Command, RunArgs};
 use crate::error::{AppError, ExitCode};
 use crate::exec::docker::{DockerBackend, Engine, Limits, default_host};
 use crate::exec::local::LocalBackend;
-use crate::exec::{Backend, JobSpec};
+use crate::exec::{Backend, JobSpec, Produced};
+use crate::hash;
+use crate::plan::{self, Action, HashEvent, Item, PlanOptions};
 use crate::preset::{self, Preset};
-use crate::report::{self, BatchInfo, Event, ReportOptions};
+use crate::report::{self, BatchInfo, Event, ReportOptions, human_bytes};
 use crate::scan::{self, ScanOptions};
-use crate::schedule;
+use crate::schedule::{self, JobResult, Recorder, Status, TEMP_PREFIX};
+use crate::state::{self, OutputRecord, Store};
 use clap::Parser;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
 
 /// Parse the command line and run it.
 pub async fn run() -> Result<ExitCode, AppError> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Presets { name }) => show_presets(name.as_deref()),
+        Some(Command::Status { out, failures }) => show_status(&out, failures),
+        Some(Command::Gc { host, all }) => gc(host, all).await,
+        Some(Command::Hash { files }) => Ok(hash_files(&files)),
         None => transcode(cli.run).await,
     }
 }
@@ -48,6 +63,71 @@ fn show_presets(name: Option<&str>) -> Result<ExitCode, AppError> {
     Ok(ExitCode::Success)
 }
 
+fn show_status(out: &Path, failures: usize) -> Result<ExitCode, AppError> {
+    let Some(store) = Store::open_read_only(out)? else {
+        println!("no state recorded in {}", out.display());
+        return Ok(ExitCode::Success);
+    };
+    let st = store.status(failures)?;
+    println!("state: {}", Store::path_for(out).display());
+    println!(
+        "{:<12} {:>8} {:>11} {:>10} {:>10} {:>10}",
+        "preset", "outputs", "transcoded", "in", "out", "saved"
+    );
+    let (mut n, mut t, mut bin, mut bout) = (0, 0, 0, 0);
+    for (preset, count, transcoded, bytes_in, bytes_out) in &st.by_preset {
+        println!(
+            "{preset:<12} {count:>8} {transcoded:>11} {:>10} {:>10} {:>10}",
+            human_bytes(*bytes_in),
+            human_bytes(*bytes_out),
+            human_bytes(bytes_in.saturating_sub(*bytes_out))
+        );
+        (n, t, bin, bout) = (n + count, t + transcoded, bin + bytes_in, bout + bytes_out);
+    }
+    println!(
+        "{:<12} {n:>8} {t:>11} {:>10} {:>10} {:>10}",
+        "total",
+        human_bytes(bin),
+        human_bytes(bout),
+        human_bytes(bin.saturating_sub(bout))
+    );
+    if st.failures.is_empty() {
+        println!("\nno failures recorded");
+    } else {
+        println!("\nlast failures, newest first:");
+        for (input, preset, error, at) in &st.failures {
+            let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs((*at).max(0) as u64);
+            println!(
+                "  {} {input} ({preset}): {error}",
+                humantime::format_rfc3339_seconds(when)
+            );
+        }
+    }
+    Ok(ExitCode::Success)
+}
+
+fn hash_files(files: &[PathBuf]) -> ExitCode {
+    let mut code = ExitCode::Success;
+    for f in files {
+        match hash::file(f, |_| {}) {
+            Ok(sha) => println!("{sha}  {}", f.display()),
+            Err(e) => {
+                eprintln!("error: cannot hash {}: {e}", f.display());
+                code = ExitCode::SomeFailed;
+            }
+        }
+    }
+    code
+}
+
+async fn gc(host: Option<String>, all: bool) -> Result<ExitCode, AppError> {
+    let host = host.unwrap_or_else(default_host);
+    let engine = Engine::connect(&host).await?;
+    let n = engine.remove_labelled(all).await?;
+    println!("removed {n} container(s) from {host}");
+    Ok(ExitCode::Success)
+}
+
 /// A unique id for this run, used in container names and labels.
 fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -55,6 +135,20 @@ fn run_id() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("{:x}{:06x}", std::process::id(), nanos & 0xff_ffff)
+}
+
+/// Delete temporary outputs (`.isc-tmp-*`) under the output folder: only a killed run leaves
+/// them, and the caller holds the folder's lock, so none belongs to a live run.
+fn remove_stale_temps(out: &Path) -> usize {
+    walkdir::WalkDir::new(out)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != state::STATE_DIR)
+        .flatten()
+        .filter(|e| {
+            e.file_type().is_file() && e.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
@@ -69,12 +163,13 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
         },
     )?;
     let opts = ReportOptions::detect(args.quiet);
-    for problem in &scanned.problems {
-        eprintln!("skipped {problem}");
-    }
+    let mut problems = scanned.problems;
     if scanned.jobs.is_empty() {
+        for problem in &problems {
+            eprintln!("skipped {problem}");
+        }
         eprintln!("nothing to do: no media files found in the inputs");
-        return Ok(if scanned.problems.is_empty() {
+        return Ok(if problems.is_empty() {
             ExitCode::Success
         } else {
             ExitCode::SomeFailed
@@ -85,43 +180,128 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
         source,
     })?;
 
-    let jobs: Vec<JobSpec> = scanned
-        .jobs
-        .into_iter()
-        .enumerate()
-        .map(|(id, p)| JobSpec {
-            id,
-            input: p.input,
-            output: p.output,
-            preset: preset.clone(),
-            size: p.size,
+    let out = args.out.clone();
+    let no_wait = args.no_wait;
+    let _lock = tokio::task::spawn_blocking(move || {
+        state::lock(&out, !no_wait, |holder| {
+            eprintln!(
+                "waiting for another isc-transcode run{} to finish with {}",
+                holder.map(|h| format!(" (pid {h})")).unwrap_or_default(),
+                out.display()
+            )
         })
-        .collect();
+    })
+    .await
+    .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??;
+    let stale = remove_stale_temps(&args.out);
+    if stale > 0 && !args.quiet {
+        eprintln!("removed {stale} temporary file(s) left by an interrupted run");
+    }
+    let store = Arc::new(Store::open(&args.out, args.rebuild_state)?);
 
-    let host = args.host.clone().unwrap_or_else(default_host);
-    let say = |s: String| eprintln!("{s}");
-    let outcome = match args.backend {
-        BackendChoice::Local => {
-            let local = LocalBackend::find().ok_or(AppError::NoLocalFfmpeg)?;
-            execute(local, jobs, &args, &preset, opts, num_cpus_local()).await
-        }
-        BackendChoice::Docker => {
-            let engine = Engine::connect(&host).await?;
-            docker(engine, jobs, &args, &preset, opts, &say).await?
-        }
-        BackendChoice::Auto => match Engine::connect(&host).await {
-            Ok(engine) => docker(engine, jobs, &args, &preset, opts, &say).await?,
-            Err(e) => {
-                let local = LocalBackend::find().ok_or_else(|| AppError::NoBackend {
-                    docker: e.to_string(),
-                })?;
-                say(format!("{e}; using local ffmpeg instead"));
-                execute(local, jobs, &args, &preset, opts, num_cpus_local()).await
+    let (items, plan_problems) = plan::plan(
+        scanned.jobs,
+        &preset,
+        &args.out,
+        &store,
+        PlanOptions {
+            force: args.force,
+            verify: args.verify,
+        },
+        &mut |e| {
+            if let HashEvent::Start { path, size } = e
+                && !args.quiet
+                && size > 256 << 20
+            {
+                eprintln!("hashing {} ({})", path.display(), human_bytes(size));
             }
         },
+    )?;
+    problems.extend(plan_problems);
+    for problem in &problems {
+        eprintln!("skipped {problem}");
+    }
+
+    let info = BatchInfo {
+        total: items.len(),
+        total_bytes: items.iter().map(|i| i.stat.size).sum(),
+        names: items
+            .iter()
+            .enumerate()
+            .map(|(id, i)| (id, i.planned.input.clone()))
+            .collect::<HashMap<_, _>>(),
     };
-    let failed = outcome.failed || !scanned.problems.is_empty();
-    Ok(if outcome.interrupted {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let reporter = tokio::spawn(report::run(rx, info, opts));
+
+    let spec = |id: usize, it: &Item| JobSpec {
+        id,
+        input: it.planned.input.clone(),
+        output: it.planned.output.clone(),
+        preset: preset.clone(),
+        size: it.stat.size,
+        input_sha256: it.sha256.clone(),
+    };
+    let mut failed = false;
+    let mut to_run = Vec::new();
+    for (id, it) in items.iter().enumerate() {
+        match &it.action {
+            Action::Skip => {
+                let mut r = JobResult::without_run(&spec(id, it), Status::Skipped);
+                r.key = it.key.clone();
+                r.note = Some(it.why.clone());
+                let _ = tx.send(Event::Finished(r));
+            }
+            Action::Copy { from, record } => {
+                let r = copy_job(&spec(id, it), from, record, &args.out, &store, &it.why);
+                failed |= r.status == Status::Failed;
+                let _ = tx.send(Event::Finished(r));
+            }
+            Action::Follow { .. } => {}
+            Action::Run => to_run.push(spec(id, it)),
+        }
+    }
+
+    let mut results: Vec<JobResult> = Vec::new();
+    let mut interrupted = false;
+    if !to_run.is_empty() {
+        let batch = run_jobs(to_run, &args, &preset, opts, tx.clone(), &store).await?;
+        interrupted = batch.interrupted;
+        results = batch.results;
+    }
+    failed |= results.iter().any(|r| r.status == Status::Failed);
+
+    for (id, it) in items.iter().enumerate() {
+        let Action::Follow { primary } = &it.action else {
+            continue;
+        };
+        let job = spec(id, it);
+        let primary_result = results.iter().find(|r| r.id == *primary);
+        let r = match primary_result {
+            Some(p) if p.status == Status::Done => match store
+                .outputs_for_key(p.key.as_deref().unwrap_or(""))
+                .ok()
+                .and_then(|recs| {
+                    recs.into_iter()
+                        .find(|r| args.out.join(&r.output_path) == p.output)
+                }) {
+                Some(rec) => copy_job(&job, &p.output, &rec, &args.out, &store, &it.why),
+                None => failed_result(&job, "the identical input it follows was not recorded"),
+            },
+            Some(p) if p.status == Status::Failed => failed_result(
+                &job,
+                &format!("same content as {}, which failed", p.input.display()),
+            ),
+            _ => JobResult::without_run(&job, Status::NotStarted),
+        };
+        failed |= r.status == Status::Failed;
+        let _ = tx.send(Event::Finished(r));
+    }
+
+    drop(tx);
+    let summary = reporter.await.unwrap_or_default();
+    failed |= summary.failed > 0 || !problems.is_empty();
+    Ok(if interrupted {
         ExitCode::Interrupted
     } else if failed {
         ExitCode::SomeFailed
@@ -130,39 +310,233 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
     })
 }
 
+fn failed_result(job: &JobSpec, error: &str) -> JobResult {
+    JobResult {
+        error: Some(error.to_string()),
+        ..JobResult::without_run(job, Status::Failed)
+    }
+}
+
+/// Give `job` a copy of an existing output of the same content.
+fn copy_job(
+    job: &JobSpec,
+    from: &Path,
+    source: &OutputRecord,
+    out: &Path,
+    store: &Store,
+    why: &str,
+) -> JobResult {
+    let start = std::time::Instant::now();
+    if let Err(e) = plan::copy_output(from, &job.output) {
+        return failed_result(job, &format!("cannot copy {}: {e}", from.display()));
+    }
+    let record = OutputRecord {
+        output_path: plan::relative(out, &job.output),
+        input_path: job.input.display().to_string(),
+        host: "copy".into(),
+        seconds: start.elapsed().as_secs_f64(),
+        transcoded: false,
+        ..source.clone()
+    };
+    if let Err(e) = store.record(&record) {
+        return failed_result(job, &format!("copied, but not recorded: {e}"));
+    }
+    JobResult {
+        status: Status::Done,
+        bytes_out: record.output_size,
+        seconds: record.seconds,
+        host: "copy".into(),
+        key: Some(record.key),
+        note: Some(why.to_string()),
+        ..JobResult::without_run(job, Status::Done)
+    }
+}
+
+/// Which image and ffmpeg made an output.
+#[derive(Debug, Clone)]
+struct Provenance {
+    image: Option<String>,
+    image_id: Option<String>,
+    ffmpeg_version: Option<String>,
+}
+
+/// Records finished outputs in the state store.
+struct StateRecorder {
+    store: Arc<Store>,
+    out: PathBuf,
+    provenance: Provenance,
+}
+
+impl Recorder for StateRecorder {
+    fn done(
+        &self,
+        job: &JobSpec,
+        produced: &Produced,
+        seconds: f64,
+        host: &str,
+    ) -> Result<String, String> {
+        let input_sha256 = match job
+            .input_sha256
+            .clone()
+            .or_else(|| produced.input_sha256.clone())
+        {
+            Some(sha) => sha,
+            // ffmpeg stopped reading early (a thumbnail), so the stream did not see every byte.
+            None => {
+                hash::file(&job.input, |_| {}).map_err(|e| format!("cannot hash input: {e}"))?
+            }
+        };
+        if let Ok(meta) = std::fs::metadata(&job.input) {
+            let st = state::FileStat::of(&meta);
+            // Only cache what the hash describes: the file must not have changed meanwhile.
+            if st.size == job.size {
+                self.store
+                    .put_hash(&st, &input_sha256)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let key = hash::job_key(&input_sha256, &job.preset.fingerprint());
+        self.store
+            .record(&OutputRecord {
+                output_path: plan::relative(&self.out, &job.output),
+                key: key.clone(),
+                input_path: job.input.display().to_string(),
+                input_sha256,
+                input_size: job.size,
+                output_size: produced.bytes_out,
+                output_sha256: produced.output_sha256.clone(),
+                preset_name: job.preset.name.clone(),
+                preset_fingerprint: job.preset.fingerprint(),
+                image: self.provenance.image.clone(),
+                image_id: self.provenance.image_id.clone(),
+                ffmpeg_version: self.provenance.ffmpeg_version.clone(),
+                host: host.to_string(),
+                seconds,
+                transcoded: true,
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(key)
+    }
+
+    fn failed(&self, job: &JobSpec, error: &str) {
+        let _ =
+            self.store
+                .record_failure(&job.input.display().to_string(), &job.preset.name, error);
+    }
+}
+
 fn num_cpus_local() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
 }
 
-async fn docker(
-    engine: Engine,
+/// Choose the backend, connect, and run the jobs that must run.
+async fn run_jobs(
     jobs: Vec<JobSpec>,
     args: &RunArgs,
     preset: &Preset,
     opts: ReportOptions,
-    say: &(dyn Fn(String) + Send + Sync),
-) -> Result<Outcome, AppError> {
-    engine.ensure_image(&args.image, say).await?;
-    let cpus = engine.cpus().await?;
-    let backend = DockerBackend::new(
-        engine,
-        args.image.clone(),
-        Limits {
-            memory: i64::try_from(args.memory).unwrap_or(i64::MAX),
-            pids: args.pids_limit,
+    tx: UnboundedSender<Event>,
+    store: &Arc<Store>,
+) -> Result<schedule::BatchOutcome, AppError> {
+    let host = args.host.clone().unwrap_or_else(default_host);
+    let say = |s: String| {
+        let _ = tx.send(Event::Note(s));
+    };
+    let engine = match args.backend {
+        BackendChoice::Local => None,
+        BackendChoice::Docker => Some(Engine::connect(&host).await?),
+        BackendChoice::Auto => match Engine::connect(&host).await {
+            Ok(engine) => Some(engine),
+            Err(e) => {
+                if LocalBackend::find().is_none() {
+                    return Err(AppError::NoBackend {
+                        docker: e.to_string(),
+                    });
+                }
+                say(format!("{e}; using local ffmpeg instead"));
+                None
+            }
         },
-        run_id(),
-    );
-    Ok(execute(backend, jobs, args, preset, opts, cpus).await)
+    };
+    let recorder = |provenance| -> Arc<dyn Recorder> {
+        Arc::new(StateRecorder {
+            store: store.clone(),
+            out: args.out.clone(),
+            provenance,
+        })
+    };
+    match engine {
+        Some(engine) => {
+            let removed = engine.remove_labelled(false).await?;
+            if removed > 0 {
+                say(format!(
+                    "removed {removed} container(s) left on {host} by runs that are gone"
+                ));
+            }
+            let image_id = engine.ensure_image(&args.image, &say).await?;
+            let version = match store.ffmpeg_version(&image_id)? {
+                Some(v) => v,
+                None => {
+                    let v = engine.ffmpeg_version(&args.image).await?;
+                    store.put_ffmpeg_version(&image_id, &v)?;
+                    v
+                }
+            };
+            let cpus = engine.cpus().await?;
+            let backend = DockerBackend::new(
+                engine,
+                args.image.clone(),
+                Limits {
+                    memory: i64::try_from(args.memory).unwrap_or(i64::MAX),
+                    pids: args.pids_limit,
+                },
+                run_id(),
+            );
+            let provenance = Provenance {
+                image: Some(args.image.clone()),
+                image_id: Some(image_id),
+                ffmpeg_version: Some(version),
+            };
+            Ok(execute(
+                backend,
+                jobs,
+                args,
+                preset,
+                opts,
+                cpus,
+                tx.clone(),
+                recorder(provenance),
+            )
+            .await)
+        }
+        None => {
+            let local = LocalBackend::find().ok_or(AppError::NoLocalFfmpeg)?;
+            let provenance = Provenance {
+                image: None,
+                image_id: None,
+                ffmpeg_version: Some(local.version().await),
+            };
+            Ok(execute(
+                local,
+                jobs,
+                args,
+                preset,
+                opts,
+                num_cpus_local(),
+                tx.clone(),
+                recorder(provenance),
+            )
+            .await)
+        }
+    }
 }
 
-struct Outcome {
-    failed: bool,
-    interrupted: bool,
-}
-
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per backend, all plumbing"
+)]
 async fn execute<B: Backend>(
     backend: B,
     jobs: Vec<JobSpec>,
@@ -170,35 +544,18 @@ async fn execute<B: Backend>(
     preset: &Preset,
     opts: ReportOptions,
     cpus: usize,
-) -> Outcome {
+    tx: UnboundedSender<Event>,
+    recorder: Arc<dyn Recorder>,
+) -> schedule::BatchOutcome {
     let parallel = args.jobs.map_or(cpus, usize::from);
     if !opts.quiet {
-        eprintln!(
-            "{} file(s) with preset {} on {}, {} at once",
+        let _ = tx.send(Event::Note(format!(
+            "{} file(s) to transcode with preset {} on {}, {} at once",
             jobs.len(),
             preset.name,
             backend.describe(),
             parallel
-        );
+        )));
     }
-    let info = BatchInfo {
-        total: jobs.len(),
-        total_bytes: jobs.iter().map(|j| j.size).sum(),
-        names: jobs
-            .iter()
-            .map(|j| (j.id, j.input.clone()))
-            .collect::<HashMap<_, _>>(),
-    };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-    let reporter = tokio::spawn(report::run(rx, info, opts));
-    let batch = schedule::run_batch(Arc::new(backend), jobs, &args.out, parallel, tx).await;
-    let summary = reporter.await.unwrap_or_default();
-    Outcome {
-        failed: summary.failed > 0
-            || batch
-                .results
-                .iter()
-                .any(|r| r.status == schedule::Status::Failed),
-        interrupted: batch.interrupted,
-    }
+    schedule::run_batch(Arc::new(backend), jobs, &args.out, parallel, tx, recorder).await
 }

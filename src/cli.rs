@@ -18,7 +18,8 @@ Examples:
   isc-transcode presets                        list the presets
   isc-transcode presets h264                   show one, with its ffmpeg command line
 
-Exit codes: 0 all done, 1 some files failed, 2 usage or configuration error, 130 interrupted.";
+Exit codes: 0 all done, 1 some files failed, 2 usage or configuration error,
+3 another run holds the output folder (--no-wait), 130 interrupted.";
 
 /// Transcode media in locked-down ffmpeg containers on any Docker engine, local or remote.
 ///
@@ -50,6 +51,36 @@ pub enum Command {
     Presets {
         /// A built-in preset name or the path of a preset file.
         name: Option<String>,
+    },
+    /// Show what the state store of an output folder records: outputs by preset, the disk
+    /// space they saved, and the last failures.
+    ///
+    /// Example: `isc-transcode status --out /srv/web`
+    Status {
+        /// The output folder.
+        #[arg(short, long, value_name = "DIR", default_value = "out")]
+        out: PathBuf,
+        /// How many recent failures to list.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        failures: usize,
+    },
+    /// Print the sha256 of files the way `sha256sum` does: the content hash that job keys are
+    /// made of. Example: `isc-transcode hash clip.mp4`
+    Hash {
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Remove containers left on an engine by isc-transcode runs that are no longer alive.
+    ///
+    /// Every run does this on the engines it uses; `gc` does it on demand.
+    /// Example: `isc-transcode gc -H tcp://build1:2376`
+    Gc {
+        /// Docker engine [default: DOCKER_HOST, else the local socket].
+        #[arg(short = 'H', long, value_name = "URL", env = "DOCKER_HOST")]
+        host: Option<String>,
+        /// Remove every isc-transcode container on the engine, including those of live runs.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -129,6 +160,24 @@ pub struct RunArgs {
     /// Print only failures and the summary.
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Transcode even what the state store says is done.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Re-hash recorded outputs before trusting them (slower; catches same-size corruption).
+    #[arg(long)]
+    pub verify: bool,
+
+    /// If another run holds the output folder, exit at once (code 3) instead of waiting.
+    /// Example for cron: `isc-transcode --no-wait /srv/in -o /srv/out`
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Move an unreadable state database aside (`state.db.old-*`) and start a new one.
+    /// Outputs are kept; the new database learns them again as inputs are re-hashed.
+    #[arg(long)]
+    pub rebuild_state: bool,
 }
 
 /// Parse a size such as `512m` or `4g` (binary units).

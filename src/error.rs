@@ -15,6 +15,8 @@ pub enum ExitCode {
     SomeFailed = 1,
     /// Usage or configuration error: nothing was transcoded.
     Usage = 2,
+    /// Another run holds the output folder and `--no-wait` was given.
+    Busy = 3,
     /// Interrupted by SIGINT or SIGTERM.
     Interrupted = 130,
 }
@@ -39,12 +41,17 @@ pub enum AppError {
         "no way to run ffmpeg: {docker}, and there is no ffmpeg/ffprobe on PATH for the local backend"
     )]
     NoBackend { docker: String },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
 
 impl AppError {
     pub fn exit_code(&self) -> ExitCode {
-        ExitCode::Usage
+        match self {
+            AppError::State(crate::state::StateError::Busy { .. }) => ExitCode::Busy,
+            _ => ExitCode::Usage,
+        }
     }
 }

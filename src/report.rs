@@ -61,6 +61,7 @@ impl ReportOptions {
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
     pub done: usize,
+    pub skipped: usize,
     pub failed: usize,
     pub interrupted: usize,
     pub not_started: usize,
@@ -131,6 +132,7 @@ pub async fn run(
             Event::Finished(result) => {
                 match result.status {
                     Status::Done => summary.done += 1,
+                    Status::Skipped => summary.skipped += 1,
                     Status::Failed => summary.failed += 1,
                     Status::Interrupted => summary.interrupted += 1,
                     Status::NotStarted => summary.not_started += 1,
@@ -188,6 +190,17 @@ fn print_result(bars: &Option<Bars>, r: &JobResult, opts: ReportOptions) {
                 let _ = writeln!(std::io::stdout(), "{}", done_line(r));
             }
         }
+        Status::Skipped => {
+            if !opts.quiet && bars.is_none() {
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "skipped {} -> {}  ({})",
+                    r.input.display(),
+                    r.output.display(),
+                    r.note.as_deref().unwrap_or("done before")
+                );
+            }
+        }
         Status::Failed => {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(
@@ -215,6 +228,13 @@ fn print_result(bars: &Option<Bars>, r: &JobResult, opts: ReportOptions) {
 
 /// The plain line for a finished file.
 pub fn done_line(r: &JobResult) -> String {
+    if let Some(note) = &r.note {
+        return format!(
+            "done    {} -> {}  ({note}, no transcode)",
+            r.input.display(),
+            r.output.display()
+        );
+    }
     let speed = r
         .media_seconds
         .filter(|_| r.seconds > 0.0)
@@ -235,7 +255,11 @@ pub fn done_line(r: &JobResult) -> String {
 }
 
 pub fn summary_line(s: &Summary, wall: Duration) -> String {
-    let mut parts = vec![format!("{} done", s.done), format!("{} failed", s.failed)];
+    let mut parts = vec![
+        format!("{} done", s.done),
+        format!("{} skipped", s.skipped),
+        format!("{} failed", s.failed),
+    ];
     if s.interrupted > 0 {
         parts.push(format!("{} interrupted", s.interrupted));
     }

@@ -33,6 +33,8 @@ pub const TEMP_PREFIX: &str = ".isc-tmp-";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Done,
+    /// Done before, nothing to do.
+    Skipped,
     Failed,
     /// Started, then stopped by an interrupt.
     Interrupted,
@@ -44,6 +46,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Done => "done",
+            Status::Skipped => "skipped",
             Status::Failed => "failed",
             Status::Interrupted => "interrupted",
             Status::NotStarted => "not started",
@@ -68,6 +71,46 @@ pub struct JobResult {
     pub transfer: Option<Transfer>,
     /// Seconds of media, when known.
     pub media_seconds: Option<f64>,
+    /// The job key, once known.
+    pub key: Option<String>,
+    /// Why it was skipped or copied, when it was.
+    pub note: Option<String>,
+}
+
+impl JobResult {
+    /// A result for a job that did not run (skipped, copied, not started).
+    pub fn without_run(job: &JobSpec, status: Status) -> JobResult {
+        JobResult {
+            id: job.id,
+            input: job.input.clone(),
+            output: job.output.clone(),
+            status,
+            error: None,
+            tail: vec![],
+            seconds: 0.0,
+            bytes_in: job.size,
+            bytes_out: 0,
+            host: String::new(),
+            transfer: None,
+            media_seconds: None,
+            key: None,
+            note: None,
+        }
+    }
+}
+
+/// Told about each output once it is in place, before it counts as done, and about failures.
+pub trait Recorder: Send + Sync + 'static {
+    /// The output is renamed into place and synced. Returns the job key it was recorded under.
+    fn done(
+        &self,
+        job: &JobSpec,
+        produced: &Produced,
+        seconds: f64,
+        host: &str,
+    ) -> Result<String, String>;
+
+    fn failed(&self, job: &JobSpec, error: &str);
 }
 
 /// How the batch ended.
@@ -84,6 +127,7 @@ pub async fn run_batch<B: Backend>(
     out_dir: &Path,
     parallel: usize,
     events: UnboundedSender<Event>,
+    recorder: Arc<dyn Recorder>,
 ) -> BatchOutcome {
     let cancel = CancellationToken::new();
     let ctx = JobCtx {
@@ -107,9 +151,16 @@ pub async fn run_batch<B: Backend>(
     loop {
         while !interrupted && running.len() < parallel.max(1) {
             let Some(job) = pending.next() else { break };
-            let (backend, ctx, out_root, host) =
-                (backend.clone(), ctx.clone(), out_root.clone(), host.clone());
-            running.spawn(async move { run_one(&*backend, job, &out_root, &ctx, host).await });
+            let (backend, ctx, out_root, host, recorder) = (
+                backend.clone(),
+                ctx.clone(),
+                out_root.clone(),
+                host.clone(),
+                recorder.clone(),
+            );
+            running.spawn(async move {
+                run_one(&*backend, job, &out_root, &ctx, host, &*recorder).await
+            });
         }
         if running.is_empty() {
             break;
@@ -130,20 +181,7 @@ pub async fn run_batch<B: Backend>(
         }
     }
     for job in pending {
-        let result = JobResult {
-            id: job.id,
-            input: job.input,
-            output: job.output,
-            status: Status::NotStarted,
-            error: None,
-            tail: vec![],
-            seconds: 0.0,
-            bytes_in: job.size,
-            bytes_out: 0,
-            host: String::new(),
-            transfer: None,
-            media_seconds: None,
-        };
+        let result = JobResult::without_run(&job, Status::NotStarted);
         let _ = events.send(Event::Finished(result.clone()));
         results.push(result);
     }
@@ -194,29 +232,30 @@ async fn run_one<B: Backend>(
     out_root: &Path,
     ctx: &JobCtx,
     host: String,
+    recorder: &dyn Recorder,
 ) -> JobResult {
     let start = Instant::now();
     let outcome = produce(backend, &job, out_root, ctx).await;
     let seconds = start.elapsed().as_secs_f64();
     let mut result = JobResult {
-        id: job.id,
-        input: job.input.clone(),
-        output: job.output.clone(),
-        status: Status::Done,
-        error: None,
-        tail: vec![],
         seconds,
-        bytes_in: job.size,
-        bytes_out: 0,
         host,
-        transfer: None,
-        media_seconds: None,
+        ..JobResult::without_run(&job, Status::Done)
     };
     match outcome {
         Ok(p) => {
             result.bytes_out = p.bytes_out;
             result.transfer = Some(p.transfer);
             result.media_seconds = p.input.duration.or(p.decoded);
+            match recorder.done(&job, &p, seconds, &result.host) {
+                Ok(key) => result.key = Some(key),
+                Err(e) => {
+                    result.status = Status::Failed;
+                    result.error = Some(format!(
+                        "the output is in place but could not be recorded: {e}"
+                    ));
+                }
+            }
         }
         Err(JobError::Cancelled) => {
             result.status = Status::Interrupted;
@@ -226,6 +265,7 @@ async fn run_one<B: Backend>(
             result.status = Status::Failed;
             result.tail = e.tail().to_vec();
             result.error = Some(e.to_string());
+            recorder.failed(&job, &e.to_string());
         }
     }
     result

@@ -26,6 +26,7 @@ use super::{
     finish_stderr, pump_stderr,
 };
 use crate::ffmpeg::StderrParser;
+use crate::hash::Hasher;
 use crate::media;
 use crate::preset;
 use bollard::Docker;
@@ -48,6 +49,45 @@ pub const LABEL_TOOL: &str = "io.isc-transcode";
 pub const LABEL_RUN: &str = "io.isc-transcode.run";
 pub const LABEL_JOB: &str = "io.isc-transcode.job";
 pub const LABEL_INPUT: &str = "io.isc-transcode.input";
+/// `<hostname> <pid> <process start time>` of the client that created the container, so that a
+/// later run can tell a live run's containers from a dead one's.
+pub const LABEL_CLIENT: &str = "io.isc-transcode.client";
+
+/// This process, as [`LABEL_CLIENT`] names it.
+pub fn client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let pid = std::process::id();
+    format!("{host} {pid} {}", start_time(pid).unwrap_or_default())
+}
+
+/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid,
+/// it tells a live process from a later one that reused the pid.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Whether the client named by a [`LABEL_CLIENT`] value is certainly gone. Clients on other
+/// hosts are never judged dead: there is no way to know from here.
+pub fn client_is_dead(label: &str) -> bool {
+    let mut parts = label.split(' ');
+    let (Some(host), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let ours = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host != ours {
+        return false;
+    }
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    start_time(pid).as_deref() != Some(start)
+}
 
 /// The job script, run as `sh -c JOB_SCRIPT isc-job MODE EXT OUT_EXT -- FFMPEG_ARGS...`.
 ///
@@ -177,14 +217,14 @@ impl Engine {
     }
 
     /// Make sure the worker image is present: pull it if it is not, reporting the pull's progress
-    /// through `say`.
+    /// through `say`. Returns the image ID.
     pub async fn ensure_image(
         &self,
         image: &str,
         say: &(dyn Fn(String) + Send + Sync),
-    ) -> Result<(), EngineError> {
+    ) -> Result<String, EngineError> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
+            Ok(i) => return Ok(i.id.unwrap_or_default()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => {}
@@ -229,7 +269,7 @@ impl Engine {
         self.docker
             .inspect_image(image)
             .await
-            .map(|_| ())
+            .map(|i| i.id.unwrap_or_default())
             .map_err(|e| EngineError::NoImage {
                 image: image.to_string(),
                 host: self.host.clone(),
@@ -237,14 +277,10 @@ impl Engine {
             })
     }
 
-    /// Remove every container this tool created on the engine, optionally only one run's.
-    /// Returns how many were removed.
-    pub async fn remove_labelled(&self, run: Option<&str>) -> Result<usize, EngineError> {
-        let label = match run {
-            Some(r) => format!("{LABEL_RUN}={r}"),
-            None => LABEL_TOOL.to_string(),
-        };
-        let filters = HashMap::from([("label".to_string(), vec![label])]);
+    /// Remove containers this tool created on the engine: those of clients that are certainly
+    /// dead, or with `all`, every one. Returns how many were removed.
+    pub async fn remove_labelled(&self, all: bool) -> Result<usize, EngineError> {
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_TOOL.to_string()])]);
         let opts = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -256,7 +292,13 @@ impl Engine {
             .map_err(|e| self.api(e))?;
         let mut n = 0;
         for c in list {
-            if let Some(id) = c.id
+            let dead = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_CLIENT))
+                .is_some_and(|client| client_is_dead(client));
+            if (all || dead)
+                && let Some(id) = c.id
                 && remove(&self.docker, &id).await.is_ok()
             {
                 n += 1;
@@ -264,6 +306,81 @@ impl Engine {
         }
         Ok(n)
     }
+
+    /// The ffmpeg version inside an image, from a one-off locked-down container.
+    pub async fn ffmpeg_version(&self, image: &str) -> Result<String, EngineError> {
+        let config = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(vec!["ffmpeg".to_string(), "-version".to_string()]),
+            user: Some("65534:65534".to_string()),
+            attach_stdout: Some(true),
+            network_disabled: Some(true),
+            labels: Some(HashMap::from([
+                (
+                    LABEL_TOOL.to_string(),
+                    env!("CARGO_PKG_VERSION").to_string(),
+                ),
+                (LABEL_CLIENT.to_string(), client_id()),
+            ])),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".to_string()),
+                cap_drop: Some(vec!["ALL".to_string()]),
+                security_opt: Some(vec!["no-new-privileges".to_string()]),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("none".to_string()),
+                    config: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self
+            .docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                config,
+            )
+            .await
+            .map_err(|e| self.api(e))?
+            .id;
+        let result = async {
+            let mut attach = self
+                .docker
+                .attach_container(
+                    &id,
+                    Some(
+                        AttachContainerOptionsBuilder::default()
+                            .stdout(true)
+                            .stream(true)
+                            .build(),
+                    ),
+                )
+                .await?;
+            self.docker.start_container(&id, None).await?;
+            let mut text = Vec::new();
+            while let Some(chunk) = attach.output.next().await {
+                text.extend_from_slice(&chunk?.into_bytes());
+                if text.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            Ok::<_, bollard::errors::Error>(String::from_utf8_lossy(&text).into_owned())
+        }
+        .await;
+        let _ = remove(&self.docker, &id).await;
+        let text = result.map_err(|e| self.api(e))?;
+        Ok(parse_version(&text))
+    }
+}
+
+/// `ffmpeg version 5.1.9-0+deb12u1 Copyright ...` -> `5.1.9-0+deb12u1`.
+pub fn parse_version(text: &str) -> String {
+    text.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("ffmpeg version "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 /// Force-remove a container; one that is already gone counts as removed.
@@ -285,6 +402,7 @@ pub struct DockerBackend {
     image: String,
     limits: Limits,
     run_id: String,
+    client: String,
     /// Containers that exist right now, so that an impatient exit can still remove them.
     live: Arc<Mutex<HashSet<String>>>,
 }
@@ -296,6 +414,7 @@ impl DockerBackend {
             image,
             limits,
             run_id,
+            client: client_id(),
             live: Arc::default(),
         }
     }
@@ -312,6 +431,7 @@ impl DockerBackend {
                 LABEL_INPUT.to_string(),
                 job.input.to_string_lossy().into_owned(),
             ),
+            (LABEL_CLIENT.to_string(), self.client.clone()),
         ]);
         ContainerCreateBody {
             image: Some(self.image.clone()),
@@ -454,6 +574,7 @@ impl DockerBackend {
         ctx.started(job.id, &self.engine.host, transfer);
 
         let source = job.input.clone();
+        let mut input_hash = job.input_sha256.is_none().then(Hasher::new);
         let mut feeder = tokio::spawn(async move {
             let mut file = tokio::fs::File::open(&source).await.map_err(Feed::Read)?;
             let mut buf = vec![0u8; IO_BUFFER];
@@ -462,10 +583,13 @@ impl DockerBackend {
                 if n == 0 {
                     break;
                 }
+                if let Some(h) = input_hash.as_mut() {
+                    h.update(&buf[..n]);
+                }
                 input.write_all(&buf[..n]).await.map_err(Feed::Write)?;
             }
             input.shutdown().await.map_err(Feed::Write)?;
-            Ok::<(), Feed>(())
+            Ok::<Option<String>, Feed>(input_hash.map(Hasher::finish))
         });
 
         let file = tokio::fs::File::create(out)
@@ -474,12 +598,14 @@ impl DockerBackend {
         let mut sink = tokio::io::BufWriter::with_capacity(IO_BUFFER, file);
         let mut parser = StderrParser::new();
         let mut bytes_out = 0u64;
-        let mut feed_result = None;
+        let mut output_hash = Hasher::new();
+        let mut feed_result: Option<Option<String>> = None;
         loop {
             tokio::select! {
                 frame = output.next() => match frame {
                     Some(Ok(LogOutput::StdOut { message })) => {
                         bytes_out += message.len() as u64;
+                        output_hash.update(&message);
                         sink.write_all(&message).await.map_err(JobError::Output)?;
                     }
                     Some(Ok(LogOutput::StdErr { message })) => {
@@ -490,11 +616,11 @@ impl DockerBackend {
                     None => break,
                 },
                 done = &mut feeder, if feed_result.is_none() => {
-                    let done = done.map_err(|e| JobError::Input(std::io::Error::other(e)))?;
-                    if let Err(Feed::Read(e)) = done {
-                        return Err(JobError::Input(e));
+                    match done.map_err(|e| JobError::Input(std::io::Error::other(e)))? {
+                        Err(Feed::Read(e)) => return Err(JobError::Input(e)),
+                        Err(Feed::Write(_)) => feed_result = Some(None),
+                        Ok(sha) => feed_result = Some(sha),
                     }
-                    feed_result = Some(());
                 }
             }
         }
@@ -502,10 +628,10 @@ impl DockerBackend {
         // blocked on the engine would wait for minutes.
         if feed_result.is_none() {
             feeder.abort();
-            if let Ok(Ok(Err(Feed::Read(e)))) =
-                tokio::time::timeout(Duration::from_millis(100), &mut feeder).await
-            {
-                return Err(JobError::Input(e));
+            match tokio::time::timeout(Duration::from_millis(100), &mut feeder).await {
+                Ok(Ok(Err(Feed::Read(e)))) => return Err(JobError::Input(e)),
+                Ok(Ok(Ok(sha))) => feed_result = Some(sha),
+                _ => {}
             }
         }
         finish_stderr(&mut parser, job.id, ctx);
@@ -563,6 +689,9 @@ impl DockerBackend {
             decoded: decoded_seconds(&parser),
             bytes_out,
             transfer,
+            // A stream that ffmpeg stopped reading early has no full-content hash.
+            input_sha256: feed_result.flatten(),
+            output_sha256: output_hash.finish(),
         })
     }
 }
@@ -628,6 +757,27 @@ impl Backend for DockerBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_line() {
+        assert_eq!(
+            parse_version("ffmpeg version 5.1.9-0+deb12u1 Copyright (c) 2000-2026\nbuilt with"),
+            "5.1.9-0+deb12u1"
+        );
+        assert_eq!(parse_version("nonsense"), "unknown");
+    }
+
+    #[test]
+    fn own_client_is_alive_and_a_stale_one_is_dead() {
+        let me = client_id();
+        assert!(!client_is_dead(&me));
+        let parts: Vec<&str> = me.split(' ').collect();
+        assert!(client_is_dead(&format!("{} {} 1", parts[0], parts[1])));
+        assert!(
+            !client_is_dead("some-other-host 1 1"),
+            "never judge other hosts"
+        );
+    }
 
     #[test]
     fn spool_name_never_carries_user_text() {

@@ -11,6 +11,7 @@ use super::{
     pump_stderr,
 };
 use crate::ffmpeg::{Probe, StderrParser};
+use crate::hash;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::AsyncReadExt;
@@ -29,6 +30,16 @@ impl LocalBackend {
             ffmpeg: which("ffmpeg")?,
             ffprobe: which("ffprobe")?,
         })
+    }
+}
+
+impl LocalBackend {
+    /// The local ffmpeg's version, for provenance.
+    pub async fn version(&self) -> String {
+        match Command::new(&self.ffmpeg).arg("-version").output().await {
+            Ok(o) => super::docker::parse_version(&String::from_utf8_lossy(&o.stdout)),
+            Err(_) => "unknown".to_string(),
+        }
     }
 }
 
@@ -117,6 +128,12 @@ impl Backend for LocalBackend {
                 source,
             })?;
         ctx.started(job.id, "local", Transfer::Direct);
+        // ffmpeg reads the file itself here (it must be able to seek), so the hash needs a read
+        // of its own; it runs alongside ffmpeg and mostly hits the page cache.
+        let input_hash = job.input_sha256.is_none().then(|| {
+            let path = job.input.clone();
+            tokio::task::spawn_blocking(move || hash::file(&path, |_| {}))
+        });
         let mut stderr = child.stderr.take().ok_or_else(|| JobError::Spawn {
             program: self.ffmpeg.display().to_string(),
             source: std::io::Error::other("no stderr pipe"),
@@ -148,12 +165,27 @@ impl Backend for LocalBackend {
         }
         let probe = probe_file(&self.ffprobe, out).await?;
         let bytes_out = std::fs::metadata(out).map_err(JobError::Output)?.len();
+        let input_sha256 = match input_hash {
+            Some(h) => Some(
+                h.await
+                    .map_err(|e| JobError::Input(std::io::Error::other(e)))?
+                    .map_err(JobError::Input)?,
+            ),
+            None => None,
+        };
+        let out_path = out.to_path_buf();
+        let output_sha256 = tokio::task::spawn_blocking(move || hash::file(&out_path, |_| {}))
+            .await
+            .map_err(|e| JobError::Output(std::io::Error::other(e)))?
+            .map_err(JobError::Output)?;
         Ok(Produced {
             input: parser.input.clone(),
             probe,
             decoded: decoded_seconds(&parser),
             bytes_out,
             transfer: Transfer::Direct,
+            input_sha256,
+            output_sha256,
         })
     }
 

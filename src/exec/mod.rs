@@ -35,6 +35,9 @@ pub struct JobSpec {
     pub output: PathBuf,
     pub preset: Arc<Preset>,
     pub size: u64,
+    /// The input's sha256 when the plan already knows it; otherwise the backend computes it
+    /// from the bytes it streams anyway.
+    pub input_sha256: Option<String>,
 }
 
 /// How the input reached ffmpeg.
@@ -67,6 +70,10 @@ pub struct Produced {
     pub decoded: Option<f64>,
     pub bytes_out: u64,
     pub transfer: Transfer,
+    /// The input's sha256, computed while it streamed (when the job did not bring it).
+    pub input_sha256: Option<String>,
+    /// The output's sha256, computed while it was received.
+    pub output_sha256: String,
 }
 
 /// Events a running job sends to the reporter. Workers never print.

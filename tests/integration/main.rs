@@ -3,4 +3,5 @@
 
 mod pipeline;
 mod remote;
+mod state;
 mod util;

@@ -180,11 +180,12 @@ pub fn containers_for(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Every file under `dir`, recursively, relative to it.
+/// Every file under `dir`, recursively, relative to it, leaving out the state folder.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = walk(dir)
         .into_iter()
         .map(|p| p.strip_prefix(dir).expect("under").to_path_buf())
+        .filter(|p| !p.starts_with(".isc-transcode"))
         .collect();
     v.sort();
     v
@@ -214,4 +215,107 @@ pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
                 .is_some_and(|n| n.to_string_lossy().starts_with(".isc-tmp-"))
         })
         .collect()
+}
+
+/// Seconds since the epoch, as `docker events` takes them.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+/// Inputs (by their label) of the job containers created on the engine between `since` and now
+/// whose input lies under `dir`: the engine's own account of what was transcoded.
+pub fn created_since(since: f64, dir: &Path) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "events",
+            "--since",
+            &format!("{since:.3}"),
+            "--until",
+            &format!("{:.3}", now() + 0.5),
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=create",
+            "--filter",
+            "label=io.isc-transcode",
+            "--format",
+            "{{index .Actor.Attributes \"io.isc-transcode.input\"}}",
+        ])
+        .output()
+        .expect("docker events");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = dir.to_string_lossy().into_owned();
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&dir))
+        .map(|l| l.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Watches a folder for files being opened or read (not folders: walking lists them).
+pub struct OpenWatch {
+    inotify: inotify::Inotify,
+}
+
+impl OpenWatch {
+    pub fn new(dir: &Path) -> OpenWatch {
+        let inotify = inotify::Inotify::init().expect("inotify");
+        inotify
+            .watches()
+            .add(dir, inotify::WatchMask::OPEN | inotify::WatchMask::ACCESS)
+            .expect("watch");
+        OpenWatch { inotify }
+    }
+
+    /// Names of the files opened or read since the last call.
+    pub fn opened(&mut self) -> Vec<String> {
+        let mut buf = [0u8; 65536];
+        let mut names = Vec::new();
+        while let Ok(events) = self.inotify.read_events(&mut buf) {
+            let mut any = false;
+            for e in events {
+                any = true;
+                if !e.mask.contains(inotify::EventMask::ISDIR)
+                    && let Some(n) = e.name
+                {
+                    names.push(n.to_string_lossy().into_owned());
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// Lines of stdout that start with `word`.
+pub fn lines_starting(o: &Output, word: &str) -> Vec<String> {
+    stdout(o)
+        .lines()
+        .filter(|l| l.starts_with(word))
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Copy an MP4 and append a `free` box carrying `n`: still a valid file, but other content, so
+/// the content-keyed store treats it as a different input.
+pub fn distinct_copy(from: &Path, to: &Path, n: usize) {
+    let mut data = std::fs::read(from).expect("read");
+    let payload = format!("isc-test {n}");
+    data.extend_from_slice(&((8 + payload.len()) as u32).to_be_bytes());
+    data.extend_from_slice(b"free");
+    data.extend_from_slice(payload.as_bytes());
+    std::fs::write(to, data).expect("write");
 }

@@ -1,0 +1,496 @@
+//! Planning: which inputs need work, keyed on content, not on names or times.
+//!
+//! For each scanned input:
+//! 1. Its identity (device, inode, size, mtime ns) is looked up in the stat cache. A hit gives
+//!    its sha256 without opening the file, which is what makes a re-run over a finished batch
+//!    cost a `stat` per file.
+//! 2. On a miss, the file is hashed now only if the answer could change the decision: when some
+//!    finished output has an input of the same size, or another input of this batch has the same
+//!    size. Otherwise its content cannot have been done before, so it runs, and is hashed while
+//!    it streams to the engine: one read instead of two.
+//! 3. With a hash, the job key (content + preset fingerprint) decides:
+//!    - recorded for this output path, and the output is still there with its recorded size
+//!      (and sha256 under `--verify`): skip;
+//!    - recorded for another output path whose file is intact (a renamed or copied input): copy
+//!      that output (reflink, else hard link, else a copy), no transcode;
+//!    - the same key as an earlier input of this batch: wait for it and copy its output;
+//!    - otherwise: run.
+
+use crate::hash;
+use crate::preset::Preset;
+use crate::scan::{Planned, ScanProblem};
+use crate::schedule::TEMP_PREFIX;
+use crate::state::{FileStat, OutputRecord, StateError, Store};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// What to do with one input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Done before, and the output is intact.
+    Skip,
+    /// The same content was done under another output path: copy that output.
+    Copy {
+        from: PathBuf,
+        record: Box<OutputRecord>,
+    },
+    /// The same content as an earlier item of this plan: copy its output once it exists.
+    Follow { primary: usize },
+    /// Transcode.
+    Run,
+}
+
+/// One input with its decision.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub planned: Planned,
+    pub stat: FileStat,
+    /// Known before running (stat cache or hashed now); `None` means "hash while streaming".
+    pub sha256: Option<String>,
+    pub key: Option<String>,
+    pub action: Action,
+    /// Why, in a few words (for `--dry-run` and logs).
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    /// Ignore records: run everything.
+    pub force: bool,
+    /// Re-hash outputs before trusting them.
+    pub verify: bool,
+}
+
+/// Progress of the hashing phase.
+#[derive(Debug, Clone)]
+pub enum HashEvent {
+    Start { path: PathBuf, size: u64 },
+    Bytes { path: PathBuf, done: u64 },
+    End { path: PathBuf },
+}
+
+/// Decide what to do with each input.
+pub fn plan(
+    scanned: Vec<Planned>,
+    preset: &Preset,
+    out_dir: &Path,
+    store: &Store,
+    opts: PlanOptions,
+    on_hash: &mut dyn FnMut(HashEvent),
+) -> Result<(Vec<Item>, Vec<ScanProblem>), StateError> {
+    let fingerprint = preset.fingerprint();
+    let mut problems = Vec::new();
+    let mut items = Vec::with_capacity(scanned.len());
+    for planned in scanned {
+        match std::fs::metadata(&planned.input) {
+            Ok(meta) => {
+                let stat = FileStat::of(&meta);
+                let sha256 = store.cached_hash(&stat)?;
+                items.push(Item {
+                    planned,
+                    stat,
+                    sha256,
+                    key: None,
+                    action: Action::Run,
+                    why: String::new(),
+                });
+            }
+            Err(e) => problems.push(ScanProblem {
+                path: planned.input,
+                reason: format!("cannot stat: {e}"),
+            }),
+        }
+    }
+
+    let done_sizes = if opts.force {
+        HashSet::new()
+    } else {
+        store.done_input_sizes(&fingerprint)?
+    };
+    let mut batch_sizes: HashMap<u64, usize> = HashMap::new();
+    for it in &items {
+        *batch_sizes.entry(it.stat.size).or_default() += 1;
+    }
+    for it in items.iter_mut().filter(|it| it.sha256.is_none()) {
+        let size = it.stat.size;
+        let could_match =
+            done_sizes.contains(&size) || batch_sizes.get(&size).is_some_and(|n| *n > 1);
+        if !could_match || size == 0 {
+            continue;
+        }
+        let path = it.planned.input.clone();
+        on_hash(HashEvent::Start {
+            path: path.clone(),
+            size,
+        });
+        let result = hash::file(&path, |done| {
+            on_hash(HashEvent::Bytes {
+                path: path.clone(),
+                done,
+            })
+        });
+        on_hash(HashEvent::End { path: path.clone() });
+        match result {
+            Ok(sha) => {
+                store.put_hash(&it.stat, &sha)?;
+                it.sha256 = Some(sha);
+            }
+            Err(e) => {
+                problems.push(ScanProblem {
+                    path,
+                    reason: format!("cannot read: {e}"),
+                });
+                it.action = Action::Skip;
+                it.why = "unreadable".into();
+            }
+        }
+    }
+    items.retain(|it| it.why != "unreadable");
+
+    let mut first_with_key: HashMap<String, usize> = HashMap::new();
+    for i in 0..items.len() {
+        let Some(sha) = items[i].sha256.clone() else {
+            items[i].why = "new content".into();
+            continue;
+        };
+        let key = hash::job_key(&sha, &fingerprint);
+        items[i].key = Some(key.clone());
+        if opts.force {
+            items[i].action = Action::Run;
+            items[i].why = "--force".into();
+            continue;
+        }
+        let rel = relative(out_dir, &items[i].planned.output);
+        let records = store.outputs_for_key(&key)?;
+        let mine = records.iter().find(|r| r.output_path == rel);
+        if let Some(r) = mine {
+            match output_state(out_dir, r, opts.verify) {
+                OutputState::Intact => {
+                    items[i].action = Action::Skip;
+                    items[i].why = "done before".into();
+                    continue;
+                }
+                OutputState::Missing => items[i].why = "output missing".into(),
+                OutputState::Altered => items[i].why = "output altered".into(),
+            }
+        }
+        if let Some(src) = records
+            .iter()
+            .filter(|r| r.output_path != rel)
+            .find(|r| output_state(out_dir, r, opts.verify) == OutputState::Intact)
+        {
+            items[i].action = Action::Copy {
+                from: out_dir.join(&src.output_path),
+                record: Box::new(src.clone()),
+            };
+            items[i].why = format!("same content as {}", src.input_path);
+            continue;
+        }
+        if let Some(&primary) = first_with_key.get(&key) {
+            items[i].action = Action::Follow { primary };
+            items[i].why = format!("same content as {}", items[primary].planned.input.display());
+            continue;
+        }
+        first_with_key.insert(key, i);
+        items[i].action = Action::Run;
+        if items[i].why.is_empty() {
+            items[i].why = if records.is_empty() {
+                "new content".into()
+            } else {
+                "outputs gone".into()
+            };
+        }
+    }
+    Ok((items, problems))
+}
+
+/// An output path as recorded: relative to the output folder.
+pub fn relative(out_dir: &Path, output: &Path) -> PathBuf {
+    output
+        .strip_prefix(out_dir)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| output.to_path_buf())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum OutputState {
+    Intact,
+    Missing,
+    Altered,
+}
+
+fn output_state(out_dir: &Path, rec: &OutputRecord, verify: bool) -> OutputState {
+    let path = out_dir.join(&rec.output_path);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() && m.len() == rec.output_size => {
+            if verify && hash::file(&path, |_| {}).ok().as_deref() != Some(&rec.output_sha256) {
+                OutputState::Altered
+            } else {
+                OutputState::Intact
+            }
+        }
+        Ok(_) => OutputState::Altered,
+        Err(_) => OutputState::Missing,
+    }
+}
+
+/// Put a copy of `from` at `to` atomically: a reflink where the filesystem can, else a hard link,
+/// else a byte copy, under a temporary name that is then renamed into place.
+pub fn copy_output(from: &Path, to: &Path) -> std::io::Result<()> {
+    let dir = to.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let linked = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .make_in(dir, |p| {
+            reflink_copy::reflink(from, p).or_else(|_| std::fs::hard_link(from, p))
+        });
+    let temp = match linked {
+        Ok(t) => t.into_temp_path(),
+        Err(_) => {
+            let t = tempfile::Builder::new()
+                .prefix(TEMP_PREFIX)
+                .tempfile_in(dir)?;
+            std::fs::copy(from, t.path())?;
+            t.as_file().sync_all()?;
+            t.into_temp_path()
+        }
+    };
+    temp.persist(to).map_err(|e| e.error)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(dir: &Path, name: &str, bytes: &[u8]) -> Planned {
+        let input = dir.join("in").join(name);
+        std::fs::create_dir_all(input.parent().expect("p")).expect("mkdir");
+        std::fs::write(&input, bytes).expect("w");
+        Planned {
+            output: dir.join("out").join(name),
+            input,
+            root: None,
+            size: bytes.len() as u64,
+        }
+    }
+
+    fn record(store: &Store, out: &Path, item: &Item, output_bytes: &[u8]) {
+        std::fs::create_dir_all(out).expect("mkdir");
+        std::fs::write(&item.planned.output, output_bytes).expect("w");
+        let sha = item
+            .sha256
+            .clone()
+            .unwrap_or_else(|| hash::file(&item.planned.input, |_| {}).expect("h"));
+        store
+            .record(&OutputRecord {
+                output_path: relative(out, &item.planned.output),
+                key: hash::job_key(&sha, &crate::preset::load("copy").expect("p").fingerprint()),
+                input_path: item.planned.input.display().to_string(),
+                input_sha256: sha.clone(),
+                input_size: item.stat.size,
+                output_size: output_bytes.len() as u64,
+                output_sha256: hash::file(&item.planned.output, |_| {}).expect("h"),
+                preset_name: "copy".into(),
+                preset_fingerprint: crate::preset::load("copy").expect("p").fingerprint(),
+                image: None,
+                image_id: None,
+                ffmpeg_version: None,
+                host: "test".into(),
+                seconds: 0.1,
+                transcoded: true,
+            })
+            .expect("record");
+        store.put_hash(&item.stat, &sha).expect("cache");
+    }
+
+    fn actions(items: &[Item]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match &i.action {
+                Action::Skip => "skip".to_string(),
+                Action::Run => "run".to_string(),
+                Action::Copy { .. } => "copy".to_string(),
+                Action::Follow { primary } => format!("follow {primary}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decisions_follow_content() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let out = t.path().join("out");
+        let store = Store::open(&out, false).expect("store");
+        let preset = crate::preset::load("copy").expect("preset");
+        let a = planned(t.path(), "a.mp4", b"aaaa");
+        let b = planned(t.path(), "b.mp4", b"bbbbb");
+        let mut hashed = Vec::new();
+        let (items, _) = plan(
+            vec![a.clone(), b.clone()],
+            &preset,
+            &out,
+            &store,
+            PlanOptions::default(),
+            &mut |e| hashed.push(e),
+        )
+        .expect("plan");
+        assert_eq!(actions(&items), ["run", "run"]);
+        assert!(hashed.is_empty(), "new sizes need no hash before running");
+        for it in &items {
+            record(&store, &out, it, b"output");
+        }
+
+        let (items, _) = plan(
+            vec![a.clone(), b.clone()],
+            &preset,
+            &out,
+            &store,
+            PlanOptions::default(),
+            &mut |e| hashed.push(e),
+        )
+        .expect("plan");
+        assert_eq!(actions(&items), ["skip", "skip"]);
+        assert!(hashed.is_empty(), "stat cache answers");
+
+        // A renamed input (same inode), a deleted output, and an altered output.
+        let renamed_input = t.path().join("in/renamed.mp4");
+        std::fs::rename(&a.input, &renamed_input).expect("mv");
+        let renamed = Planned {
+            input: renamed_input,
+            output: out.join("renamed.mp4"),
+            ..a.clone()
+        };
+        std::fs::remove_file(&b.output).expect("rm");
+        let (items, _) = plan(
+            vec![renamed, b.clone()],
+            &preset,
+            &out,
+            &store,
+            PlanOptions::default(),
+            &mut |_| {},
+        )
+        .expect("plan");
+        assert_eq!(actions(&items), ["copy", "run"]);
+        assert_eq!(items[1].why, "output missing");
+    }
+
+    #[test]
+    fn duplicates_in_one_batch_run_once_and_changed_bytes_run_again() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let out = t.path().join("out");
+        let store = Store::open(&out, false).expect("store");
+        let preset = crate::preset::load("copy").expect("preset");
+        let a = planned(t.path(), "a.mp4", b"same bytes");
+        let b = planned(t.path(), "b.mp4", b"same bytes");
+        let c = planned(t.path(), "c.mp4", b"diff bytes");
+        let mut starts = 0;
+        let (items, _) = plan(
+            vec![a, b, c.clone()],
+            &preset,
+            &out,
+            &store,
+            PlanOptions::default(),
+            &mut |e| starts += usize::from(matches!(e, HashEvent::Start { .. })),
+        )
+        .expect("plan");
+        assert_eq!(actions(&items), ["run", "follow 0", "run"]);
+        assert_eq!(starts, 3, "equal sizes must be hashed to tell them apart");
+        record(&store, &out, &items[2], b"out");
+
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&c.input, b"diff byteZ").expect("w");
+        let (items, _) = plan(
+            vec![c],
+            &preset,
+            &out,
+            &store,
+            PlanOptions::default(),
+            &mut |_| {},
+        )
+        .expect("plan");
+        assert_eq!(actions(&items), ["run"]);
+        assert_ne!(
+            items[0].key, None,
+            "same size as a done input: hashed up front"
+        );
+    }
+
+    #[test]
+    fn verify_catches_same_size_alteration_and_force_runs_all() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let out = t.path().join("out");
+        let store = Store::open(&out, false).expect("store");
+        let preset = crate::preset::load("copy").expect("preset");
+        let a = planned(t.path(), "a.mp4", b"aaaa");
+        let (items, _) = plan(
+            vec![a.clone()],
+            &preset,
+            &out,
+            &store,
+            PlanOptions::default(),
+            &mut |_| {},
+        )
+        .expect("plan");
+        record(&store, &out, &items[0], b"output");
+        std::fs::write(&a.output, b"OUTPUT").expect("alter");
+        let plain = plan(
+            vec![a.clone()],
+            &preset,
+            &out,
+            &store,
+            PlanOptions::default(),
+            &mut |_| {},
+        )
+        .expect("plan")
+        .0;
+        assert_eq!(actions(&plain), ["skip"], "size alone cannot see it");
+        let verified = plan(
+            vec![a.clone()],
+            &preset,
+            &out,
+            &store,
+            PlanOptions {
+                verify: true,
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
+        .expect("plan")
+        .0;
+        assert_eq!(actions(&verified), ["run"]);
+        assert_eq!(verified[0].why, "output altered");
+        let forced = plan(
+            vec![a],
+            &preset,
+            &out,
+            &store,
+            PlanOptions {
+                force: true,
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
+        .expect("plan")
+        .0;
+        assert_eq!(actions(&forced), ["run"]);
+    }
+
+    #[test]
+    fn copy_output_is_atomic_and_equal() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let from = t.path().join("a.mp4");
+        std::fs::write(&from, b"payload").expect("w");
+        let to = t.path().join("sub/b.mp4");
+        copy_output(&from, &to).expect("copy");
+        assert_eq!(std::fs::read(&to).expect("r"), b"payload");
+        let leftovers: Vec<_> = std::fs::read_dir(t.path().join("sub"))
+            .expect("ls")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}

@@ -1,0 +1,651 @@
+//! The state store: what has been done, keyed on content, in SQLite.
+//!
+//! Lives at `<out>/.isc-transcode/state.db` (hidden, so scans never see it), in WAL mode so that
+//! `status` can read while a run writes. It holds:
+//! - `outputs`: one row per output file: its job key (sha256 of the input's bytes combined with
+//!   the preset's fingerprint), where it came from, its size and sha256, the image and ffmpeg
+//!   version that made it, timings and host. A row is written only after the output has been
+//!   renamed into place and synced, so a crash can lose a record but never invent one.
+//! - `stat_cache`: (device, inode, size, mtime ns) -> sha256, so that an unchanged input is never
+//!   read again to learn its hash.
+//! - `failures`: the last errors, for `status`.
+//! - `images`: the ffmpeg version of each worker image ID, learned once.
+//!
+//! The schema has a version (`PRAGMA user_version`) and ordered migrations. A database that
+//! cannot be read is reported and left alone; `--rebuild-state` moves it aside and starts afresh,
+//! keeping every output.
+//!
+//! The output folder is locked (`flock` on `.isc-transcode/lock`) for the length of a run, so two
+//! runs never work on the same folder at once.
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Folder inside the output folder that holds the state.
+pub const STATE_DIR: &str = ".isc-transcode";
+const DB_FILE: &str = "state.db";
+const LOCK_FILE: &str = "lock";
+
+/// Ordered migrations; `user_version` counts how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "
+    CREATE TABLE outputs (
+        output_path        TEXT PRIMARY KEY,   -- relative to the output folder
+        key                TEXT NOT NULL,
+        input_path         TEXT NOT NULL,
+        input_sha256       TEXT NOT NULL,
+        input_size         INTEGER NOT NULL,
+        output_size        INTEGER NOT NULL,
+        output_sha256      TEXT NOT NULL,
+        preset_name        TEXT NOT NULL,
+        preset_fingerprint TEXT NOT NULL,
+        image              TEXT,
+        image_id           TEXT,
+        ffmpeg_version     TEXT,
+        host               TEXT NOT NULL,
+        seconds            REAL NOT NULL,
+        recorded_at        INTEGER NOT NULL,
+        transcoded         INTEGER NOT NULL     -- 0 when copied from another output of the same key
+    );
+    CREATE INDEX outputs_key ON outputs(key);
+    CREATE INDEX outputs_fingerprint_size ON outputs(preset_fingerprint, input_size);
+    CREATE TABLE stat_cache (
+        dev      INTEGER NOT NULL,
+        ino      INTEGER NOT NULL,
+        size     INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256   TEXT NOT NULL,
+        PRIMARY KEY (dev, ino)
+    );
+    CREATE TABLE failures (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        input_path  TEXT NOT NULL,
+        preset_name TEXT NOT NULL,
+        error       TEXT NOT NULL,
+        at          INTEGER NOT NULL
+    );
+    CREATE TABLE images (
+        image_id       TEXT PRIMARY KEY,
+        ffmpeg_version TEXT NOT NULL
+    );
+    ",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create state folder {}: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "state database {} is unreadable ({detail}). It was left untouched. \
+         Run again with --rebuild-state to move it aside and start a new one (outputs are kept)",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "state database {} has schema version {found}, newer than this isc-transcode knows ({known}); \
+         use a newer isc-transcode",
+        path.display()
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    #[error("state database {}: {source}", path.display())]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another isc-transcode run{} is working on {}; not waiting (--no-wait)", holder.as_deref().map(|h| format!(" (pid {h})")).unwrap_or_default(), out.display())]
+    Busy {
+        out: PathBuf,
+        holder: Option<String>,
+    },
+}
+
+/// Identity of a file as the stat cache sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileStat {
+    pub fn of(meta: &std::fs::Metadata) -> FileStat {
+        FileStat {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        }
+    }
+}
+
+/// One recorded output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRecord {
+    /// Relative to the output folder.
+    pub output_path: PathBuf,
+    pub key: String,
+    pub input_path: String,
+    pub input_sha256: String,
+    pub input_size: u64,
+    pub output_size: u64,
+    pub output_sha256: String,
+    pub preset_name: String,
+    pub preset_fingerprint: String,
+    pub image: Option<String>,
+    pub image_id: Option<String>,
+    pub ffmpeg_version: Option<String>,
+    pub host: String,
+    pub seconds: f64,
+    pub transcoded: bool,
+}
+
+/// The exclusive lock on an output folder, held until dropped.
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+/// Lock the output folder. With `wait`, block (after calling `waiting` once) until the other
+/// run finishes; without, fail with [`StateError::Busy`].
+pub fn lock(
+    out: &Path,
+    wait: bool,
+    waiting: impl FnOnce(Option<String>),
+) -> Result<FolderLock, StateError> {
+    let dir = out.join(STATE_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| StateError::Dir {
+        path: dir.clone(),
+        source,
+    })?;
+    let path = dir.join(LOCK_FILE);
+    let lock_err = |source| StateError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = Some(holder.trim().to_string()).filter(|h| !h.is_empty());
+            if !wait {
+                return Err(StateError::Busy {
+                    out: out.to_path_buf(),
+                    holder,
+                });
+            }
+            waiting(holder);
+            file.lock().map_err(lock_err)?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    file.set_len(0).map_err(lock_err)?;
+    file.rewind().map_err(lock_err)?;
+    let _ = write!(file, "{}", std::process::id());
+    Ok(FolderLock { _file: file })
+}
+
+/// Counts for `status`.
+#[derive(Debug, Default, Clone)]
+pub struct StatusReport {
+    /// (preset, outputs, transcoded, input bytes, output bytes)
+    pub by_preset: Vec<(String, u64, u64, u64, u64)>,
+    /// (input, preset, error, unix time), newest first
+    pub failures: Vec<(String, String, String, i64)>,
+}
+
+/// An open state database.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// The database path for an output folder.
+    pub fn path_for(out: &Path) -> PathBuf {
+        out.join(STATE_DIR).join(DB_FILE)
+    }
+
+    /// Open (creating and migrating as needed) the state of an output folder. With `rebuild`,
+    /// an existing database is first moved aside, never deleted.
+    pub fn open(out: &Path, rebuild: bool) -> Result<Store, StateError> {
+        let dir = out.join(STATE_DIR);
+        std::fs::create_dir_all(&dir).map_err(|source| StateError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        if rebuild && path.exists() {
+            let aside = dir.join(format!("{DB_FILE}.old-{}", now()));
+            for suffix in ["", "-wal", "-shm"] {
+                let from = PathBuf::from(format!("{}{suffix}", path.display()));
+                if from.exists() {
+                    let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+                    std::fs::rename(&from, &to).map_err(|source| StateError::Dir {
+                        path: from.clone(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        let conn = Connection::open(&path).map_err(|e| corrupt_or_db(&path, e))?;
+        let store = Store {
+            conn: Mutex::new(conn),
+            path,
+        };
+        store.prepare()?;
+        Ok(store)
+    }
+
+    /// Open an existing database for reading only (for `status`).
+    pub fn open_read_only(out: &Path) -> Result<Option<Store>, StateError> {
+        let path = Store::path_for(out);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| corrupt_or_db(&path, e))?;
+        let store = Store {
+            conn: Mutex::new(conn),
+            path,
+        };
+        store.check()?;
+        Ok(Some(store))
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|e| corrupt_or_db(&self.path, e))
+    }
+
+    fn check(&self) -> Result<i64, StateError> {
+        let (version, check) = self.with(|c| {
+            let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let q: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            Ok((v, q))
+        })?;
+        if check != "ok" {
+            return Err(StateError::Corrupt {
+                path: self.path.clone(),
+                detail: check,
+            });
+        }
+        if version as usize > MIGRATIONS.len() {
+            return Err(StateError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        Ok(version)
+    }
+
+    fn prepare(&self) -> Result<(), StateError> {
+        self.with(|c| {
+            c.busy_timeout(std::time::Duration::from_secs(30))?;
+            c.pragma_update(None, "journal_mode", "WAL")?;
+            c.pragma_update(None, "synchronous", "FULL")?;
+            Ok(())
+        })?;
+        let version = self.check()? as usize;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            self.with(|c| {
+                let tx = c.transaction()?;
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+                tx.commit()
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The sha256 recorded for a file with exactly this identity, if any.
+    pub fn cached_hash(&self, st: &FileStat) -> Result<Option<String>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT sha256 FROM stat_cache WHERE dev=?1 AND ino=?2 AND size=?3 AND mtime_ns=?4",
+                params![st.dev as i64, st.ino as i64, st.size as i64, st.mtime_ns],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    pub fn put_hash(&self, st: &FileStat, sha256: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO stat_cache(dev, ino, size, mtime_ns, sha256) VALUES (?1,?2,?3,?4,?5)",
+                params![st.dev as i64, st.ino as i64, st.size as i64, st.mtime_ns, sha256],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Input sizes already done with this preset: an input of any other size cannot match a
+    /// record, so it need not be hashed before deciding to run it.
+    pub fn done_input_sizes(
+        &self,
+        fingerprint: &str,
+    ) -> Result<std::collections::HashSet<u64>, StateError> {
+        self.with(|c| {
+            let mut s =
+                c.prepare("SELECT DISTINCT input_size FROM outputs WHERE preset_fingerprint=?1")?;
+            let rows = s.query_map(params![fingerprint], |r| r.get::<_, i64>(0))?;
+            rows.map(|r| r.map(|v| v as u64)).collect()
+        })
+    }
+
+    /// Every output recorded for a job key.
+    pub fn outputs_for_key(&self, key: &str) -> Result<Vec<OutputRecord>, StateError> {
+        self.with(|c| {
+            let mut s = c.prepare(
+                "SELECT output_path, key, input_path, input_sha256, input_size, output_size, output_sha256,
+                        preset_name, preset_fingerprint, image, image_id, ffmpeg_version, host, seconds, transcoded
+                 FROM outputs WHERE key=?1 ORDER BY recorded_at DESC",
+            )?;
+            let rows = s.query_map(params![key], |r| {
+                Ok(OutputRecord {
+                    output_path: PathBuf::from(r.get::<_, String>(0)?),
+                    key: r.get(1)?,
+                    input_path: r.get(2)?,
+                    input_sha256: r.get(3)?,
+                    input_size: r.get::<_, i64>(4)? as u64,
+                    output_size: r.get::<_, i64>(5)? as u64,
+                    output_sha256: r.get(6)?,
+                    preset_name: r.get(7)?,
+                    preset_fingerprint: r.get(8)?,
+                    image: r.get(9)?,
+                    image_id: r.get(10)?,
+                    ffmpeg_version: r.get(11)?,
+                    host: r.get(12)?,
+                    seconds: r.get(13)?,
+                    transcoded: r.get::<_, i64>(14)? != 0,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Record an output (replacing any earlier record of the same path).
+    pub fn record(&self, rec: &OutputRecord) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO outputs(output_path, key, input_path, input_sha256, input_size,
+                    output_size, output_sha256, preset_name, preset_fingerprint, image, image_id,
+                    ffmpeg_version, host, seconds, recorded_at, transcoded)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)",
+                params![
+                    rec.output_path.to_string_lossy(),
+                    rec.key,
+                    rec.input_path,
+                    rec.input_sha256,
+                    rec.input_size as i64,
+                    rec.output_size as i64,
+                    rec.output_sha256,
+                    rec.preset_name,
+                    rec.preset_fingerprint,
+                    rec.image,
+                    rec.image_id,
+                    rec.ffmpeg_version,
+                    rec.host,
+                    rec.seconds,
+                    now(),
+                    i64::from(rec.transcoded),
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn record_failure(&self, input: &str, preset: &str, error: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO failures(input_path, preset_name, error, at) VALUES (?1,?2,?3,?4)",
+                params![input, preset, error, now()],
+            )?;
+            c.execute(
+                "DELETE FROM failures WHERE id NOT IN (SELECT id FROM failures ORDER BY id DESC LIMIT 1000)",
+                [],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn ffmpeg_version(&self, image_id: &str) -> Result<Option<String>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT ffmpeg_version FROM images WHERE image_id=?1",
+                params![image_id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    pub fn put_ffmpeg_version(&self, image_id: &str, version: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO images(image_id, ffmpeg_version) VALUES (?1, ?2)",
+                params![image_id, version],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// What `status` shows.
+    pub fn status(&self, failures: usize) -> Result<StatusReport, StateError> {
+        self.with(|c| {
+            let mut s = c.prepare(
+                "SELECT preset_name, COUNT(*), SUM(transcoded), SUM(input_size), SUM(output_size)
+                 FROM outputs GROUP BY preset_name ORDER BY preset_name",
+            )?;
+            let by_preset = s
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u64,
+                        r.get::<_, i64>(3)? as u64,
+                        r.get::<_, i64>(4)? as u64,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut s = c.prepare(
+                "SELECT input_path, preset_name, error, at FROM failures ORDER BY id DESC LIMIT ?1",
+            )?;
+            let failures = s
+                .query_map(params![failures as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(StatusReport {
+                by_preset,
+                failures,
+            })
+        })
+    }
+}
+
+fn corrupt_or_db(path: &Path, e: rusqlite::Error) -> StateError {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StateError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
+        _ => StateError::Db {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(path: &str, key: &str) -> OutputRecord {
+        OutputRecord {
+            output_path: PathBuf::from(path),
+            key: key.into(),
+            input_path: "in/a.mp4".into(),
+            input_sha256: "aa".into(),
+            input_size: 1234,
+            output_size: 99,
+            output_sha256: "bb".into(),
+            preset_name: "h264".into(),
+            preset_fingerprint: "fp".into(),
+            image: Some("isc-ffmpeg:latest".into()),
+            image_id: Some("sha256:1".into()),
+            ffmpeg_version: Some("5.1".into()),
+            host: "local".into(),
+            seconds: 1.5,
+            transcoded: true,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path(), false).expect("open");
+            s.record(&rec("a.mp4", "k1")).expect("record");
+            s.record(&rec("b/a.mp4", "k1")).expect("record");
+            let st = FileStat {
+                dev: 1,
+                ino: 2,
+                size: 3,
+                mtime_ns: 4,
+            };
+            s.put_hash(&st, "cafe").expect("hash");
+        }
+        let s = Store::open(dir.path(), false).expect("reopen");
+        let got = s.outputs_for_key("k1").expect("query");
+        assert_eq!(got.len(), 2);
+        assert!(got.contains(&rec("a.mp4", "k1")));
+        assert!(s.outputs_for_key("k2").expect("query").is_empty());
+        let st = FileStat {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 4,
+        };
+        assert_eq!(s.cached_hash(&st).expect("c").as_deref(), Some("cafe"));
+        let moved = FileStat { mtime_ns: 5, ..st };
+        assert_eq!(
+            s.cached_hash(&moved).expect("c"),
+            None,
+            "mtime is part of identity"
+        );
+        assert!(s.done_input_sizes("fp").expect("sizes").contains(&1234));
+        assert!(s.done_input_sizes("other").expect("sizes").is_empty());
+        let mode: String = s
+            .with(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn corrupt_database_is_reported_and_kept_until_rebuild() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Store::path_for(dir.path());
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let junk = b"this is not a sqlite database, it is garbage".repeat(100);
+        std::fs::write(&path, &junk).expect("w");
+        let err = Store::open(dir.path(), false).err().expect("must fail");
+        let msg = err.to_string();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{msg}");
+        assert!(
+            msg.contains("state.db") && msg.contains("--rebuild-state"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&path).expect("r"), junk, "never wiped");
+        let s = Store::open(dir.path(), true).expect("rebuild");
+        assert!(s.outputs_for_key("x").expect("q").is_empty());
+        let aside: Vec<_> = std::fs::read_dir(path.parent().expect("p"))
+            .expect("ls")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("state.db.old-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(
+            std::fs::read(aside[0].path()).expect("r"),
+            junk,
+            "kept aside"
+        );
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open(dir.path(), false).expect("open"));
+        let c = Connection::open(Store::path_for(dir.path())).expect("c");
+        c.pragma_update(None, "user_version", 99).expect("v");
+        drop(c);
+        let err = Store::open(dir.path(), false).err().expect("too new");
+        assert!(matches!(err, StateError::TooNew { found: 99, .. }));
+    }
+
+    #[test]
+    fn second_lock_is_busy_without_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = lock(dir.path(), false, |_| {}).expect("first");
+        let err = lock(dir.path(), false, |_| {}).err().expect("busy");
+        let msg = err.to_string();
+        assert!(matches!(err, StateError::Busy { .. }), "{msg}");
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        drop(held);
+        lock(dir.path(), false, |_| {}).expect("free again");
+    }
+
+    #[test]
+    fn status_counts_and_failures() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path(), false).expect("open");
+        s.record(&rec("a.mp4", "k1")).expect("r");
+        let mut copy = rec("b.mp4", "k1");
+        copy.transcoded = false;
+        s.record(&copy).expect("r");
+        s.record_failure("x.mp4", "h264", "ffmpeg failed")
+            .expect("f");
+        let st = s.status(10).expect("status");
+        assert_eq!(st.by_preset, vec![("h264".to_string(), 2, 1, 2468, 198)]);
+        assert_eq!(st.failures[0].2, "ffmpeg failed");
+    }
+}

@@ -1,0 +1,498 @@
+//! The state store: content-keyed skips, renames, changes, crashes, concurrency, corruption.
+//! Each claim about what ran is checked on the engine's own event log.
+
+use crate::util::*;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// A folder of distinct small inputs copied from the samples.
+fn inputs(dir: &Path, names: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for (sample, name) in names {
+        std::fs::copy(samples().join(sample), dir.join(name)).expect("copy");
+    }
+}
+
+fn transcode(dir: &Path, out: &Path, preset: &str) -> std::process::Output {
+    run(bin()
+        .arg(dir)
+        .arg("-o")
+        .arg(out)
+        .args(["--backend", "docker", "-j", "2", "-p", preset]))
+}
+
+#[test]
+fn second_run_transcodes_nothing_and_reads_no_input() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    inputs(
+        &dir,
+        &[
+            ("moov-at-end.mp4", "a.mp4"),
+            ("faststart.mp4", "b.mp4"),
+            ("two-audio.mkv", "c.mkv"),
+        ],
+    );
+    let out = tmp.path().join("out");
+    let t0 = now();
+    let o = transcode(&dir, &out, "copy");
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(created_since(t0, &dir).len(), 3);
+
+    let mut watch = OpenWatch::new(&dir);
+    let t1 = now();
+    let o = transcode(&dir, &out, "copy");
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        created_since(t1, &dir),
+        Vec::<String>::new(),
+        "nothing transcoded"
+    );
+    assert_eq!(watch.opened(), Vec::<String>::new(), "no input opened");
+    assert_eq!(lines_starting(&o, "skipped").len(), 3);
+    assert!(
+        stdout(&o).contains("0 done, 3 skipped, 0 failed"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn renamed_input_gets_its_output_without_a_transcode() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    inputs(
+        &dir,
+        &[("faststart.mp4", "a.mp4"), ("no-audio.mp4", "b.mp4")],
+    );
+    let out = tmp.path().join("out");
+    assert_eq!(transcode(&dir, &out, "copy").status.code(), Some(0));
+    std::fs::create_dir(dir.join("moved")).expect("mkdir");
+    std::fs::rename(dir.join("a.mp4"), dir.join("moved/renamed.mp4")).expect("mv");
+    let t0 = now();
+    let o = transcode(&dir, &out, "copy");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        created_since(t0, &dir).is_empty(),
+        "a rename is not new content"
+    );
+    let renamed = out.join("moved/renamed.mp4");
+    assert_eq!(
+        std::fs::read(&renamed).expect("output"),
+        std::fs::read(out.join("a.mp4")).expect("original output")
+    );
+    assert_faststart(&renamed);
+    assert!(stdout(&o).contains("no transcode"), "{}", stdout(&o));
+}
+
+#[test]
+fn exactly_what_changed_runs_again() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    inputs(
+        &dir,
+        &[
+            ("moov-at-end.mp4", "a.mp4"),
+            ("faststart.mp4", "b.mp4"),
+            ("no-audio.mp4", "c.mp4"),
+            ("odd-size.mp4", "d.mp4"),
+        ],
+    );
+    let out = tmp.path().join("out");
+    assert_eq!(transcode(&dir, &out, "copy").status.code(), Some(0));
+
+    // One byte of a's payload, same size: its content changed.
+    let a = dir.join("a.mp4");
+    let mut bytes = std::fs::read(&a).expect("read");
+    let n = bytes.len();
+    bytes[n - 100] ^= 0x01;
+    std::fs::write(&a, bytes).expect("write");
+    // b's output deleted.
+    std::fs::remove_file(out.join("b.mp4")).expect("rm");
+    let t0 = now();
+    let o = transcode(&dir, &out, "copy");
+    assert_eq!(o.status.code(), Some(0));
+    let ran = created_since(t0, &dir);
+    assert_eq!(
+        ran,
+        [
+            a.display().to_string(),
+            dir.join("b.mp4").display().to_string()
+        ]
+    );
+    assert_eq!(lines_starting(&o, "skipped").len(), 2);
+
+    // Another preset is other work: everything runs once, then nothing.
+    let t1 = now();
+    assert_eq!(transcode(&dir, &out, "h264").status.code(), Some(0));
+    assert_eq!(created_since(t1, &dir).len(), 4);
+    let t2 = now();
+    assert_eq!(transcode(&dir, &out, "h264").status.code(), Some(0));
+    assert!(created_since(t2, &dir).is_empty());
+    // The h264 outputs replaced the copy outputs at the same paths: switching back redoes them.
+    let t3 = now();
+    assert_eq!(transcode(&dir, &out, "copy").status.code(), Some(0));
+    assert_eq!(created_since(t3, &dir).len(), 4);
+}
+
+#[test]
+fn identical_inputs_in_one_batch_are_transcoded_once() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    inputs(
+        &dir,
+        &[
+            ("faststart.mp4", "a.mp4"),
+            ("faststart.mp4", "b.mp4"),
+            ("faststart.mp4", "c.mp4"),
+        ],
+    );
+    let out = tmp.path().join("out");
+    let t0 = now();
+    let o = transcode(&dir, &out, "copy");
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(created_since(t0, &dir).len(), 1);
+    let first = std::fs::read(out.join("a.mp4")).expect("a");
+    for n in ["b.mp4", "c.mp4"] {
+        assert_eq!(std::fs::read(out.join(n)).expect("copy"), first);
+    }
+}
+
+#[test]
+fn sigkill_mid_batch_then_the_next_run_finishes_exactly_the_rest() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for i in 0..6 {
+        make_media(
+            &dir.join(format!("clip{i}.mp4")),
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("testsrc2=size=640x360:rate=25,hue=h={}", i * 40),
+                "-t",
+                "6",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+            ],
+        );
+    }
+    let out = tmp.path().join("out");
+    let mut child = bin()
+        .arg(&dir)
+        .arg("-o")
+        .arg(&out)
+        .args(["--backend", "docker", "-j", "2", "-p", "h264"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let finals = |out: &Path| -> Vec<PathBuf> {
+        files_under(out)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "mp4"))
+            .filter(|p| !p.to_string_lossy().contains(".isc"))
+            .collect()
+    };
+    let start = Instant::now();
+    while finals(&out).len() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(120), "batch too slow");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    for f in finals(&out) {
+        let p = probe(&out.join(&f));
+        assert!(
+            (duration(&p) - 6.0).abs() <= 0.5,
+            "{}: broken final output",
+            f.display()
+        );
+    }
+
+    let t0 = now();
+    let o = transcode(&dir, &out, "h264");
+    assert_eq!(o.status.code(), Some(0));
+    let done = lines_starting(&o, "done");
+    let skipped = lines_starting(&o, "skipped");
+    assert_eq!(done.len() + skipped.len(), 6);
+    assert!(!skipped.is_empty(), "what finished before the kill is kept");
+    assert_eq!(
+        created_since(t0, &dir).len(),
+        done.len(),
+        "exactly the unfinished ran"
+    );
+    assert_eq!(finals(&out).len(), 6);
+    for i in 0..6 {
+        let p = probe(&out.join(format!("clip{i}.mp4")));
+        assert!((duration(&p) - 6.0).abs() <= 0.5);
+    }
+    assert!(temp_files(&out).is_empty(), "leftover temp files cleaned");
+    assert!(containers_for(&dir).is_empty(), "no container left");
+}
+
+#[test]
+fn two_runs_on_one_output_folder_never_transcode_a_file_twice() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    inputs(
+        &dir,
+        &[
+            ("moov-at-end.mp4", "a.mp4"),
+            ("faststart.mp4", "b.mp4"),
+            ("no-audio.mp4", "c.mp4"),
+            ("odd-size.mp4", "d.mp4"),
+        ],
+    );
+    let out = tmp.path().join("out");
+    let t0 = now();
+    let spawn_with = |preset: &str| {
+        bin()
+            .arg(&dir)
+            .arg("-o")
+            .arg(&out)
+            .args(["--backend", "docker", "-j", "2", "-p", preset])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let first = spawn_with("h264");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = spawn_with("h264");
+    let (a, b) = (
+        first.wait_with_output().expect("a"),
+        second.wait_with_output().expect("b"),
+    );
+    assert_eq!((a.status.code(), b.status.code()), (Some(0), Some(0)));
+    assert_eq!(
+        created_since(t0, &dir).len(),
+        4,
+        "each file transcoded once"
+    );
+    let waited = [&a, &b]
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("waiting for another"))
+        .count();
+    assert_eq!(waited, 1);
+
+    // With --no-wait the loser leaves at once with its own code. The holder has real work
+    // (another preset), so it holds the folder for a while.
+    let holder = spawn_with("vp9");
+    let start = Instant::now();
+    while created_since(t0, &dir).len() < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "holder never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = run(bin().arg(&dir).arg("-o").arg(&out).args([
+        "--backend",
+        "docker",
+        "--no-wait",
+        "-p",
+        "vp9",
+    ]));
+    let _ = holder.wait_with_output();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("another isc-transcode run"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn corrupt_state_database_is_reported_never_wiped() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    inputs(&dir, &[("faststart.mp4", "a.mp4")]);
+    let out = tmp.path().join("out");
+    assert_eq!(transcode(&dir, &out, "copy").status.code(), Some(0));
+    let db = out.join(".isc-transcode/state.db");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let junk = b"not a database at all. ".repeat(400);
+    std::fs::write(&db, &junk).expect("corrupt");
+    let output_before = std::fs::read(out.join("a.mp4")).expect("output");
+
+    let o = transcode(&dir, &out, "copy");
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("state.db") && err.contains("--rebuild-state"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&db).expect("db"), junk, "left untouched");
+
+    let o = run(bin().arg(&dir).arg("-o").arg(&out).args([
+        "--backend",
+        "docker",
+        "-p",
+        "copy",
+        "--rebuild-state",
+    ]));
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(out.join("a.mp4")).expect("output"),
+        output_before
+    );
+    let aside = std::fs::read_dir(out.join(".isc-transcode"))
+        .expect("ls")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.db.old-"))
+        .count();
+    assert_eq!(aside, 1, "the broken database is kept aside");
+    let o = run(bin().args(["status", "--out"]).arg(&out));
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("copy"), "{}", stdout(&o));
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_string()
+}
+
+/// A stopped container labelled as this tool's, for a given client.
+fn fake_leftover(client: &str, input: &Path) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "create",
+            "--network",
+            "none",
+            "--label",
+            "io.isc-transcode=test",
+            "--label",
+        ])
+        .arg(format!("io.isc-transcode.client={client}"))
+        .arg("--label")
+        .arg(format!("io.isc-transcode.input={}", input.display()))
+        .args([IMAGE, "true"])
+        .output()
+        .expect("docker create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn exists(id: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .expect("inspect")
+        .status
+        .success()
+}
+
+#[test]
+fn containers_of_dead_runs_are_removed_by_the_next_run_and_by_gc() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    inputs(&dir, &[("faststart.mp4", "a.mp4")]);
+    // pid 1 with an impossible start time: a client that is certainly gone. This test process
+    // itself (pid and real start time) is a live client whose containers must be left alone.
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let start = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .expect("start time")
+        .to_string();
+    let dead = fake_leftover(&format!("{} 1 1", hostname()), &dir.join("dead"));
+    let live = fake_leftover(
+        &format!("{} {} {start}", hostname(), std::process::id()),
+        &dir.join("live"),
+    );
+    let out = tmp.path().join("out");
+    let o = transcode(&dir, &out, "copy");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!exists(&dead), "a dead run's container is removed");
+    assert!(exists(&live), "a live run's container is kept");
+    assert!(
+        stderr(&o).contains("by runs that are gone"),
+        "{}",
+        stderr(&o)
+    );
+
+    let dead2 = fake_leftover(&format!("{} 1 1", hostname()), &dir.join("dead2"));
+    let o = run(bin().arg("gc"));
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!exists(&dead2));
+    assert!(exists(&live));
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &live])
+        .output();
+}
+
+/// Unmounts on drop.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_clearly_leaves_nothing_and_records_nothing() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("small");
+    std::fs::create_dir(&out).expect("mkdir");
+    // Room for the state database, not for the output (the sample remuxes to ~115 KB).
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=160k", "tmpfs"])
+        .arg(&out)
+        .status()
+        .expect("mount (the tests run as root)");
+    assert!(
+        ok.success(),
+        "cannot mount a small tmpfs; the tests need root"
+    );
+    let _mounted = Tmpfs(out.clone());
+    let o = run(bin()
+        .arg(samples().join("moov-at-end.mp4"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--backend", "docker", "-p", "copy"]));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("moov-at-end.mp4") && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert!(
+        files_under(&out).is_empty(),
+        "no partial file: {:?}",
+        files_under(&out)
+    );
+    let status = run(bin().args(["status", "--out"]).arg(&out));
+    assert!(
+        stdout(&status).contains("total               0"),
+        "{}",
+        stdout(&status)
+    );
+    assert!(
+        stdout(&status).contains("No space left"),
+        "{}",
+        stdout(&status)
+    );
+}

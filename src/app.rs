@@ -152,34 +152,68 @@ fn remove_stale_temps(out: &Path) -> usize {
 }
 
 async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
+    let started = std::time::Instant::now();
+    let deadline = args.max_runtime.map(|d| started + d);
     let preset = Arc::new(preset::load(&args.preset)?);
-    let scanned = scan::scan(
-        &args.inputs,
-        &ScanOptions {
-            out_dir: args.out.clone(),
-            out_ext: preset.extension.clone(),
-            include: args.include.clone(),
-            exclude: args.exclude.clone(),
-        },
-    )?;
-    let opts = ReportOptions::detect(args.quiet);
+    let opts = ReportOptions::detect(args.quiet, args.json, args.verbose);
+
+    let spinner = opts.bars.then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message("scanning inputs");
+        s.enable_steady_tick(std::time::Duration::from_millis(120));
+        s
+    });
+    let scan_opts = ScanOptions {
+        out_dir: args.out.clone(),
+        out_ext: preset.extension.clone(),
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+    };
+    let inputs = args.inputs.clone();
+    let scanned = tokio::task::spawn_blocking(move || scan::scan(&inputs, &scan_opts))
+        .await
+        .map_err(|e| AppError::Runtime(std::io::Error::other(e)))??;
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    if !args.quiet {
+        eprintln!(
+            "found {} media file(s){}",
+            scanned.jobs.len(),
+            if scanned.problems.is_empty() {
+                String::new()
+            } else {
+                format!(", {} unusable", scanned.problems.len())
+            }
+        );
+    }
     let mut problems = scanned.problems;
     if scanned.jobs.is_empty() {
-        for problem in &problems {
-            eprintln!("skipped {problem}");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let reporter = tokio::spawn(report::run(rx, BatchInfo::default(), opts));
+        for p in problems.drain(..) {
+            let _ = tx.send(Event::Problem(p));
         }
-        eprintln!("nothing to do: no media files found in the inputs");
-        return Ok(if problems.is_empty() {
+        let _ = tx.send(Event::Note(
+            "nothing to do: no media files found in the inputs".into(),
+        ));
+        drop(tx);
+        let summary = reporter.await.unwrap_or_default();
+        return Ok(if summary.failed == 0 {
             ExitCode::Success
         } else {
             ExitCode::SomeFailed
         });
     }
+
+    if args.dry_run {
+        return dry_run(scanned.jobs, problems, &preset, &args).await;
+    }
+
     std::fs::create_dir_all(&args.out).map_err(|source| AppError::OutDir {
         path: args.out.clone(),
         source,
     })?;
-
     let out = args.out.clone();
     let no_wait = args.no_wait;
     let _lock = tokio::task::spawn_blocking(move || {
@@ -199,40 +233,38 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
     }
     let store = Arc::new(Store::open(&args.out, args.rebuild_state)?);
 
-    let (items, plan_problems) = plan::plan(
-        scanned.jobs,
-        &preset,
-        &args.out,
-        &store,
-        PlanOptions {
-            force: args.force,
-            verify: args.verify,
-        },
-        &mut |e| {
-            if let HashEvent::Start { path, size } = e
-                && !args.quiet
-                && size > 256 << 20
-            {
-                eprintln!("hashing {} ({})", path.display(), human_bytes(size));
-            }
-        },
-    )?;
+    let (items, plan_problems) =
+        plan_with_progress(scanned.jobs, &preset, &args, &store, opts, false)?;
     problems.extend(plan_problems);
-    for problem in &problems {
-        eprintln!("skipped {problem}");
-    }
 
     let info = BatchInfo {
-        total: items.len(),
-        total_bytes: items.iter().map(|i| i.stat.size).sum(),
+        total: items.len() + problems.len(),
         names: items
             .iter()
             .enumerate()
             .map(|(id, i)| (id, i.planned.input.clone()))
             .collect::<HashMap<_, _>>(),
+        work: items
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.action == Action::Run)
+            .map(|(id, i)| (id, i.stat.size))
+            .collect(),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let reporter = tokio::spawn(report::run(rx, info, opts));
+    for p in problems.drain(..) {
+        let _ = tx.send(Event::Problem(p));
+    }
+    for it in &items {
+        let _ = tx.send(Event::Detail(format!(
+            "plan: {} {} -> {} ({})",
+            action_word(&it.action),
+            it.planned.input.display(),
+            it.planned.output.display(),
+            it.why
+        )));
+    }
 
     let spec = |id: usize, it: &Item| JobSpec {
         id,
@@ -264,9 +296,11 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
 
     let mut results: Vec<JobResult> = Vec::new();
     let mut interrupted = false;
+    let mut out_of_time = false;
     if !to_run.is_empty() {
-        let batch = run_jobs(to_run, &args, &preset, opts, tx.clone(), &store).await?;
+        let batch = run_jobs(to_run, &args, &preset, opts, tx.clone(), &store, deadline).await?;
         interrupted = batch.interrupted;
+        out_of_time = batch.deadline_passed;
         results = batch.results;
     }
     failed |= results.iter().any(|r| r.status == Status::Failed);
@@ -300,14 +334,142 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
 
     drop(tx);
     let summary = reporter.await.unwrap_or_default();
-    failed |= summary.failed > 0 || !problems.is_empty();
+    failed |= summary.failed > 0;
     Ok(if interrupted {
         ExitCode::Interrupted
     } else if failed {
         ExitCode::SomeFailed
+    } else if out_of_time && summary.not_started > 0 {
+        ExitCode::OutOfTime
     } else {
         ExitCode::Success
     })
+}
+
+fn action_word(a: &Action) -> &'static str {
+    match a {
+        Action::Skip => "skip",
+        Action::Copy { .. } | Action::Follow { .. } => "copy",
+        Action::Run => "run",
+    }
+}
+
+/// Plan with hashing progress: a bar per large file in a terminal, a line elsewhere.
+fn plan_with_progress(
+    scanned: Vec<scan::Planned>,
+    preset: &Preset,
+    args: &RunArgs,
+    store: &Store,
+    opts: ReportOptions,
+    read_only: bool,
+) -> Result<(Vec<Item>, Vec<scan::ScanProblem>), AppError> {
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let result = plan::plan(
+        scanned,
+        preset,
+        &args.out,
+        store,
+        PlanOptions {
+            force: args.force,
+            verify: args.verify,
+            read_only,
+        },
+        &mut |e| match e {
+            HashEvent::Start { path, size } if size > 64 << 20 && !opts.quiet => {
+                if opts.bars {
+                    let b = indicatif::ProgressBar::new(size);
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "hashing {msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    b.set_message(path.display().to_string());
+                    bar = Some(b);
+                } else {
+                    eprintln!("hashing {} ({})", path.display(), human_bytes(size));
+                }
+            }
+            HashEvent::Bytes { done, .. } => {
+                if let Some(b) = &bar {
+                    b.set_position(done);
+                }
+            }
+            HashEvent::End { .. } => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+            }
+            HashEvent::Start { .. } => {}
+        },
+    )?;
+    Ok(result)
+}
+
+/// `--dry-run`: plan against the recorded state (read-only, nothing created) and print it.
+async fn dry_run(
+    scanned: Vec<scan::Planned>,
+    problems: Vec<scan::ScanProblem>,
+    preset: &Preset,
+    args: &RunArgs,
+) -> Result<ExitCode, AppError> {
+    let opts = ReportOptions {
+        bars: false,
+        ..ReportOptions::detect(args.quiet, args.json, args.verbose)
+    };
+    let store = match Store::open_read_only(&args.out)? {
+        Some(s) => s,
+        None => Store::open_in_memory()?,
+    };
+    let (items, more) = plan_with_progress(scanned, preset, args, &store, opts, true)?;
+    #[derive(serde::Serialize)]
+    struct Step {
+        input: String,
+        output: Option<String>,
+        action: &'static str,
+        reason: String,
+    }
+    let mut steps: Vec<Step> = items
+        .iter()
+        .map(|it| Step {
+            input: it.planned.input.display().to_string(),
+            output: Some(it.planned.output.display().to_string()),
+            action: action_word(&it.action),
+            reason: it.why.clone(),
+        })
+        .collect();
+    steps.extend(problems.iter().chain(&more).map(|p| Step {
+        input: p.path.display().to_string(),
+        output: None,
+        action: "fail",
+        reason: p.reason.clone(),
+    }));
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct Plan<'a> {
+            plan: &'a [Step],
+        }
+        match serde_json::to_string_pretty(&Plan { plan: &steps }) {
+            Ok(t) => println!("{t}"),
+            Err(e) => eprintln!("error: cannot write the JSON plan: {e}"),
+        }
+    } else {
+        for s in &steps {
+            match &s.output {
+                Some(o) => println!("{:<5} {} -> {}  ({})", s.action, s.input, o, s.reason),
+                None => println!("{:<5} {}  ({})", s.action, s.input, s.reason),
+            }
+        }
+        let count = |a: &str| steps.iter().filter(|s| s.action == a).count();
+        println!(
+            "plan: {} to run, {} to copy, {} to skip, {} unusable (dry run: nothing was done)",
+            count("run"),
+            count("copy"),
+            count("skip"),
+            count("fail")
+        );
+    }
+    Ok(ExitCode::Success)
 }
 
 fn failed_result(job: &JobSpec, error: &str) -> JobResult {
@@ -439,6 +601,7 @@ async fn run_jobs(
     opts: ReportOptions,
     tx: UnboundedSender<Event>,
     store: &Arc<Store>,
+    deadline: Option<std::time::Instant>,
 ) -> Result<schedule::BatchOutcome, AppError> {
     let host = args.host.clone().unwrap_or_else(default_host);
     let say = |s: String| {
@@ -508,6 +671,7 @@ async fn run_jobs(
                 cpus,
                 tx.clone(),
                 recorder(provenance),
+                deadline,
             )
             .await)
         }
@@ -527,6 +691,7 @@ async fn run_jobs(
                 num_cpus_local(),
                 tx.clone(),
                 recorder(provenance),
+                deadline,
             )
             .await)
         }
@@ -546,6 +711,7 @@ async fn execute<B: Backend>(
     cpus: usize,
     tx: UnboundedSender<Event>,
     recorder: Arc<dyn Recorder>,
+    deadline: Option<std::time::Instant>,
 ) -> schedule::BatchOutcome {
     let parallel = args.jobs.map_or(cpus, usize::from);
     if !opts.quiet {
@@ -557,5 +723,11 @@ async fn execute<B: Backend>(
             parallel
         )));
     }
-    schedule::run_batch(Arc::new(backend), jobs, &args.out, parallel, tx, recorder).await
+    let batch = schedule::BatchOptions {
+        parallel,
+        deadline,
+        stall_timeout: args.stall_timeout,
+        echo_ffmpeg: opts.verbose >= 2,
+    };
+    schedule::run_batch(Arc::new(backend), jobs, &args.out, batch, tx, recorder).await
 }

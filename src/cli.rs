@@ -19,7 +19,8 @@ Examples:
   isc-transcode presets h264                   show one, with its ffmpeg command line
 
 Exit codes: 0 all done, 1 some files failed, 2 usage or configuration error,
-3 another run holds the output folder (--no-wait), 130 interrupted.";
+3 another run holds the output folder (--no-wait), 4 --max-runtime left files undone,
+130 interrupted.";
 
 /// Transcode media in locked-down ffmpeg containers on any Docker engine, local or remote.
 ///
@@ -161,6 +162,30 @@ pub struct RunArgs {
     #[arg(short, long)]
     pub quiet: bool,
 
+    /// More detail: -v shows each decision and job start, -vv also ffmpeg's own messages.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Write one JSON report to stdout at the end, and nothing else to stdout (per-file lines
+    /// go to stderr). The schema is in the README. Example: `--json > report.json`
+    #[arg(long)]
+    pub json: bool,
+
+    /// Show the plan (what would run, what would be skipped and why, where each output would go)
+    /// and stop: no container is started and nothing is written.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Start no new job after this long (e.g. 6h, 45m, 1h30m); running jobs finish, what is left
+    /// is reported, and the exit code is 4. For night windows in cron.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_runtime: Option<std::time::Duration>,
+
+    /// Stop a job that shows no progress for this long (no ffmpeg progress, no bytes moving),
+    /// remove its container and count it as failed. Example: `--stall-timeout 10m`
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub stall_timeout: std::time::Duration,
+
     /// Transcode even what the state store says is done.
     #[arg(long)]
     pub force: bool,
@@ -178,6 +203,12 @@ pub struct RunArgs {
     /// Outputs are kept; the new database learns them again as inputs are re-hashed.
     #[arg(long)]
     pub rebuild_state: bool,
+}
+
+/// Parse a duration such as `90s`, `45m` or `1h30m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 90s, 45m or 1h30m: {e}"))
 }
 
 /// Parse a size such as `512m` or `4g` (binary units).

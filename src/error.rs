@@ -17,6 +17,8 @@ pub enum ExitCode {
     Usage = 2,
     /// Another run holds the output folder and `--no-wait` was given.
     Busy = 3,
+    /// `--max-runtime` passed with files not yet started (none failed).
+    OutOfTime = 4,
     /// Interrupted by SIGINT or SIGTERM.
     Interrupted = 130,
 }

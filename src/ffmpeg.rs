@@ -54,6 +54,8 @@ pub struct StderrParser {
     probe_json: String,
     pub marks: Vec<(String, String)>,
     partial: Vec<u8>,
+    /// Meaningful lines not yet taken by the caller (for echoing with `-vv`).
+    pub fresh: Vec<String>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
@@ -164,7 +166,11 @@ impl StderrParser {
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
-        self.tail.push_back(neutral_names(trimmed.trim_end()));
+        let line = neutral_names(trimmed.trim_end());
+        if self.fresh.len() < 1000 {
+            self.fresh.push(line.clone());
+        }
+        self.tail.push_back(line);
         None
     }
 

@@ -59,6 +59,8 @@ pub struct PlanOptions {
     pub force: bool,
     /// Re-hash outputs before trusting them.
     pub verify: bool,
+    /// Write nothing to the store (`--dry-run`).
+    pub read_only: bool,
 }
 
 /// Progress of the hashing phase.
@@ -132,7 +134,9 @@ pub fn plan(
         on_hash(HashEvent::End { path: path.clone() });
         match result {
             Ok(sha) => {
-                store.put_hash(&it.stat, &sha)?;
+                if !opts.read_only {
+                    store.put_hash(&it.stat, &sha)?;
+                }
                 it.sha256 = Some(sha);
             }
             Err(e) => {

@@ -20,7 +20,7 @@ use crate::report::Event;
 use crate::{media, verify};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
@@ -118,22 +118,35 @@ pub trait Recorder: Send + Sync + 'static {
 pub struct BatchOutcome {
     pub results: Vec<JobResult>,
     pub interrupted: bool,
+    /// `--max-runtime` stopped new jobs from starting.
+    pub deadline_passed: bool,
 }
 
-/// Run every job, at most `parallel` at once.
+/// How the dispatcher runs a batch.
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Jobs at once.
+    pub parallel: usize,
+    /// Start no job after this instant; running ones finish.
+    pub deadline: Option<Instant>,
+    /// A job with no sign of life (progress, bytes moving) for this long is stopped as failed.
+    pub stall_timeout: Duration,
+    /// Echo ffmpeg's messages as they come.
+    pub echo_ffmpeg: bool,
+}
+
+/// Run every job, at most `opts.parallel` at once.
 pub async fn run_batch<B: Backend>(
     backend: Arc<B>,
     jobs: Vec<JobSpec>,
     out_dir: &Path,
-    parallel: usize,
+    opts: BatchOptions,
     events: UnboundedSender<Event>,
     recorder: Arc<dyn Recorder>,
 ) -> BatchOutcome {
     let cancel = CancellationToken::new();
-    let ctx = JobCtx {
-        events: events.clone(),
-        cancel: cancel.clone(),
-    };
+    let ctx = JobCtx::new(events.clone(), cancel.clone(), opts.echo_ffmpeg);
+    let parallel = opts.parallel;
     let out_root = Arc::new(out_dir.to_path_buf());
     let host = backend.describe();
     let mut pending = jobs.into_iter();
@@ -148,9 +161,21 @@ pub async fn run_batch<B: Backend>(
         _ => (None, None),
     };
 
+    let mut deadline_passed = false;
     loop {
-        while !interrupted && running.len() < parallel.max(1) {
+        if !deadline_passed && opts.deadline.is_some_and(|d| Instant::now() >= d) {
+            deadline_passed = true;
+            if pending.len() > 0 {
+                let _ = events.send(Event::Note(format!(
+                    "--max-runtime reached: starting no new job; {} running, {} left",
+                    running.len(),
+                    pending.len()
+                )));
+            }
+        }
+        while !interrupted && !deadline_passed && running.len() < parallel.max(1) {
             let Some(job) = pending.next() else { break };
+            let stall = opts.stall_timeout;
             let (backend, ctx, out_root, host, recorder) = (
                 backend.clone(),
                 ctx.clone(),
@@ -159,7 +184,8 @@ pub async fn run_batch<B: Backend>(
                 recorder.clone(),
             );
             running.spawn(async move {
-                run_one(&*backend, job, &out_root, &ctx, host, &*recorder).await
+                let ctx = ctx.for_job();
+                run_one(&*backend, job, &out_root, &ctx, host, &*recorder, stall).await
             });
         }
         if running.is_empty() {
@@ -189,6 +215,18 @@ pub async fn run_batch<B: Backend>(
     BatchOutcome {
         results,
         interrupted,
+        deadline_passed,
+    }
+}
+
+/// Resolves when the job has shown no sign of life for `timeout`.
+async fn watchdog(ctx: &JobCtx, timeout: Duration) -> Duration {
+    loop {
+        let idle = ctx.idle();
+        if idle >= timeout {
+            return idle;
+        }
+        tokio::time::sleep(timeout - idle + Duration::from_millis(50)).await;
     }
 }
 
@@ -233,9 +271,28 @@ async fn run_one<B: Backend>(
     ctx: &JobCtx,
     host: String,
     recorder: &dyn Recorder,
+    stall_timeout: Duration,
 ) -> JobResult {
     let start = Instant::now();
-    let outcome = produce(backend, &job, out_root, ctx).await;
+    ctx.touch();
+    let work = produce(backend, &job, out_root, ctx);
+    tokio::pin!(work);
+    let mut stalled = None;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            idle = watchdog(ctx, stall_timeout), if stalled.is_none() => {
+                // Cancel, then keep awaiting the job: the backend removes its container and
+                // the temporary output goes with the job's future.
+                stalled = Some(idle);
+                ctx.cancel.cancel();
+            }
+        }
+    };
+    let outcome = match (outcome, stalled) {
+        (Err(JobError::Cancelled), Some(idle)) => Err(JobError::Stalled(idle)),
+        (o, _) => o,
+    };
     let seconds = start.elapsed().as_secs_f64();
     let mut result = JobResult {
         seconds,

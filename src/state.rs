@@ -270,6 +270,18 @@ impl Store {
         Ok(store)
     }
 
+    /// An empty store in memory, for planning without a recorded state (`--dry-run`).
+    pub fn open_in_memory() -> Result<Store, StateError> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(|e| corrupt_or_db(&path, e))?;
+        let store = Store {
+            conn: Mutex::new(conn),
+            path,
+        };
+        store.prepare()?;
+        Ok(store)
+    }
+
     /// Open an existing database for reading only (for `status`).
     pub fn open_read_only(out: &Path) -> Result<Option<Store>, StateError> {
         let path = Store::path_for(out);

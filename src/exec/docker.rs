@@ -575,6 +575,7 @@ impl DockerBackend {
 
         let source = job.input.clone();
         let mut input_hash = job.input_sha256.is_none().then(Hasher::new);
+        let feed_ctx = ctx.clone();
         let mut feeder = tokio::spawn(async move {
             let mut file = tokio::fs::File::open(&source).await.map_err(Feed::Read)?;
             let mut buf = vec![0u8; IO_BUFFER];
@@ -587,6 +588,7 @@ impl DockerBackend {
                     h.update(&buf[..n]);
                 }
                 input.write_all(&buf[..n]).await.map_err(Feed::Write)?;
+                feed_ctx.touch();
             }
             input.shutdown().await.map_err(Feed::Write)?;
             Ok::<Option<String>, Feed>(input_hash.map(Hasher::finish))
@@ -606,6 +608,7 @@ impl DockerBackend {
                     Some(Ok(LogOutput::StdOut { message })) => {
                         bytes_out += message.len() as u64;
                         output_hash.update(&message);
+                        ctx.touch();
                         sink.write_all(&message).await.map_err(JobError::Output)?;
                     }
                     Some(Ok(LogOutput::StdErr { message })) => {

@@ -19,6 +19,8 @@ use crate::report::Event;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -97,9 +99,53 @@ pub enum JobEvent {
 pub struct JobCtx {
     pub events: UnboundedSender<Event>,
     pub cancel: CancellationToken,
+    /// When the job last showed a sign of life (a progress block, bytes moving), for the
+    /// watchdog: milliseconds since `epoch`.
+    pub activity: Arc<AtomicU64>,
+    pub epoch: Instant,
+    /// Forward ffmpeg's own messages as they come (`-vv`).
+    pub echo_ffmpeg: bool,
 }
 
 impl JobCtx {
+    pub fn new(
+        events: UnboundedSender<Event>,
+        cancel: CancellationToken,
+        echo_ffmpeg: bool,
+    ) -> Self {
+        JobCtx {
+            events,
+            cancel,
+            activity: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+            echo_ffmpeg,
+        }
+    }
+
+    /// The same context for one job: its own cancellation (a child of the batch's) and its own
+    /// activity clock.
+    pub fn for_job(&self) -> JobCtx {
+        JobCtx {
+            events: self.events.clone(),
+            cancel: self.cancel.child_token(),
+            activity: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+            echo_ffmpeg: self.echo_ffmpeg,
+        }
+    }
+
+    /// Record a sign of life.
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.activity.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last sign of life.
+    pub fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.activity.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
     pub(crate) fn started(&self, id: usize, host: &str, transfer: Transfer) {
         let _ = self.events.send(Event::Job(JobEvent::Started {
             id,
@@ -109,6 +155,7 @@ impl JobCtx {
     }
 
     pub(crate) fn progress(&self, id: usize, progress: Progress, duration: Option<f64>) {
+        self.touch();
         let _ = self.events.send(Event::Job(JobEvent::Progress {
             id,
             progress,
@@ -144,6 +191,8 @@ pub enum JobError {
     },
     #[error("interrupted")]
     Cancelled,
+    #[error("stalled: no progress for {} s; stopped and its container removed", .0.as_secs())]
+    Stalled(Duration),
 }
 
 impl JobError {
@@ -183,6 +232,13 @@ pub trait Backend: Send + Sync + 'static {
 pub(crate) fn pump_stderr(parser: &mut StderrParser, bytes: &[u8], id: usize, ctx: &JobCtx) {
     for p in parser.feed(bytes).progress {
         ctx.progress(id, p, parser.input.duration);
+    }
+    if ctx.echo_ffmpeg {
+        for line in parser.fresh.drain(..) {
+            let _ = ctx.events.send(Event::JobLog { id, line });
+        }
+    } else {
+        parser.fresh.clear();
     }
 }
 

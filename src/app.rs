@@ -11,9 +11,9 @@
 //! 5. hand the jobs to the dispatcher and the events to the reporter;
 //! 6. turn the outcome into an exit code.
 
-use crate::cli::{BackendChoice, Cli, Command, RunArgs};
+use crate::cli::{BackendChoice, Cli, Command, RunArgs, TransferChoice};
 use crate::error::{AppError, ExitCode};
-use crate::exec::docker::{DockerBackend, Engine, Limits, default_host};
+use crate::exec::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy, default_host};
 use crate::exec::local::LocalBackend;
 use crate::exec::{Backend, JobSpec, Produced};
 use crate::hash;
@@ -125,6 +125,10 @@ async fn gc(host: Option<String>, all: bool) -> Result<ExitCode, AppError> {
     let engine = Engine::connect(&host).await?;
     let n = engine.remove_labelled(all).await?;
     println!("removed {n} container(s) from {host}");
+    if all {
+        let v = engine.remove_library_volumes().await?;
+        println!("removed {v} library volume(s) from {host}");
+    }
     Ok(ExitCode::Success)
 }
 
@@ -144,10 +148,18 @@ fn remove_stale_temps(out: &Path) -> usize {
         .into_iter()
         .filter_entry(|e| e.file_name() != state::STATE_DIR)
         .flatten()
-        .filter(|e| {
-            e.file_type().is_file() && e.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+        .map(|e| (e.path().to_path_buf(), e.file_type().is_dir()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        // Folders are the private output folders of mounted jobs.
+        .filter(|(p, dir)| {
+            if *dir {
+                std::fs::remove_dir_all(p).is_ok()
+            } else {
+                std::fs::remove_file(p).is_ok()
+            }
         })
-        .filter(|e| std::fs::remove_file(e.path()).is_ok())
         .count()
 }
 
@@ -639,15 +651,15 @@ async fn run_jobs(
                 ));
             }
             let image_id = engine.ensure_image(&args.image, &say).await?;
-            let version = match store.ffmpeg_version(&image_id)? {
-                Some(v) => v,
-                None => {
-                    let v = engine.ffmpeg_version(&args.image).await?;
-                    store.put_ffmpeg_version(&image_id, &v)?;
-                    v
+            let cpus = engine.cpus().await?;
+            // A speed-up only: without it jobs still run, each ffmpeg start just costs more.
+            let libs = match engine.library_mount(&args.image, &image_id).await {
+                Ok(libs) => libs,
+                Err(e) => {
+                    say(format!("not using a library volume: {e}"));
+                    None
                 }
             };
-            let cpus = engine.cpus().await?;
             let backend = DockerBackend::new(
                 engine,
                 args.image.clone(),
@@ -656,7 +668,27 @@ async fn run_jobs(
                     pids: args.pids_limit,
                 },
                 run_id(),
-            );
+            )
+            .with_out_dir(&args.out)
+            .with_libraries(libs)
+            .with_transfer(match args.transfer {
+                TransferChoice::Auto => MountPolicy::Auto,
+                TransferChoice::Stream => MountPolicy::Never,
+                TransferChoice::Mount => MountPolicy::Always,
+            });
+            let version = match store.ffmpeg_version(&image_id)? {
+                Some(v) => v,
+                None => {
+                    let v = backend.ffmpeg_version().await.map_err(|e| {
+                        AppError::Engine(EngineError::Unreachable {
+                            host: host.clone(),
+                            reason: format!("cannot run ffmpeg -version in {}: {e}", args.image),
+                        })
+                    })?;
+                    store.put_ffmpeg_version(&image_id, &v)?;
+                    v
+                }
+            };
             let provenance = Provenance {
                 image: Some(args.image.clone()),
                 image_id: Some(image_id),

@@ -85,6 +85,17 @@ pub enum Command {
     },
 }
 
+/// How inputs reach a Docker engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransferChoice {
+    /// Mount big files when the engine can see them; stream the rest.
+    Auto,
+    /// Always stream through the engine's API (works with any engine, near or far).
+    Stream,
+    /// Always bind-mount (the engine must run on this machine).
+    Mount,
+}
+
 /// Where ffmpeg runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
@@ -157,6 +168,14 @@ pub struct RunArgs {
     /// Process limit of each job container.
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub pids_limit: i64,
+
+    /// How inputs reach a Docker engine. `auto` streams small files through the engine's API
+    /// into warm worker containers, and bind-mounts files of 64 MiB or more (read-only, with a
+    /// private output folder) when the engine shares this machine's files, which saves moving
+    /// every byte through the API twice. `stream` always streams; `mount` always mounts and
+    /// fails a job the engine cannot mount for.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = TransferChoice::Auto)]
+    pub transfer: TransferChoice,
 
     /// Print only failures and the summary.
     #[arg(short, long)]

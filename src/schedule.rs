@@ -206,6 +206,8 @@ pub async fn run_batch<B: Backend>(
             }
         }
     }
+    // Remove the idle workers before saying how it went: nothing of this run stays behind.
+    backend.finish().await;
     for job in pending {
         let result = JobResult::without_run(&job, Status::NotStarted);
         let _ = events.send(Event::Finished(result.clone()));

@@ -51,6 +51,9 @@ pub enum Transfer {
     Spool,
     /// ffmpeg read the file where it lies (local backend).
     Direct,
+    /// The file was bind-mounted read-only into the container, and ffmpeg wrote into a private
+    /// folder of the output folder, mounted too.
+    Mount,
 }
 
 impl Transfer {
@@ -59,6 +62,7 @@ impl Transfer {
             Transfer::Pipe => "pipe",
             Transfer::Spool => "spool",
             Transfer::Direct => "direct",
+            Transfer::Mount => "mount",
         }
     }
 }
@@ -189,6 +193,8 @@ pub enum JobError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot mount the input into the worker (--transfer mount): {0}")]
+    Mount(String),
     #[error("interrupted")]
     Cancelled,
     #[error("stalled: no progress for {} s; stopped and its container removed", .0.as_secs())]
@@ -222,6 +228,11 @@ pub trait Backend: Send + Sync + 'static {
         out: &Path,
         ctx: &JobCtx,
     ) -> impl Future<Output = Result<Produced, JobError>> + Send;
+
+    /// Release what the backend keeps between jobs (warm containers) at the end of a batch.
+    fn finish(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
     /// Remove whatever the backend still holds (e.g. containers), quickly. Used when the user
     /// insists on leaving now.

@@ -144,7 +144,7 @@ fn dry_run_starts_no_container_and_writes_nothing() {
         .arg(&out)
         .args(["--dry-run", "--backend", "docker"]));
     assert_eq!(o.status.code(), Some(0));
-    assert!(created_since(t0, &dir).is_empty());
+    assert!(jobs_since(t0, &out).is_empty());
     assert!(!out.exists(), "a dry run creates nothing");
     let plan = stdout(&o);
     assert!(
@@ -171,7 +171,7 @@ fn dry_run_starts_no_container_and_writes_nothing() {
         .arg("-o")
         .arg(&out)
         .args(["--dry-run", "--json"]));
-    assert!(created_since(t1, &dir).is_empty());
+    assert!(jobs_since(t1, &out).is_empty());
     let doc = json_of(&o);
     let steps = doc["plan"].as_array().expect("plan");
     let step = |n: &str| {
@@ -291,20 +291,33 @@ fn a_stalled_job_is_killed_and_the_batch_completes() {
         .spawn()
         .expect("spawn");
     // Freeze the long job's container: its ffmpeg stops making progress, as a hung process or
-    // a stalled input stream would.
+    // a stalled input stream would. Workers are shared between jobs, so the stuck one is the
+    // worker still running ffmpeg once the short jobs are done.
     let start = Instant::now();
     let id = loop {
-        let stuck = containers_for(&dir)
-            .into_iter()
-            .find(|l| l.ends_with("stuck.mp4"));
-        if let Some(line) = stuck {
-            break line.split(' ').next().expect("id").to_string();
-        }
+        std::thread::sleep(Duration::from_millis(200));
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "job never started"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        if start.elapsed() < Duration::from_secs(4) {
+            continue;
+        }
+        let busy: Vec<String> = containers_for(&out)
+            .iter()
+            .filter_map(|l| l.split(' ').next())
+            .filter(|id| {
+                let top = Command::new("docker")
+                    .args(["top", id])
+                    .output()
+                    .expect("top");
+                String::from_utf8_lossy(&top.stdout).contains("ffmpeg")
+            })
+            .map(str::to_string)
+            .collect();
+        if busy.len() == 1 {
+            break busy[0].clone();
+        }
     };
     std::thread::sleep(Duration::from_millis(1500));
     let paused = Command::new("docker")
@@ -331,7 +344,7 @@ fn a_stalled_job_is_killed_and_the_batch_completes() {
     assert_eq!(entry(&doc, "fine1.mp4")["status"], "done");
     assert_eq!(entry(&doc, "fine2.mp4")["status"], "done");
     assert!(
-        containers_for(&dir).is_empty(),
+        containers_for(&out).is_empty(),
         "the stalled container was removed"
     );
     assert!(!out.join("stuck.mp4").exists());

@@ -416,7 +416,7 @@ fn sigint_mid_batch_leaves_no_container_and_no_partial_file() {
         .spawn()
         .expect("spawn");
     let start = Instant::now();
-    while containers_for(&dir).len() < 2 {
+    while containers_for(&out).len() < 2 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "jobs never started"
@@ -435,7 +435,7 @@ fn sigint_mid_batch_leaves_no_container_and_no_partial_file() {
     let o = child.wait_with_output().expect("wait");
     eprintln!("{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(130));
-    assert!(containers_for(&dir).is_empty(), "containers left behind");
+    assert!(containers_for(&out).is_empty(), "containers left behind");
     assert!(
         temp_files(&out).is_empty(),
         "partial files: {:?}",
@@ -569,7 +569,21 @@ fn containers_are_locked_down() {
     let labels = &c["Config"]["Labels"];
     assert!(labels["io.isc-transcode"].is_string());
     assert!(labels["io.isc-transcode.run"].is_string());
-    assert_eq!(labels["io.isc-transcode.job"], "0");
+    assert_eq!(labels["io.isc-transcode.slot"], "0");
+    // A pooled worker mounts nothing of this machine; at most (on fuse-overlayfs) the image's
+    // own libraries from a volume, read-only, and its own scratch volume.
+    for m in c["Mounts"].as_array().into_iter().flatten() {
+        assert_eq!(m["Type"], "volume", "{m}");
+        if m["Destination"] != "/work" {
+            assert_eq!(m["RW"], false, "{m}");
+        }
+    }
+    assert!(
+        labels["io.isc-transcode.out"]
+            .as_str()
+            .is_some_and(|o| o.ends_with("/out")),
+        "{labels}"
+    );
 }
 
 #[test]
@@ -652,4 +666,175 @@ fn auto_backend_says_which_it_chose() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no.sock"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("using local"), "{}", stderr(&o));
+}
+
+#[test]
+fn warm_workers_are_reused_then_removed() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for i in 0..8 {
+        distinct_copy(
+            &samples().join("faststart.mp4"),
+            &dir.join(format!("clip{i}.mp4")),
+            i + 1,
+        );
+    }
+    let out = tmp.path().join("out");
+    let t0 = now();
+    let o = run(bin().arg(&dir).arg("-o").arg(&out).args([
+        "--backend",
+        "docker",
+        "-j",
+        "2",
+        "-p",
+        "copy",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(jobs_since(t0, &out).len(), 8, "one exec per file");
+    let events = std::process::Command::new("docker")
+        .args([
+            "events",
+            "--since",
+            &format!("{t0:.3}"),
+            "--until",
+            &format!("{:.3}", now() + 0.5),
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=create",
+            "--filter",
+        ])
+        .arg(format!("label=io.isc-transcode.out={}", out.display()))
+        .args(["--format", "{{.Actor.ID}}"])
+        .output()
+        .expect("docker events");
+    let created = String::from_utf8_lossy(&events.stdout).lines().count();
+    assert!(
+        (1..=2).contains(&created),
+        "8 jobs at 2 at a time need at most 2 workers, {created} were created"
+    );
+    assert!(containers_for(&out).is_empty(), "idle workers removed");
+    for i in 0..8 {
+        assert!(out.join(format!("clip{i}.mp4")).is_file());
+    }
+}
+
+/// Entries whose name starts with the temp prefix anywhere under `dir`, files or folders.
+fn temp_entries(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".isc-tmp-"))
+        .map(|e| e.path().to_path_buf())
+        .collect()
+}
+
+#[test]
+fn mounted_jobs_give_the_same_checked_outputs() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::copy(samples().join("moov-at-end.mp4"), dir.join("a.mp4")).expect("copy");
+    std::fs::copy(samples().join("two-audio.mkv"), dir.join("b.mkv")).expect("copy");
+    let out = tmp.path().join("out");
+    let o = run(bin().arg(&dir).arg("-o").arg(&out).args([
+        "--backend",
+        "docker",
+        "--transfer",
+        "mount",
+        "-p",
+        "h264",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let done = lines_starting(&o, "done");
+    assert_eq!(done.len(), 2, "{}", stdout(&o));
+    assert!(done.iter().all(|l| l.ends_with("(mount)")), "{done:?}");
+    for (input, output) in [("a.mp4", "a.mp4"), ("b.mkv", "b.mp4")] {
+        let got = probe(&out.join(output));
+        let want = probe(&dir.join(input));
+        assert!((duration(&got) - duration(&want)).abs() < 0.2, "{output}");
+        assert_eq!(streams(&got, "video")[0]["codec_name"], "h264");
+        assert_faststart(&out.join(output));
+        let meta = std::fs::metadata(out.join(output)).expect("meta");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            rustix::process::geteuid().as_raw(),
+            "the output belongs to the user who ran the tool"
+        );
+    }
+    assert!(temp_entries(&out).is_empty(), "{:?}", temp_entries(&out));
+    assert!(containers_for(&out).is_empty(), "no container left");
+    assert_eq!(
+        std::fs::read(dir.join("a.mp4")).expect("a"),
+        std::fs::read(samples().join("moov-at-end.mp4")).expect("sample"),
+        "the mounted input is untouched"
+    );
+}
+
+#[test]
+fn big_inputs_are_mounted_and_small_ones_streamed() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    // 150 raw 640x480 frames: 69 MB, over the 64 MiB mount threshold.
+    let big = dir.join("big.mkv");
+    make_media(
+        &big,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x480:rate=25",
+            "-t",
+            "6",
+            "-c:v",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    );
+    assert!(std::fs::metadata(&big).expect("meta").len() > 64 << 20);
+    std::fs::copy(samples().join("faststart.mp4"), dir.join("small.mp4")).expect("copy");
+    let out = tmp.path().join("out");
+    let o = run(bin().arg(&dir).arg("-o").arg(&out).args([
+        "--backend",
+        "docker",
+        "-p",
+        "h264",
+        "-j",
+        "2",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let done = lines_starting(&o, "done");
+    let line = |name: &str| {
+        done.iter()
+            .find(|l| l.contains(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not done: {}", stdout(&o)))
+    };
+    assert!(line("big.mkv").ends_with("(mount)"), "{done:?}");
+    assert!(line("small.mp4").ends_with("(pipe)"), "{done:?}");
+    assert!((duration(&probe(&out.join("big.mp4"))) - 6.0).abs() < 0.2);
+    assert!(temp_entries(&out).is_empty());
+
+    // As root, a file nobody else may read is streamed instead: the worker runs as nobody.
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let out2 = tmp.path().join("out2");
+        let o =
+            run(bin()
+                .arg(&big)
+                .arg("-o")
+                .arg(&out2)
+                .args(["--backend", "docker", "-p", "h264"]));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let done = lines_starting(&o, "done");
+        assert!(done[0].ends_with("(pipe)"), "{done:?}");
+    }
+    assert!(containers_for(tmp.path()).is_empty());
 }

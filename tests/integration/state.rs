@@ -39,14 +39,14 @@ fn second_run_transcodes_nothing_and_reads_no_input() {
     let t0 = now();
     let o = transcode(&dir, &out, "copy");
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(created_since(t0, &dir).len(), 3);
+    assert_eq!(jobs_since(t0, &out).len(), 3);
 
     let mut watch = OpenWatch::new(&dir);
     let t1 = now();
     let o = transcode(&dir, &out, "copy");
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(
-        created_since(t1, &dir),
+        jobs_since(t1, &out),
         Vec::<String>::new(),
         "nothing transcoded"
     );
@@ -76,7 +76,7 @@ fn renamed_input_gets_its_output_without_a_transcode() {
     let o = transcode(&dir, &out, "copy");
     assert_eq!(o.status.code(), Some(0));
     assert!(
-        created_since(t0, &dir).is_empty(),
+        jobs_since(t0, &out).is_empty(),
         "a rename is not new content"
     );
     let renamed = out.join("moved/renamed.mp4");
@@ -116,7 +116,12 @@ fn exactly_what_changed_runs_again() {
     let t0 = now();
     let o = transcode(&dir, &out, "copy");
     assert_eq!(o.status.code(), Some(0));
-    let ran = created_since(t0, &dir);
+    assert_eq!(jobs_since(t0, &out).len(), 2, "the engine ran two jobs");
+    let mut ran: Vec<String> = lines_starting(&o, "done")
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect();
+    ran.sort();
     assert_eq!(
         ran,
         [
@@ -129,14 +134,14 @@ fn exactly_what_changed_runs_again() {
     // Another preset is other work: everything runs once, then nothing.
     let t1 = now();
     assert_eq!(transcode(&dir, &out, "h264").status.code(), Some(0));
-    assert_eq!(created_since(t1, &dir).len(), 4);
+    assert_eq!(jobs_since(t1, &out).len(), 4);
     let t2 = now();
     assert_eq!(transcode(&dir, &out, "h264").status.code(), Some(0));
-    assert!(created_since(t2, &dir).is_empty());
+    assert!(jobs_since(t2, &out).is_empty());
     // The h264 outputs replaced the copy outputs at the same paths: switching back redoes them.
     let t3 = now();
     assert_eq!(transcode(&dir, &out, "copy").status.code(), Some(0));
-    assert_eq!(created_since(t3, &dir).len(), 4);
+    assert_eq!(jobs_since(t3, &out).len(), 4);
 }
 
 #[test]
@@ -156,7 +161,7 @@ fn identical_inputs_in_one_batch_are_transcoded_once() {
     let t0 = now();
     let o = transcode(&dir, &out, "copy");
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(created_since(t0, &dir).len(), 1);
+    assert_eq!(jobs_since(t0, &out).len(), 1);
     let first = std::fs::read(out.join("a.mp4")).expect("a");
     for n in ["b.mp4", "c.mp4"] {
         assert_eq!(std::fs::read(out.join(n)).expect("copy"), first);
@@ -227,7 +232,7 @@ fn sigkill_mid_batch_then_the_next_run_finishes_exactly_the_rest() {
     assert_eq!(done.len() + skipped.len(), 6);
     assert!(!skipped.is_empty(), "what finished before the kill is kept");
     assert_eq!(
-        created_since(t0, &dir).len(),
+        jobs_since(t0, &out).len(),
         done.len(),
         "exactly the unfinished ran"
     );
@@ -237,7 +242,7 @@ fn sigkill_mid_batch_then_the_next_run_finishes_exactly_the_rest() {
         assert!((duration(&p) - 6.0).abs() <= 0.5);
     }
     assert!(temp_files(&out).is_empty(), "leftover temp files cleaned");
-    assert!(containers_for(&dir).is_empty(), "no container left");
+    assert!(containers_for(&out).is_empty(), "no container left");
 }
 
 #[test]
@@ -275,11 +280,7 @@ fn two_runs_on_one_output_folder_never_transcode_a_file_twice() {
         second.wait_with_output().expect("b"),
     );
     assert_eq!((a.status.code(), b.status.code()), (Some(0), Some(0)));
-    assert_eq!(
-        created_since(t0, &dir).len(),
-        4,
-        "each file transcoded once"
-    );
+    assert_eq!(jobs_since(t0, &out).len(), 4, "each file transcoded once");
     let waited = [&a, &b]
         .iter()
         .filter(|o| String::from_utf8_lossy(&o.stderr).contains("waiting for another"))
@@ -290,7 +291,7 @@ fn two_runs_on_one_output_folder_never_transcode_a_file_twice() {
     // (another preset), so it holds the folder for a while.
     let holder = spawn_with("vp9");
     let start = Instant::now();
-    while created_since(t0, &dir).len() < 5 {
+    while jobs_since(t0, &out).len() < 5 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "holder never started"

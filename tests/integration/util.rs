@@ -156,7 +156,8 @@ pub fn make_media(path: &Path, args: &[&str]) {
     );
 }
 
-/// Containers of this tool on the engine whose input label lies under `dir`.
+/// Containers of this tool on the engine working for an output folder under `dir`, as
+/// `<id> <output folder>` lines.
 pub fn containers_for(dir: &Path) -> Vec<String> {
     let out = Command::new("docker")
         .args([
@@ -165,7 +166,7 @@ pub fn containers_for(dir: &Path) -> Vec<String> {
             "--filter",
             "label=io.isc-transcode",
             "--format",
-            "{{.ID}} {{.Label \"io.isc-transcode.input\"}}",
+            "{{.ID}} {{.Label \"io.isc-transcode.out\"}}",
         ])
         .output()
         .expect("docker ps");
@@ -174,7 +175,7 @@ pub fn containers_for(dir: &Path) -> Vec<String> {
         .lines()
         .filter(|l| {
             l.split_once(' ')
-                .is_some_and(|(_, input)| input.starts_with(&dir))
+                .is_some_and(|(_, out)| !out.is_empty() && out.starts_with(&dir))
         })
         .map(|l| l.to_string())
         .collect()
@@ -225,9 +226,10 @@ pub fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// Inputs (by their label) of the job containers created on the engine between `since` and now
-/// whose input lies under `dir`: the engine's own account of what was transcoded.
-pub fn created_since(since: f64, dir: &Path) -> Vec<String> {
+/// Jobs started on the engine between `since` and now by workers whose output folder lies under
+/// `dir`: the engine's own account of how many transcodes ran (one `exec_start` per job). Returns
+/// the exec IDs.
+pub fn jobs_since(since: f64, dir: &Path) -> Vec<String> {
     let out = Command::new("docker")
         .args([
             "events",
@@ -238,11 +240,9 @@ pub fn created_since(since: f64, dir: &Path) -> Vec<String> {
             "--filter",
             "type=container",
             "--filter",
-            "event=create",
-            "--filter",
             "label=io.isc-transcode",
             "--format",
-            "{{index .Actor.Attributes \"io.isc-transcode.input\"}}",
+            "{{json .}}",
         ])
         .output()
         .expect("docker events");
@@ -254,8 +254,23 @@ pub fn created_since(since: f64, dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy().into_owned();
     let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.starts_with(&dir))
-        .map(|l| l.to_string())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| {
+            e["Action"]
+                .as_str()
+                // Jobs are the job script; `ffmpeg -version` asks for provenance.
+                .is_some_and(|a| a.starts_with("exec_start: sh -c"))
+        })
+        .filter(|e| {
+            e["Actor"]["Attributes"]["io.isc-transcode.out"]
+                .as_str()
+                .is_some_and(|o| o.starts_with(&dir))
+        })
+        .filter_map(|e| {
+            e["Actor"]["Attributes"]["execID"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect();
     v.sort();
     v

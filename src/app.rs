@@ -37,6 +37,7 @@ pub async fn run() -> Result<ExitCode, AppError> {
         Some(Command::Status { out, failures }) => show_status(&out, failures),
         Some(Command::Gc { host, all }) => gc(host, all).await,
         Some(Command::Hash { files }) => Ok(hash_files(&files)),
+        Some(Command::Watch(args)) => crate::watch::run(*args).await,
         None => transcode(cli.run).await,
     }
 }
@@ -129,7 +130,7 @@ async fn gc(host: Option<String>, all: bool) -> Result<ExitCode, AppError> {
 }
 
 /// A unique id for this run, used in container names and labels.
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -139,7 +140,7 @@ fn run_id() -> String {
 
 /// Delete temporary outputs (`.isc-tmp-*`) under the output folder: only a killed run leaves
 /// them, and the caller holds the folder's lock, so none belongs to a live run.
-fn remove_stale_temps(out: &Path) -> usize {
+pub(crate) fn remove_stale_temps(out: &Path) -> usize {
     walkdir::WalkDir::new(out)
         .into_iter()
         .filter_entry(|e| e.file_name() != state::STATE_DIR)
@@ -472,7 +473,7 @@ async fn dry_run(
     Ok(ExitCode::Success)
 }
 
-fn failed_result(job: &JobSpec, error: &str) -> JobResult {
+pub(crate) fn failed_result(job: &JobSpec, error: &str) -> JobResult {
     JobResult {
         error: Some(error.to_string()),
         ..JobResult::without_run(job, Status::Failed)
@@ -480,7 +481,7 @@ fn failed_result(job: &JobSpec, error: &str) -> JobResult {
 }
 
 /// Give `job` a copy of an existing output of the same content.
-fn copy_job(
+pub(crate) fn copy_job(
     job: &JobSpec,
     from: &Path,
     source: &OutputRecord,
@@ -516,17 +517,27 @@ fn copy_job(
 
 /// Which image and ffmpeg made an output.
 #[derive(Debug, Clone)]
-struct Provenance {
+pub(crate) struct Provenance {
     image: Option<String>,
     image_id: Option<String>,
     ffmpeg_version: Option<String>,
 }
 
 /// Records finished outputs in the state store.
-struct StateRecorder {
+pub(crate) struct StateRecorder {
     store: Arc<Store>,
     out: PathBuf,
     provenance: Provenance,
+}
+
+impl StateRecorder {
+    pub(crate) fn new(store: Arc<Store>, out: PathBuf, provenance: Provenance) -> StateRecorder {
+        StateRecorder {
+            store,
+            out,
+            provenance,
+        }
+    }
 }
 
 impl Recorder for StateRecorder {
@@ -587,7 +598,7 @@ impl Recorder for StateRecorder {
     }
 }
 
-fn num_cpus_local() -> usize {
+pub(crate) fn num_cpus_local() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -632,36 +643,7 @@ async fn run_jobs(
     };
     match engine {
         Some(engine) => {
-            let removed = engine.remove_labelled(false).await?;
-            if removed > 0 {
-                say(format!(
-                    "removed {removed} container(s) left on {host} by runs that are gone"
-                ));
-            }
-            let image_id = engine.ensure_image(&args.image, &say).await?;
-            let version = match store.ffmpeg_version(&image_id)? {
-                Some(v) => v,
-                None => {
-                    let v = engine.ffmpeg_version(&args.image).await?;
-                    store.put_ffmpeg_version(&image_id, &v)?;
-                    v
-                }
-            };
-            let cpus = engine.cpus().await?;
-            let backend = DockerBackend::new(
-                engine,
-                args.image.clone(),
-                Limits {
-                    memory: i64::try_from(args.memory).unwrap_or(i64::MAX),
-                    pids: args.pids_limit,
-                },
-                run_id(),
-            );
-            let provenance = Provenance {
-                image: Some(args.image.clone()),
-                image_id: Some(image_id),
-                ffmpeg_version: Some(version),
-            };
+            let (backend, provenance, cpus) = setup_docker(engine, args, store, &say).await?;
             Ok(execute(
                 backend,
                 jobs,
@@ -676,19 +658,14 @@ async fn run_jobs(
             .await)
         }
         None => {
-            let local = LocalBackend::find().ok_or(AppError::NoLocalFfmpeg)?;
-            let provenance = Provenance {
-                image: None,
-                image_id: None,
-                ffmpeg_version: Some(local.version().await),
-            };
+            let (local, provenance, cpus) = setup_local().await?;
             Ok(execute(
                 local,
                 jobs,
                 args,
                 preset,
                 opts,
-                num_cpus_local(),
+                cpus,
                 tx.clone(),
                 recorder(provenance),
                 deadline,
@@ -696,6 +673,60 @@ async fn run_jobs(
             .await)
         }
     }
+}
+
+/// Make a connected engine ready for jobs: remove containers of dead runs, make sure the image
+/// is there, learn its ffmpeg version (once per image ID). Returns the backend, what it records
+/// as provenance, and the engine's CPU count.
+pub(crate) async fn setup_docker(
+    engine: Engine,
+    args: &RunArgs,
+    store: &Store,
+    say: &(dyn Fn(String) + Send + Sync),
+) -> Result<(DockerBackend, Provenance, usize), AppError> {
+    let host = engine.host.clone();
+    let removed = engine.remove_labelled(false).await?;
+    if removed > 0 {
+        say(format!(
+            "removed {removed} container(s) left on {host} by runs that are gone"
+        ));
+    }
+    let image_id = engine.ensure_image(&args.image, say).await?;
+    let version = match store.ffmpeg_version(&image_id)? {
+        Some(v) => v,
+        None => {
+            let v = engine.ffmpeg_version(&args.image).await?;
+            store.put_ffmpeg_version(&image_id, &v)?;
+            v
+        }
+    };
+    let cpus = engine.cpus().await?;
+    let backend = DockerBackend::new(
+        engine,
+        args.image.clone(),
+        Limits {
+            memory: i64::try_from(args.memory).unwrap_or(i64::MAX),
+            pids: args.pids_limit,
+        },
+        run_id(),
+    );
+    let provenance = Provenance {
+        image: Some(args.image.clone()),
+        image_id: Some(image_id),
+        ffmpeg_version: Some(version),
+    };
+    Ok((backend, provenance, cpus))
+}
+
+/// The local backend, its provenance, and this machine's CPU count.
+pub(crate) async fn setup_local() -> Result<(LocalBackend, Provenance, usize), AppError> {
+    let local = LocalBackend::find().ok_or(AppError::NoLocalFfmpeg)?;
+    let provenance = Provenance {
+        image: None,
+        image_id: None,
+        ffmpeg_version: Some(local.version().await),
+    };
+    Ok((local, provenance, num_cpus_local()))
 }
 
 #[expect(

@@ -1006,7 +1006,7 @@ impl<B: Backend> Daemon<B> {
                 self.finished_ok(&f.acc, stale);
             }
             End::Failed { error, seconds } => {
-                metrics.job_finished(JobOutcome::Failed, f.acc.stat.size, 0, seconds);
+                metrics.job_finished(JobOutcome::Failed, 0, 0, seconds);
                 if stale.is_some() {
                     info!(path = %path.display(), error = %error, "failed after its input changed; not counted");
                     self.after_stale(&path, stale);

@@ -37,6 +37,7 @@ pub async fn run() -> Result<ExitCode, AppError> {
         Some(Command::Status { out, failures }) => show_status(&out, failures),
         Some(Command::Gc { host, all }) => gc(host, all).await,
         Some(Command::Hash { files }) => Ok(hash_files(&files)),
+        Some(Command::Watch(args)) => crate::watch::run(*args).await,
         None => transcode(cli.run).await,
     }
 }
@@ -133,7 +134,7 @@ async fn gc(host: Option<String>, all: bool) -> Result<ExitCode, AppError> {
 }
 
 /// A unique id for this run, used in container names and labels.
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -143,7 +144,7 @@ fn run_id() -> String {
 
 /// Delete temporary outputs (`.isc-tmp-*`) under the output folder: only a killed run leaves
 /// them, and the caller holds the folder's lock, so none belongs to a live run.
-fn remove_stale_temps(out: &Path) -> usize {
+pub(crate) fn remove_stale_temps(out: &Path) -> usize {
     walkdir::WalkDir::new(out)
         .into_iter()
         .filter_entry(|e| e.file_name() != state::STATE_DIR)
@@ -484,7 +485,7 @@ async fn dry_run(
     Ok(ExitCode::Success)
 }
 
-fn failed_result(job: &JobSpec, error: &str) -> JobResult {
+pub(crate) fn failed_result(job: &JobSpec, error: &str) -> JobResult {
     JobResult {
         error: Some(error.to_string()),
         ..JobResult::without_run(job, Status::Failed)
@@ -492,7 +493,7 @@ fn failed_result(job: &JobSpec, error: &str) -> JobResult {
 }
 
 /// Give `job` a copy of an existing output of the same content.
-fn copy_job(
+pub(crate) fn copy_job(
     job: &JobSpec,
     from: &Path,
     source: &OutputRecord,
@@ -528,17 +529,27 @@ fn copy_job(
 
 /// Which image and ffmpeg made an output.
 #[derive(Debug, Clone)]
-struct Provenance {
+pub(crate) struct Provenance {
     image: Option<String>,
     image_id: Option<String>,
     ffmpeg_version: Option<String>,
 }
 
 /// Records finished outputs in the state store.
-struct StateRecorder {
+pub(crate) struct StateRecorder {
     store: Arc<Store>,
     out: PathBuf,
     provenance: Provenance,
+}
+
+impl StateRecorder {
+    pub(crate) fn new(store: Arc<Store>, out: PathBuf, provenance: Provenance) -> StateRecorder {
+        StateRecorder {
+            store,
+            out,
+            provenance,
+        }
+    }
 }
 
 impl Recorder for StateRecorder {
@@ -599,7 +610,7 @@ impl Recorder for StateRecorder {
     }
 }
 
-fn num_cpus_local() -> usize {
+pub(crate) fn num_cpus_local() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -644,56 +655,7 @@ async fn run_jobs(
     };
     match engine {
         Some(engine) => {
-            let removed = engine.remove_labelled(false).await?;
-            if removed > 0 {
-                say(format!(
-                    "removed {removed} container(s) left on {host} by runs that are gone"
-                ));
-            }
-            let image_id = engine.ensure_image(&args.image, &say).await?;
-            let cpus = engine.cpus().await?;
-            // A speed-up only: without it jobs still run, each ffmpeg start just costs more.
-            let libs = match engine.library_mount(&args.image, &image_id).await {
-                Ok(libs) => libs,
-                Err(e) => {
-                    say(format!("not using a library volume: {e}"));
-                    None
-                }
-            };
-            let backend = DockerBackend::new(
-                engine,
-                args.image.clone(),
-                Limits {
-                    memory: i64::try_from(args.memory).unwrap_or(i64::MAX),
-                    pids: args.pids_limit,
-                },
-                run_id(),
-            )
-            .with_out_dir(&args.out)
-            .with_libraries(libs)
-            .with_transfer(match args.transfer {
-                TransferChoice::Auto => MountPolicy::Auto,
-                TransferChoice::Stream => MountPolicy::Never,
-                TransferChoice::Mount => MountPolicy::Always,
-            });
-            let version = match store.ffmpeg_version(&image_id)? {
-                Some(v) => v,
-                None => {
-                    let v = backend.ffmpeg_version().await.map_err(|e| {
-                        AppError::Engine(EngineError::Unreachable {
-                            host: host.clone(),
-                            reason: format!("cannot run ffmpeg -version in {}: {e}", args.image),
-                        })
-                    })?;
-                    store.put_ffmpeg_version(&image_id, &v)?;
-                    v
-                }
-            };
-            let provenance = Provenance {
-                image: Some(args.image.clone()),
-                image_id: Some(image_id),
-                ffmpeg_version: Some(version),
-            };
+            let (backend, provenance, cpus) = setup_docker(engine, args, store, &say).await?;
             Ok(execute(
                 backend,
                 jobs,
@@ -708,19 +670,14 @@ async fn run_jobs(
             .await)
         }
         None => {
-            let local = LocalBackend::find().ok_or(AppError::NoLocalFfmpeg)?;
-            let provenance = Provenance {
-                image: None,
-                image_id: None,
-                ffmpeg_version: Some(local.version().await),
-            };
+            let (local, provenance, cpus) = setup_local().await?;
             Ok(execute(
                 local,
                 jobs,
                 args,
                 preset,
                 opts,
-                num_cpus_local(),
+                cpus,
                 tx.clone(),
                 recorder(provenance),
                 deadline,
@@ -728,6 +685,81 @@ async fn run_jobs(
             .await)
         }
     }
+}
+
+/// Make a connected engine ready for jobs: remove containers of dead runs, make sure the image
+/// is there, learn its ffmpeg version (once per image ID). Returns the backend, what it records
+/// as provenance, and the engine's CPU count.
+pub(crate) async fn setup_docker(
+    engine: Engine,
+    args: &RunArgs,
+    store: &Store,
+    say: &(dyn Fn(String) + Send + Sync),
+) -> Result<(DockerBackend, Provenance, usize), AppError> {
+    let host = engine.host.clone();
+    let removed = engine.remove_labelled(false).await?;
+    if removed > 0 {
+        say(format!(
+            "removed {removed} container(s) left on {host} by runs that are gone"
+        ));
+    }
+    let image_id = engine.ensure_image(&args.image, say).await?;
+    let cpus = engine.cpus().await?;
+    // A speed-up only: without it jobs still run, each ffmpeg start just costs more.
+    let libs = match engine.library_mount(&args.image, &image_id).await {
+        Ok(libs) => libs,
+        Err(e) => {
+            say(format!("not using a library volume: {e}"));
+            None
+        }
+    };
+    let backend = DockerBackend::new(
+        engine,
+        args.image.clone(),
+        Limits {
+            memory: i64::try_from(args.memory).unwrap_or(i64::MAX),
+            pids: args.pids_limit,
+        },
+        run_id(),
+    )
+    .with_out_dir(&args.out)
+    .with_libraries(libs)
+    .with_transfer(match args.transfer {
+        TransferChoice::Auto => MountPolicy::Auto,
+        TransferChoice::Stream => MountPolicy::Never,
+        TransferChoice::Mount => MountPolicy::Always,
+    });
+    // Asked of the first worker, which the first job then finds started.
+    let version = match store.ffmpeg_version(&image_id)? {
+        Some(v) => v,
+        None => {
+            let v = backend.ffmpeg_version().await.map_err(|e| {
+                AppError::Engine(EngineError::Unreachable {
+                    host: host.clone(),
+                    reason: format!("cannot run ffmpeg -version in {}: {e}", args.image),
+                })
+            })?;
+            store.put_ffmpeg_version(&image_id, &v)?;
+            v
+        }
+    };
+    let provenance = Provenance {
+        image: Some(args.image.clone()),
+        image_id: Some(image_id),
+        ffmpeg_version: Some(version),
+    };
+    Ok((backend, provenance, cpus))
+}
+
+/// The local backend, its provenance, and this machine's CPU count.
+pub(crate) async fn setup_local() -> Result<(LocalBackend, Provenance, usize), AppError> {
+    let local = LocalBackend::find().ok_or(AppError::NoLocalFfmpeg)?;
+    let provenance = Provenance {
+        image: None,
+        image_id: None,
+        ffmpeg_version: Some(local.version().await),
+    };
+    Ok((local, provenance, num_cpus_local()))
 }
 
 #[expect(

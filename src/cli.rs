@@ -4,7 +4,9 @@
 //! validated plan.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -43,8 +45,42 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  isc-transcode watch /srv/incoming -o /srv/web
+        transcode every media file that lands in /srv/incoming (and its sub-folders) to H.264
+        MP4 under /srv/web, each once it has stopped changing for 5 s
+  isc-transcode watch /srv/cams /srv/phones -o /srv/web --settle 30 --on-success move:/srv/done
+        slow network copies: wait 30 s of quiet; move each input to /srv/done once its output
+        is checked and recorded (never overwriting anything there)
+  isc-transcode watch ~/Downloads -p vp9 --on-success delete --metrics 127.0.0.1:9464 \\
+        --log-format json
+        delete inputs once done; Prometheus metrics at http://127.0.0.1:9464/metrics and a
+        liveness check at /healthz; one JSON object per log line on stderr
+
+What is taken: files with a media extension, once their size and mtime have not changed for
+--settle. Temporary names (.part, .partial, .tmp, .crdownload, .download, a trailing ~) and
+hidden files wait until they are renamed. The output folder is never watched.
+On start every folder is scanned and unfinished files are queued; finished work (recorded in
+OUT/.isc-transcode/state.db, keyed on content) is never done again, across restarts too.
+Failed files are retried --retries times with growing pauses, then left alone until they change.
+
+Stopping: SIGTERM or Ctrl-C stops taking work and gives running jobs --grace to finish, then
+stops them and removes their containers; exit 0. A second signal leaves at once (exit 130),
+still removing the containers. Configuration errors exit 2, a busy output folder with
+--no-wait 3.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Watch folders and transcode every media file that lands in them, once it is complete.
+    ///
+    /// A daemon for folders that cameras, download tools, recorders or people copy into. A file
+    /// is taken only once its size and mtime have stayed the same for --settle seconds, so
+    /// nothing half-copied is ever processed; the queue lives in the state store, so a restart
+    /// loses nothing and transcodes nothing twice. Logs go to stderr (--log-format json for log
+    /// shippers). Takes every option of a plain run (preset, output folder, jobs, engine, ...).
+    #[command(after_help = WATCH_EXAMPLES)]
+    Watch(Box<WatchArgs>),
     /// List the presets, or show one with its resolved ffmpeg arguments.
     ///
     /// Example: `isc-transcode presets h264`, or `isc-transcode presets ./mine.toml` to check
@@ -224,6 +260,112 @@ pub struct RunArgs {
     pub rebuild_state: bool,
 }
 
+/// What to do with an input once its output is checked and recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnSuccess {
+    /// Leave it where it is.
+    Keep,
+    /// Delete it.
+    Delete,
+    /// Move it under this folder, keeping its path relative to the watched folder.
+    Move(PathBuf),
+}
+
+/// Log line format of the watch daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+const WATCH_DIRS: &str = "Folders to watch, recursively. A file under DIR goes to \
+    OUT/<path relative to DIR>/<stem>.<ext>. Example: `isc-transcode watch /srv/incoming`";
+const WATCH_VERBOSE: &str = "More detail in the log: -v each decision, -vv also ffmpeg's own \
+    messages. RUST_LOG overrides, e.g. RUST_LOG=isc_transcode=debug";
+const WATCH_BACKEND: &str = "Where ffmpeg runs. `docker` waits, retrying with backoff, until the \
+    engine answers; `auto` uses local ffmpeg when no engine answers at start";
+
+/// A run option whose meaning is different for the daemon: say so in both help forms.
+fn retell(arg: clap::Arg, text: &'static str) -> clap::Arg {
+    arg.help(text).long_help(text)
+}
+
+/// `isc-transcode watch`: the run options plus the daemon's own.
+#[derive(Debug, Args)]
+#[command(
+    mut_arg("inputs", |a| retell(a, WATCH_DIRS).value_name("DIR")),
+    mut_arg("quiet", |a| retell(a, "Log only warnings and errors")),
+    mut_arg("verbose", |a| retell(a, WATCH_VERBOSE)),
+    mut_arg("backend", |a| retell(a, WATCH_BACKEND)),
+    mut_arg("json", |a| a.hide(true)),
+    mut_arg("dry_run", |a| a.hide(true)),
+    mut_arg("max_runtime", |a| a.hide(true)),
+)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// A file is taken once its size and mtime have not changed for this long, in seconds
+    /// (fractions allowed) or as a duration. Raise it for slow network copies that pause.
+    /// Example: `--settle 30`
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub settle: Duration,
+
+    /// What to do with an input once its output is checked and recorded: keep it, delete it,
+    /// or move it to DIR (keeping its path below the watched folder, never overwriting a file
+    /// there: a clash gets a " (1)" suffix). Never done after a failure.
+    /// Example: `--on-success move:/srv/done`
+    #[arg(long, value_name = "keep|delete|move:DIR", default_value = "keep", value_parser = parse_on_success)]
+    pub on_success: OnSuccess,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics and a liveness check at /healthz
+    /// (503 while the engine is down). Example: `--metrics 127.0.0.1:9464`
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Scan the folders again this often, to catch files whose events were lost (inotify queue
+    /// overflow, network filesystems). Example: `--rescan 1m`
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub rescan: Duration,
+
+    /// Retry a failed file this many times, with growing pauses (10 s, 20 s, 40 s, ... at most
+    /// 10 min); after that it stays failed until it changes.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retries: u32,
+
+    /// On SIGTERM or Ctrl-C, give running jobs this long to finish before stopping them. Match
+    /// systemd's TimeoutStopSec to it (plus a little). Example: `--grace 2m`
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Parse `keep`, `delete` or `move:DIR`.
+pub fn parse_on_success(s: &str) -> Result<OnSuccess, String> {
+    match s {
+        "keep" => Ok(OnSuccess::Keep),
+        "delete" => Ok(OnSuccess::Delete),
+        _ => match s.strip_prefix("move:") {
+            Some(dir) if !dir.is_empty() => Ok(OnSuccess::Move(PathBuf::from(dir))),
+            _ => Err(format!("{s:?} is not keep, delete or move:DIR")),
+        },
+    }
+}
+
+/// Parse seconds (`5`, `0.5`) or a duration (`30s`, `2m`).
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) => Duration::try_from_secs_f64(v)
+            .map_err(|_| format!("{s:?} is not a number of seconds >= 0")),
+        Err(_) => parse_duration(s),
+    }
+}
+
 /// Parse a duration such as `90s`, `45m` or `1h30m`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s)
@@ -277,5 +419,38 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Presets { name: Some(n) }) if n == "h264"));
         assert!(Cli::try_parse_from(["isc-transcode"]).is_err());
         assert!(Cli::try_parse_from(["isc-transcode", "a.mp4", "-j", "0"]).is_err());
+    }
+
+    #[test]
+    fn watch_takes_run_options_and_its_own() {
+        let cli = Cli::try_parse_from([
+            "isc-transcode",
+            "watch",
+            "in",
+            "-o",
+            "web",
+            "-p",
+            "copy",
+            "--settle",
+            "1.5",
+            "--on-success",
+            "move:/srv/done",
+            "--metrics",
+            "127.0.0.1:9464",
+        ])
+        .expect("parse");
+        let Some(Command::Watch(w)) = cli.command else {
+            panic!("not watch");
+        };
+        assert_eq!(w.run.inputs, [PathBuf::from("in")]);
+        assert_eq!(w.run.out, PathBuf::from("web"));
+        assert_eq!(w.settle, Duration::from_millis(1500));
+        assert_eq!(w.on_success, OnSuccess::Move(PathBuf::from("/srv/done")));
+        assert_eq!(w.grace, Duration::from_secs(30));
+        assert_eq!(w.retries, 3);
+        assert!(parse_on_success("move:").is_err());
+        assert!(parse_on_success("trash").is_err());
+        assert_eq!(parse_seconds("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_seconds("-1").is_err());
     }
 }

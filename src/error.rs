@@ -45,6 +45,8 @@ pub enum AppError {
     NoBackend { docker: String },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }

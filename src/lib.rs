@@ -18,6 +18,10 @@
 //!    [`verify`] decides whether an output is good enough to count.
 //! 7. [`report`] owns the terminal: bars in a terminal, plain lines elsewhere.
 //!
+//! [`watch`] is the daemon (`isc-transcode watch`): it follows folders, takes each file once it
+//! has stopped changing, keeps its queue in the [`state`] store, and runs the same
+//! [`schedule`] job path one file at a time; [`metrics`] serves what it does to Prometheus.
+//!
 //! [`error`] maps what can stop a run to the documented exit codes.
 
 pub mod app;
@@ -27,6 +31,7 @@ pub mod exec;
 pub mod ffmpeg;
 pub mod hash;
 pub mod media;
+pub mod metrics;
 pub mod plan;
 pub mod preset;
 pub mod report;
@@ -34,3 +39,4 @@ pub mod scan;
 pub mod schedule;
 pub mod state;
 pub mod verify;
+pub mod watch;

@@ -378,12 +378,12 @@ fn file_id(meta: &Metadata) -> (u64, u64) {
     (meta.dev(), meta.ino())
 }
 
-fn is_hidden(name: &OsStr) -> bool {
+pub(crate) fn is_hidden(name: &OsStr) -> bool {
     name.as_encoded_bytes().first() == Some(&b'.')
 }
 
 /// `<stem>.<ext>`: the file name without its last extension, plus the output extension.
-fn output_name(file: &Path, ext: &str) -> OsString {
+pub(crate) fn output_name(file: &Path, ext: &str) -> OsString {
     let mut name = file
         .file_stem()
         .unwrap_or(OsStr::new("output"))
@@ -411,7 +411,7 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 /// Include/exclude globs, split by what they match: the file name, or the relative path.
-struct Filter {
+pub(crate) struct Filter {
     include_name: GlobSet,
     include_path: GlobSet,
     exclude_name: GlobSet,
@@ -420,7 +420,7 @@ struct Filter {
 }
 
 impl Filter {
-    fn new(include: &[String], exclude: &[String]) -> Result<Filter, ScanError> {
+    pub(crate) fn new(include: &[String], exclude: &[String]) -> Result<Filter, ScanError> {
         Ok(Filter {
             include_name: glob_set(include, false)?,
             include_path: glob_set(include, true)?,
@@ -431,7 +431,7 @@ impl Filter {
     }
 
     /// `rel` is the path relative to the input folder, or the path as given for a named file.
-    fn takes(&self, rel: &Path) -> bool {
+    pub(crate) fn takes(&self, rel: &Path) -> bool {
         let name = rel.file_name().map(Path::new).unwrap_or(rel);
         if self.exclude_name.is_match(name) || self.exclude_path.is_match(rel) {
             return false;

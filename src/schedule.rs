@@ -266,7 +266,7 @@ async fn stop<B: Backend>(
     true
 }
 
-async fn run_one<B: Backend>(
+pub(crate) async fn run_one<B: Backend>(
     backend: &B,
     job: JobSpec,
     out_root: &Path,

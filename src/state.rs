@@ -10,6 +10,9 @@
 //!   read again to learn its hash.
 //! - `failures`: the last errors, for `status`.
 //! - `images`: the ffmpeg version of each worker image ID, learned once.
+//! - `watch_queue`: files the watch daemon accepted and has not finished, and those that failed
+//!   every retry, so that a restart loses no accepted file and does not retry a hopeless one
+//!   until it changes.
 //!
 //! The schema has a version (`PRAGMA user_version`) and ordered migrations. A database that
 //! cannot be read is reported and left alone; `--rebuild-state` moves it aside and starts afresh,
@@ -71,6 +74,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE images (
         image_id       TEXT PRIMARY KEY,
         ffmpeg_version TEXT NOT NULL
+    );
+    ",
+    // 2: the watch daemon's queue: files accepted (settled) but not yet done, and files that
+    // failed every retry. A row names the exact file identity it was accepted with, so a
+    // changed file is never mistaken for the accepted one.
+    "
+    CREATE TABLE watch_queue (
+        input_path         TEXT PRIMARY KEY,
+        preset_fingerprint TEXT NOT NULL,
+        dev                INTEGER NOT NULL,
+        ino                INTEGER NOT NULL,
+        size               INTEGER NOT NULL,
+        mtime_ns           INTEGER NOT NULL,
+        state              TEXT NOT NULL,      -- 'queued' or 'failed'
+        attempts           INTEGER NOT NULL,   -- failed attempts so far
+        last_error         TEXT,
+        accepted_at        INTEGER NOT NULL,
+        updated_at         INTEGER NOT NULL
     );
     ",
 ];
@@ -209,6 +230,37 @@ pub fn lock(
     file.rewind().map_err(lock_err)?;
     let _ = write!(file, "{}", std::process::id());
     Ok(FolderLock { _file: file })
+}
+
+/// Where a file stands in the watch daemon's persisted queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    /// Accepted (settled) and waiting to run, or running.
+    Queued,
+    /// Failed every attempt; left alone until the file changes.
+    Failed,
+}
+
+impl QueueState {
+    fn as_str(self) -> &'static str {
+        match self {
+            QueueState::Queued => "queued",
+            QueueState::Failed => "failed",
+        }
+    }
+}
+
+/// One row of the watch daemon's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub input_path: PathBuf,
+    pub preset_fingerprint: String,
+    /// The identity the file had when it was accepted.
+    pub stat: FileStat,
+    pub state: QueueState,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    pub last_error: Option<String>,
 }
 
 /// Counts for `status`.
@@ -480,6 +532,74 @@ impl Store {
         })
     }
 
+    /// Add or replace a row of the watch queue.
+    pub fn queue_put(&self, e: &QueueEntry) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO watch_queue(input_path, preset_fingerprint, dev, ino, size, mtime_ns,
+                    state, attempts, last_error, accepted_at, updated_at)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?10)
+                 ON CONFLICT(input_path) DO UPDATE SET preset_fingerprint=?2, dev=?3, ino=?4,
+                    size=?5, mtime_ns=?6, state=?7, attempts=?8, last_error=?9, updated_at=?10",
+                params![
+                    e.input_path.to_string_lossy(),
+                    e.preset_fingerprint,
+                    e.stat.dev as i64,
+                    e.stat.ino as i64,
+                    e.stat.size as i64,
+                    e.stat.mtime_ns,
+                    e.state.as_str(),
+                    i64::from(e.attempts),
+                    e.last_error,
+                    now(),
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Drop a file from the watch queue (done, deleted, or changed).
+    pub fn queue_remove(&self, input: &Path) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM watch_queue WHERE input_path=?1",
+                params![input.to_string_lossy()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Every row of the watch queue, oldest first.
+    pub fn queue_all(&self) -> Result<Vec<QueueEntry>, StateError> {
+        self.with(|c| {
+            let mut s = c.prepare(
+                "SELECT input_path, preset_fingerprint, dev, ino, size, mtime_ns, state, attempts,
+                        last_error
+                 FROM watch_queue ORDER BY accepted_at, input_path",
+            )?;
+            let rows = s.query_map([], |r| {
+                Ok(QueueEntry {
+                    input_path: PathBuf::from(r.get::<_, String>(0)?),
+                    preset_fingerprint: r.get(1)?,
+                    stat: FileStat {
+                        dev: r.get::<_, i64>(2)? as u64,
+                        ino: r.get::<_, i64>(3)? as u64,
+                        size: r.get::<_, i64>(4)? as u64,
+                        mtime_ns: r.get(5)?,
+                    },
+                    state: if r.get::<_, String>(6)? == "failed" {
+                        QueueState::Failed
+                    } else {
+                        QueueState::Queued
+                    },
+                    attempts: r.get::<_, i64>(7)?.clamp(0, i64::from(u32::MAX)) as u32,
+                    last_error: r.get(8)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
     /// What `status` shows.
     pub fn status(&self, failures: usize) -> Result<StatusReport, StateError> {
         self.with(|c| {
@@ -644,6 +764,44 @@ mod tests {
         assert!(msg.contains(&std::process::id().to_string()), "{msg}");
         drop(held);
         lock(dir.path(), false, |_| {}).expect("free again");
+    }
+
+    #[test]
+    fn watch_queue_round_trips_and_migrates_old_databases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            // A database made by the first schema only, as an older isc-transcode left it.
+            let path = Store::path_for(dir.path());
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            let c = Connection::open(&path).expect("c");
+            c.execute_batch(MIGRATIONS[0]).expect("v1");
+            c.pragma_update(None, "user_version", 1).expect("v");
+        }
+        let s = Store::open(dir.path(), false).expect("migrates");
+        let st = FileStat {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 4,
+        };
+        let mut e = QueueEntry {
+            input_path: PathBuf::from("/in/a.mp4"),
+            preset_fingerprint: "fp".into(),
+            stat: st,
+            state: QueueState::Queued,
+            attempts: 0,
+            last_error: None,
+        };
+        s.queue_put(&e).expect("put");
+        e.state = QueueState::Failed;
+        e.attempts = 4;
+        e.last_error = Some("ffmpeg failed".into());
+        s.queue_put(&e).expect("update");
+        drop(s);
+        let s = Store::open(dir.path(), false).expect("reopen");
+        assert_eq!(s.queue_all().expect("all"), vec![e.clone()]);
+        s.queue_remove(&e.input_path).expect("rm");
+        assert!(s.queue_all().expect("all").is_empty());
     }
 
     #[test]

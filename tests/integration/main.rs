@@ -6,3 +6,4 @@ mod pipeline;
 mod remote;
 mod state;
 mod util;
+mod watch;

@@ -1,0 +1,602 @@
+//! `isc-transcode watch`: the real daemon, the real engine, real files written the ways cameras,
+//! download tools and people write them.
+//!
+//! What ran is checked three ways: the daemon's own JSON log (one `job started` record per
+//! transcode), the outputs (host ffprobe), and the engine's event log (`exec_start` events of
+//! containers labelled with this daemon's client id), which does not depend on how the backend
+//! lays out its containers.
+
+use crate::util::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running daemon whose stderr (JSON logs) goes to a file.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    /// `io.isc-transcode.client` of this process, as the backend labels its containers.
+    client: String,
+    started: f64,
+}
+
+impl Daemon {
+    fn start(input: &Path, out: &Path, extra: &[&str]) -> Daemon {
+        let log = out
+            .parent()
+            .expect("parent")
+            .join(format!("watch-{}.log", now()));
+        let started = now();
+        let child = bin()
+            .arg("watch")
+            .arg(input)
+            .arg("-o")
+            .arg(out)
+            .args([
+                "--backend",
+                "docker",
+                "-j",
+                "2",
+                "--log-format",
+                "json",
+                "-v",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start isc-transcode watch");
+        let client = client_label(child.id());
+        let d = Daemon {
+            child,
+            log,
+            client,
+            started,
+        };
+        d.wait_for("initial scan", Duration::from_secs(30), |d| {
+            !d.records("initial scan done").is_empty()
+        });
+        d
+    }
+
+    /// Every JSON log record so far.
+    fn all(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn records(&self, message: &str) -> Vec<Value> {
+        self.all()
+            .into_iter()
+            .filter(|r| r["message"] == message)
+            .collect()
+    }
+
+    /// Records with this message about this input.
+    fn about(&self, message: &str, path: &Path) -> Vec<Value> {
+        let p = path.display().to_string();
+        self.records(message)
+            .into_iter()
+            .filter(|r| r["path"] == p.as_str())
+            .collect()
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, cond: impl Fn(&Daemon) -> bool) {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if cond(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out waiting for {what}; log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Wait for the process to exit; its exit code.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!(
+                    "daemon did not exit in time; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    /// Jobs the engine ran for this daemon: its `exec_start` events (container, time).
+    fn engine_jobs(&self) -> Vec<String> {
+        let out = std::process::Command::new("docker")
+            .args([
+                "events",
+                "--since",
+                &format!("{:.3}", self.started - 1.0),
+                "--until",
+                &format!("{:.3}", now() + 0.5),
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=exec_start",
+                "--filter",
+                &format!("label=io.isc-transcode.client={}", self.client),
+                "--format",
+                "{{.Actor.ID}} {{.TimeNano}} {{printf \"%.17s\" .Action}}",
+            ])
+            .output()
+            .expect("docker events");
+        assert!(out.status.success());
+        // Jobs are the job script (`sh -c`); `ffmpeg -version` asks for provenance.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_suffix(" exec_start: sh -c"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The client label the backend puts on containers made by process `pid`.
+fn client_label(pid: u32) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let start = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .expect("start time")
+        .to_string();
+    format!("{} {pid} {start}", host.trim())
+}
+
+/// Write `data` to `path` in `pieces` chunks, `gap` apart. Returns when the last byte was written.
+fn write_slowly(path: &Path, data: &[u8], pieces: usize, gap: Duration) -> f64 {
+    let mut f = std::fs::File::create(path).expect("create");
+    for chunk in data.chunks(data.len().div_ceil(pieces)) {
+        f.write_all(chunk).expect("write");
+        f.flush().expect("flush");
+        std::thread::sleep(gap);
+    }
+    let last = now() - gap.as_secs_f64();
+    drop(f);
+    last
+}
+
+fn timestamp(r: &Value) -> f64 {
+    let t = r["timestamp"].as_str().expect("timestamp");
+    humantime::parse_rfc3339(t)
+        .expect("rfc3339")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after epoch")
+        .as_secs_f64()
+}
+
+fn sample_duration(name: &str) -> f64 {
+    duration(&probe(&samples().join(name)))
+}
+
+#[test]
+fn watch_takes_each_complete_file_once_and_nothing_else() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let staging = tmp.path().join("staging");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    let mut d = Daemon::start(
+        &input,
+        &out,
+        &["-p", "copy", "--settle", "2", "--on-success", "delete"],
+    );
+
+    // Moved in whole (a rename within the filesystem), with an old mtime as `mv` keeps it.
+    std::fs::copy(samples().join("faststart.mp4"), staging.join("moved.mp4")).expect("cp");
+    std::fs::rename(staging.join("moved.mp4"), input.join("moved.mp4")).expect("mv");
+    // A folder with a file already in it, moved in: no event is ever sent for that file.
+    std::fs::create_dir_all(staging.join("newdir/deeper")).expect("mkdir");
+    std::fs::copy(
+        samples().join("two-audio.mkv"),
+        staging.join("newdir/deeper/inside.mkv"),
+    )
+    .expect("cp");
+    std::fs::rename(staging.join("newdir"), input.join("newdir")).expect("mv dir");
+    // A new sub-folder, then a file written into it.
+    std::fs::create_dir(input.join("fresh")).expect("mkdir");
+    std::fs::copy(samples().join("mpeg-ts.ts"), input.join("fresh/later.ts")).expect("cp");
+    // A download that never finishes.
+    std::fs::copy(
+        samples().join("no-audio.mp4"),
+        input.join("pending.mp4.part"),
+    )
+    .expect("cp");
+    // A file deleted before it settles.
+    std::fs::copy(samples().join("odd-size.mp4"), input.join("deleted.mp4")).expect("cp");
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(input.join("deleted.mp4")).expect("rm");
+    // A file written slowly: 6 pieces 0.8 s apart, each pause shorter than --settle.
+    let data = std::fs::read(samples().join("moov-at-end.mp4")).expect("read");
+    let slow = input.join("slow.mp4");
+    let last_write = write_slowly(&slow, &data, 6, Duration::from_millis(800));
+
+    let good = [
+        (
+            input.join("moved.mp4"),
+            out.join("moved.mp4"),
+            "faststart.mp4",
+        ),
+        (
+            input.join("newdir/deeper/inside.mkv"),
+            out.join("newdir/deeper/inside.mp4"),
+            "two-audio.mkv",
+        ),
+        (
+            input.join("fresh/later.ts"),
+            out.join("fresh/later.mp4"),
+            "mpeg-ts.ts",
+        ),
+        (slow.clone(), out.join("slow.mp4"), "moov-at-end.mp4"),
+    ];
+    d.wait_for("every good file done", Duration::from_secs(60), |d| {
+        good.iter()
+            .all(|(i, _, _)| !d.about("job done", i).is_empty())
+    });
+    // The deleted file was forgotten, on the daemon's own word.
+    assert_eq!(
+        d.about(
+            "gone before it settled; forgotten",
+            &input.join("deleted.mp4")
+        )
+        .len(),
+        1
+    );
+    // Long enough for the .part file to have settled, were it taken.
+    std::thread::sleep(Duration::from_secs(3));
+
+    for (i, o, sample) in &good {
+        assert_eq!(d.about("job started", i).len(), 1, "{} once", i.display());
+        let p = probe(o);
+        let (got, want) = (duration(&p), sample_duration(sample));
+        assert!(
+            (got - want).abs() < 0.25,
+            "{}: {got} s, input {want} s",
+            o.display()
+        );
+        assert!(!i.exists(), "--on-success delete removed {}", i.display());
+    }
+    // The slow file: taken only after its last write plus the settle time, and whole.
+    let started = timestamp(&d.about("job started", &slow)[0]);
+    assert!(
+        started >= last_write + 2.0 - 0.05,
+        "started {:.2} s after the last write",
+        started - last_write
+    );
+    assert_eq!(d.about("job started", &slow)[0]["size"], data.len());
+    assert_faststart(&out.join("slow.mp4"));
+
+    let started_all = d.records("job started");
+    assert_eq!(started_all.len(), good.len(), "{started_all:?}");
+    let engine = d.engine_jobs();
+    assert_eq!(
+        engine.len(),
+        good.len(),
+        "the engine ran exactly these jobs: {engine:?} vs {started_all:?}"
+    );
+    assert!(input.join("pending.mp4.part").exists(), "never touched");
+    assert!(!out.join("pending.mp4").exists() && !out.join("pending.mp4.mp4").exists());
+    assert!(!out.join("deleted.mp4").exists());
+    assert_eq!(d.stop(), Some(0));
+    assert!(temp_files(&out).is_empty());
+}
+
+#[test]
+fn watch_restart_redoes_nothing_and_a_crash_loses_nothing() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::copy(samples().join("faststart.mp4"), input.join("a.mp4")).expect("cp");
+    std::fs::copy(samples().join("vp9-opus.webm"), input.join("b.webm")).expect("cp");
+    let args = ["-p", "copy", "--settle", "1"];
+
+    // First start: both files (present before the start) are done once.
+    let mut d = Daemon::start(&input, &out, &args);
+    d.wait_for("two jobs done", Duration::from_secs(60), |d| {
+        d.records("job done").len() == 2
+    });
+    assert_eq!(d.stop(), Some(0));
+    assert_eq!(d.engine_jobs().len(), 2);
+    let meta = |p: &Path| {
+        let m = std::fs::metadata(p).expect("output");
+        (
+            std::os::unix::fs::MetadataExt::ino(&m),
+            m.modified().expect("mtime"),
+        )
+    };
+    let before = [meta(&out.join("a.mp4")), meta(&out.join("b.mp4"))];
+
+    // A restart finds both done from the store alone and runs nothing.
+    let mut d = Daemon::start(&input, &out, &args);
+    let scan = &d.records("initial scan done")[0];
+    assert_eq!(scan["done_before"], 2, "{scan}");
+    assert_eq!(scan["to_settle"], 0, "{scan}");
+    // A new file proves the daemon is working; the old ones must still not run.
+    std::fs::copy(samples().join("no-audio.mp4"), input.join("c.mp4")).expect("cp");
+    d.wait_for("the new file done", Duration::from_secs(60), |d| {
+        !d.about("job done", &input.join("c.mp4")).is_empty()
+    });
+    assert_eq!(d.records("job started").len(), 1);
+    assert_eq!(d.engine_jobs().len(), 1);
+    assert_eq!(
+        [meta(&out.join("a.mp4")), meta(&out.join("b.mp4"))],
+        before,
+        "outputs untouched"
+    );
+
+    // A crash (SIGKILL) while a job runs: the accepted file is taken again at the next start.
+    let big = input.join("big.mp4");
+    make_media(
+        &tmp.path().join("big.mp4"),
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x480:rate=25:duration=20",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=20",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+        ],
+    );
+    std::fs::rename(tmp.path().join("big.mp4"), &big).expect("mv");
+    d.wait_for("the big job started", Duration::from_secs(30), |d| {
+        !d.about("job started", &big).is_empty()
+    });
+    d.signal("KILL");
+    d.wait_exit(Duration::from_secs(10));
+    assert!(!out.join("big.mp4").exists(), "killed before it finished");
+
+    let mut d = Daemon::start(&input, &out, &args);
+    assert_eq!(
+        d.records("requeued files accepted before the restart")
+            .len(),
+        1
+    );
+    d.wait_for("the big file done", Duration::from_secs(90), |d| {
+        !d.about("job done", &big).is_empty()
+    });
+    assert!((duration(&probe(&out.join("big.mp4"))) - 20.0).abs() < 0.5);
+    assert_eq!(
+        d.records("job started").len(),
+        1,
+        "only the interrupted file ran"
+    );
+    assert_eq!(d.stop(), Some(0));
+    let status = run(bin().arg("status").arg("--out").arg(&out));
+    assert!(stdout(&status).contains("copy"), "{}", stdout(&status));
+}
+
+#[test]
+fn watch_sigterm_cancels_after_grace_and_leaves_no_container() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    // Long enough to encode that the job is still running when the signal comes.
+    let long = input.join("long.mp4");
+    make_media(
+        &long,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30:duration=30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ],
+    );
+    let mut d = Daemon::start(
+        &input,
+        &out,
+        &["-p", "h264", "--settle", "1", "--grace", "1s"],
+    );
+    d.wait_for("the job started", Duration::from_secs(30), |d| {
+        !d.about("job started", &long).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    assert_eq!(d.stop(), Some(0));
+    assert!(signalled.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        d.about("stopped; it stays queued for the next start", &long)
+            .len(),
+        1
+    );
+    let left: Vec<String> = {
+        let o = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=io.isc-transcode.client={}", d.client),
+            ])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(left.is_empty(), "containers left: {left:?}");
+    assert!(containers_for(&input).is_empty());
+    assert!(temp_files(&out).is_empty(), "{:?}", temp_files(&out));
+    assert!(!out.join("long.mp4").exists());
+}
+
+/// One HTTP/1.1 GET on loopback; (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("http response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, body.to_string())
+}
+
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+}
+
+#[test]
+fn watch_metrics_and_move_only_after_success() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let out = tmp.path().join("out");
+    let done = tmp.path().join("done");
+    std::fs::create_dir_all(input.join("sub")).expect("mkdir");
+    std::fs::create_dir_all(done.join("sub")).expect("mkdir");
+    std::fs::write(done.join("sub/a.mp4"), b"someone else's file").expect("w");
+    let move_to = format!("move:{}", done.display());
+    let mut d = Daemon::start(
+        &input,
+        &out,
+        &[
+            "-p",
+            "copy",
+            "--settle",
+            "1",
+            "--retries",
+            "0",
+            "--on-success",
+            &move_to,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let addr = d.records("serving /metrics and /healthz")[0]["addr"]
+        .as_str()
+        .expect("addr")
+        .to_string();
+
+    std::fs::copy(samples().join("faststart.mp4"), input.join("sub/a.mp4")).expect("cp");
+    std::fs::write(
+        input.join("bad.mp4"),
+        b"this is not a video at all".repeat(100),
+    )
+    .expect("w");
+    d.wait_for("one done, one failed", Duration::from_secs(60), |d| {
+        !d.about("job done", &input.join("sub/a.mp4")).is_empty()
+            && !d
+                .about(
+                    "failed every attempt; left alone until the file changes",
+                    &input.join("bad.mp4"),
+                )
+                .is_empty()
+    });
+
+    // Moved after success, without overwriting what was there; the failed input stays put.
+    assert!(!input.join("sub/a.mp4").exists());
+    assert_eq!(
+        std::fs::read(done.join("sub/a.mp4")).expect("r"),
+        b"someone else's file"
+    );
+    assert_eq!(
+        std::fs::read(done.join("sub/a (1).mp4")).expect("moved"),
+        std::fs::read(samples().join("faststart.mp4")).expect("sample")
+    );
+    assert!(
+        input.join("bad.mp4").exists(),
+        "never moved after a failure"
+    );
+    assert!(!done.join("bad.mp4").exists());
+
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&body, "isc_transcode_jobs_total{status=\"done\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&body, "isc_transcode_jobs_total{status=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&body, "isc_transcode_jobs_total{status=\"skipped\"}"),
+        0.0
+    );
+    assert!(metric(&body, "isc_transcode_bytes_in_total") >= 114_473.0);
+    assert!(metric(&body, "isc_transcode_bytes_out_total") > 0.0);
+    assert_eq!(
+        metric(&body, "isc_transcode_job_duration_seconds_count"),
+        2.0
+    );
+    assert_eq!(metric(&body, "isc_transcode_queue_depth"), 0.0);
+    assert_eq!(
+        metric(
+            &body,
+            "isc_transcode_engine_up{host=\"unix:///var/run/docker.sock\"}"
+        ),
+        1.0
+    );
+    assert!(metric(&body, "isc_transcode_last_success_timestamp_seconds") > d.started - 1.0);
+    assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(d.stop(), Some(0));
+}

@@ -3,6 +3,7 @@
 # 127.0.0.1, for testing remote-engine support the way the docker CLI would use it.
 #
 # Usage: scripts/tls-engine.sh start DIR PORT   -> prints DOCKER_HOST and DOCKER_CERT_PATH lines
+#        scripts/tls-engine.sh restart DIR PORT   -> the same engine back after `stop`
 #        scripts/tls-engine.sh stop DIR
 #
 # DIR holds everything: certificates (DIR/certs: ca.pem cert.pem key.pem for the client), the
@@ -22,7 +23,27 @@ stop() {
         kill -9 "$pid" 2>/dev/null || true
     fi
     # Containers of that engine may still hold mounts under DIR.
-    grep -o " $dir/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    grep -o " $dir/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done || true
+}
+
+# Start dockerd on the certificates and data already in DIR, and wait until it answers.
+launch() {
+    cd "$dir"
+    driver=$(docker info --format '{{.Driver}}' 2>/dev/null || echo overlay2)
+    # Its own (empty) config file, so that the machine's /etc/docker/daemon.json does not clash.
+    printf '{"storage-driver": "%s"}\n' "$driver" >"$dir/daemon.json"
+    sock="unix://$dir/docker.sock"
+    nohup dockerd --config-file "$dir/daemon.json" \
+        --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
+        -H "$sock" -H "tcp://127.0.0.1:$port" \
+        --tlsverify --tlscacert certs/ca.pem --tlscert server/cert.pem --tlskey server/key.pem \
+        --bridge=none --iptables=false --ip-masq=false \
+        >"$dir/dockerd.log" 2>&1 </dev/null &
+    for _ in $(seq 1 60); do
+        docker -H "$sock" info >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    docker -H "$sock" info >/dev/null 2>&1 || { tail -n 30 "$dir/dockerd.log" >&2; stop; exit 1; }
 }
 
 case "$cmd" in
@@ -30,9 +51,16 @@ stop)
     stop
     exit 0
     ;;
+restart)
+    # The same engine (certificates, data, images) back after an outage.
+    port=${3:?PORT}
+    stop
+    launch
+    exit 0
+    ;;
 start) ;;
 *)
-    echo "usage: $0 start DIR PORT | stop DIR" >&2
+    echo "usage: $0 start DIR PORT | restart DIR PORT | stop DIR" >&2
     exit 2
     ;;
 esac
@@ -52,21 +80,7 @@ printf 'extendedKeyUsage=clientAuth\n' >server/client-ext.cnf
 ssl x509 -req -in server/client.csr -CA certs/ca.pem -CAkey server/ca-key.pem -CAcreateserial \
     -days 2 -extfile server/client-ext.cnf -out certs/cert.pem
 
-driver=$(docker info --format '{{.Driver}}' 2>/dev/null || echo overlay2)
-# Its own (empty) config file, so that the machine's /etc/docker/daemon.json does not clash.
-printf '{"storage-driver": "%s"}\n' "$driver" >"$dir/daemon.json"
-sock="unix://$dir/docker.sock"
-nohup dockerd --config-file "$dir/daemon.json" \
-    --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
-    -H "$sock" -H "tcp://127.0.0.1:$port" \
-    --tlsverify --tlscacert certs/ca.pem --tlscert server/cert.pem --tlskey server/key.pem \
-    --bridge=none --iptables=false --ip-masq=false \
-    >"$dir/dockerd.log" 2>&1 </dev/null &
-for _ in $(seq 1 60); do
-    docker -H "$sock" info >/dev/null 2>&1 && break
-    sleep 0.5
-done
-docker -H "$sock" info >/dev/null 2>&1 || { tail -n 30 "$dir/dockerd.log" >&2; stop; exit 1; }
+launch
 docker save "$image" | docker -H "$sock" load >/dev/null
 echo "DOCKER_HOST=tcp://127.0.0.1:$port"
 echo "DOCKER_CERT_PATH=$dir/certs"

@@ -5,14 +5,15 @@ use std::path::Path;
 use std::process::Command;
 
 /// A private TLS-only engine on loopback, stopped on drop.
-struct TlsEngine {
+pub struct TlsEngine {
     dir: tempfile::TempDir,
-    host: String,
-    certs: String,
+    port: u16,
+    pub host: String,
+    pub certs: String,
 }
 
 impl TlsEngine {
-    fn start(port: u16) -> TlsEngine {
+    pub fn start(port: u16) -> TlsEngine {
         let dir = tempfile::Builder::new()
             .prefix("isc-tls-engine")
             .tempdir_in("/var/tmp")
@@ -38,8 +39,34 @@ impl TlsEngine {
         TlsEngine {
             host: value("DOCKER_HOST="),
             certs: value("DOCKER_CERT_PATH="),
+            port,
             dir,
         }
+    }
+
+    /// Take the engine away, as a crash or a reboot would.
+    pub fn stop(&self) {
+        let ok = Command::new(root().join("scripts/tls-engine.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status()
+            .expect("tls-engine.sh stop");
+        assert!(ok.success());
+    }
+
+    /// Bring the same engine (certificates, images) back.
+    pub fn restart(&self) {
+        let out = Command::new(root().join("scripts/tls-engine.sh"))
+            .arg("restart")
+            .arg(self.dir.path())
+            .arg(self.port.to_string())
+            .output()
+            .expect("tls-engine.sh restart");
+        assert!(
+            out.status.success(),
+            "cannot restart the TLS engine: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

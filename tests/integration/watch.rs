@@ -24,6 +24,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(input: &Path, out: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_env(input, out, extra, &[])
+    }
+
+    fn start_env(input: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = out
             .parent()
             .expect("parent")
@@ -44,6 +48,7 @@ impl Daemon {
                 "-v",
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -598,5 +603,65 @@ fn watch_metrics_and_move_only_after_success() {
     );
     assert!(metric(&body, "isc_transcode_last_success_timestamp_seconds") > d.started - 1.0);
     assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(d.stop(), Some(0));
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = stat.rsplit_once(')').expect("comm").1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+#[test]
+fn watch_keeps_files_queued_while_the_engine_is_away() {
+    require_engine();
+    let engine = crate::remote::TlsEngine::start(23_762);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).expect("mkdir");
+    let out = tmp.path().join("out");
+    let env = [
+        ("DOCKER_HOST", engine.host.as_str()),
+        ("DOCKER_TLS_VERIFY", "1"),
+        ("DOCKER_CERT_PATH", engine.certs.as_str()),
+    ];
+    let mut d = Daemon::start_env(&input, &out, &["--settle", "1", "-p", "copy"], &env);
+    std::fs::copy(samples().join("faststart.mp4"), input.join("before.mp4")).expect("copy");
+    d.wait_for("the first file", Duration::from_secs(60), |d| {
+        !d.about("job done", &input.join("before.mp4")).is_empty()
+    });
+
+    // The engine goes away. A file that arrives meanwhile is accepted and waits.
+    engine.stop();
+    std::fs::copy(samples().join("no-audio.mp4"), input.join("during.mp4")).expect("copy");
+    d.wait_for("the outage to be noticed", Duration::from_secs(30), |d| {
+        !d.records("the engine does not answer; files stay queued; reconnecting")
+            .is_empty()
+    });
+    let cpu0 = cpu_seconds(d.child.id());
+    std::thread::sleep(Duration::from_secs(5));
+    let spent = cpu_seconds(d.child.id()) - cpu0;
+    assert!(
+        spent < 0.5,
+        "the daemon spins while the engine is away: {spent} s CPU in 5 s"
+    );
+    assert!(!out.join("during.mp4").exists());
+    assert!(
+        d.child.try_wait().expect("wait").is_none(),
+        "the daemon stays up"
+    );
+
+    // The engine comes back: the queued file is transcoded, once.
+    engine.restart();
+    d.wait_for("the queued file", Duration::from_secs(90), |d| {
+        !d.about("job done", &input.join("during.mp4")).is_empty()
+    });
+    assert!(!d.records("the engine answers again; resuming").is_empty());
+    let p = probe(&out.join("during.mp4"));
+    assert!((duration(&p) - sample_duration("no-audio.mp4")).abs() < 0.5);
+    assert_eq!(d.about("job done", &input.join("during.mp4")).len(), 1);
     assert_eq!(d.stop(), Some(0));
 }

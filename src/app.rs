@@ -13,7 +13,7 @@
 
 use crate::cli::{BackendChoice, Cli, Command, RunArgs, TransferChoice};
 use crate::error::{AppError, ExitCode};
-use crate::exec::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy, default_host};
+use crate::exec::docker::{DockerBackend, Engine, Limits, MountPolicy, default_host};
 use crate::exec::local::LocalBackend;
 use crate::exec::{Backend, JobSpec, Produced};
 use crate::hash;
@@ -581,6 +581,19 @@ impl Recorder for StateRecorder {
             }
         }
         let key = hash::job_key(&input_sha256, &job.preset.fingerprint());
+        // The version ffmpeg's banner named; remembered per image so that reports and later
+        // runs know it without asking.
+        let ffmpeg_version = produced
+            .ffmpeg_version
+            .clone()
+            .or_else(|| self.provenance.ffmpeg_version.clone());
+        if let (Some(id), Some(v), None) = (
+            &self.provenance.image_id,
+            &produced.ffmpeg_version,
+            &self.provenance.ffmpeg_version,
+        ) {
+            let _ = self.store.put_ffmpeg_version(id, v);
+        }
         self.store
             .record(&OutputRecord {
                 output_path: plan::relative(&self.out, &job.output),
@@ -594,7 +607,7 @@ impl Recorder for StateRecorder {
                 preset_fingerprint: job.preset.fingerprint(),
                 image: self.provenance.image.clone(),
                 image_id: self.provenance.image_id.clone(),
-                ffmpeg_version: self.provenance.ffmpeg_version.clone(),
+                ffmpeg_version,
                 host: host.to_string(),
                 seconds,
                 transcoded: true,
@@ -729,24 +742,12 @@ pub(crate) async fn setup_docker(
         TransferChoice::Stream => MountPolicy::Never,
         TransferChoice::Mount => MountPolicy::Always,
     });
-    // Asked of the first worker, which the first job then finds started.
-    let version = match store.ffmpeg_version(&image_id)? {
-        Some(v) => v,
-        None => {
-            let v = backend.ffmpeg_version().await.map_err(|e| {
-                AppError::Engine(EngineError::Unreachable {
-                    host: host.clone(),
-                    reason: format!("cannot run ffmpeg -version in {}: {e}", args.image),
-                })
-            })?;
-            store.put_ffmpeg_version(&image_id, &v)?;
-            v
-        }
-    };
+    // Known from an earlier run, or taken from each job's ffmpeg banner.
+    let version = store.ffmpeg_version(&image_id)?;
     let provenance = Provenance {
         image: Some(args.image.clone()),
         image_id: Some(image_id),
-        ffmpeg_version: Some(version),
+        ffmpeg_version: version,
     };
     Ok((backend, provenance, cpus))
 }
@@ -757,7 +758,8 @@ pub(crate) async fn setup_local() -> Result<(LocalBackend, Provenance, usize), A
     let provenance = Provenance {
         image: None,
         image_id: None,
-        ffmpeg_version: Some(local.version().await),
+        // From each job's ffmpeg banner.
+        ffmpeg_version: None,
     };
     Ok((local, provenance, num_cpus_local()))
 }

@@ -56,12 +56,16 @@ pub struct StderrParser {
     partial: Vec<u8>,
     /// Meaningful lines not yet taken by the caller (for echoing with `-vv`).
     pub fresh: Vec<String>,
+    /// The version from ffmpeg's banner (`ffmpeg version 5.1.9-0+deb12u1 Copyright ...`).
+    pub ffmpeg_version: Option<String>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
 enum Section {
     #[default]
     None,
+    /// ffmpeg's banner: version, build configuration, library versions.
+    Banner,
     Input,
     Output,
     Mapping,
@@ -130,6 +134,11 @@ impl StderrParser {
             return self.progress_line(key, value);
         }
         let trimmed = line.trim_start();
+        if let Some(rest) = line.strip_prefix("ffmpeg version ") {
+            self.ffmpeg_version = rest.split_whitespace().next().map(str::to_string);
+            self.section = Section::Banner;
+            return None;
+        }
         if line.starts_with("Input #") {
             self.section = Section::Input;
             return None;
@@ -380,6 +389,22 @@ impl Probe {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn banner_gives_the_version_and_stays_out_of_messages() {
+        let mut p = StderrParser::new();
+        p.feed(
+            b"ffmpeg version 5.1.9-0+deb12u1 Copyright (c) 2000-2026 the FFmpeg developers\n  \
+              built with gcc 12 (Debian 12.2.0-14)\n  configuration: --prefix=/usr --enable-gpl\n  \
+              libavutil      57. 28.100 / 57. 28.100\nin.mp4: Invalid data found when processing input\n",
+        );
+        assert_eq!(p.ffmpeg_version.as_deref(), Some("5.1.9-0+deb12u1"));
+        assert_eq!(
+            p.tail(),
+            ["input: Invalid data found when processing input"]
+        );
+    }
+
     use super::*;
 
     /// Captured from `ffmpeg -nostats -progress pipe:2` in the worker image (ffmpeg 5.1).

@@ -319,17 +319,12 @@ impl Preset {
     ///
     /// `input` and `output` are names chosen by the executor, never a user's file name.
     pub fn ffmpeg_args(&self, input: &str, output: &str) -> Vec<String> {
-        let mut v: Vec<String> = [
-            "-hide_banner",
-            "-nostdin",
-            "-nostats",
-            "-progress",
-            "pipe:2",
-            "-y",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        // No -hide_banner: the banner's first line names the ffmpeg version for provenance,
+        // which saves asking with a process of its own; the parser keeps it out of messages.
+        let mut v: Vec<String> = ["-nostdin", "-nostats", "-progress", "pipe:2", "-y"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         v.extend(self.input_args.iter().cloned());
         v.push("-i".into());
         v.push(input.into());

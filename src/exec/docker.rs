@@ -348,12 +348,6 @@ impl Engine {
         Ok(n)
     }
 
-    /// The ffmpeg version inside an image, from a one-off locked-down container.
-    pub async fn ffmpeg_version(&self, image: &str) -> Result<String, EngineError> {
-        let text = self.one_off(image, &["ffmpeg", "-version"], vec![]).await?;
-        Ok(parse_version(&text))
-    }
-
     /// Run `cmd` in a one-off locked-down container and return what it printed (up to 64 KiB).
     async fn one_off(
         &self,
@@ -555,16 +549,6 @@ impl Engine {
     }
 }
 
-/// `ffmpeg version 5.1.9-0+deb12u1 Copyright ...` -> `5.1.9-0+deb12u1`.
-pub fn parse_version(text: &str) -> String {
-    text.lines()
-        .next()
-        .and_then(|l| l.strip_prefix("ffmpeg version "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or("unknown")
-        .to_string()
-}
-
 /// Force-remove a container; one that is already gone counts as removed.
 async fn remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
     // `v`: the worker's anonymous scratch volume goes with it.
@@ -640,47 +624,6 @@ impl DockerBackend {
     pub fn with_libraries(mut self, libs: Option<Mount>) -> Self {
         self.libs = libs;
         self
-    }
-
-    /// The ffmpeg version in the worker image, asked of a pooled worker: the first job then
-    /// finds that worker started, instead of the run paying for a one-off container.
-    pub async fn ffmpeg_version(&self) -> Result<String, JobError> {
-        let worker = self.checkout().await?;
-        let docker = &self.engine.docker;
-        let asked = async {
-            let exec = docker
-                .create_exec(
-                    &worker.id,
-                    CreateExecOptions {
-                        attach_stdout: Some(true),
-                        cmd: Some(vec!["ffmpeg".to_string(), "-version".to_string()]),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            let mut text = Vec::new();
-            if let StartExecResults::Attached { mut output, .. } =
-                docker.start_exec(&exec.id, None).await?
-            {
-                while let Some(frame) = output.next().await {
-                    if let LogOutput::StdOut { message } = frame? {
-                        text.extend_from_slice(&message);
-                    }
-                }
-            }
-            Ok::<_, bollard::errors::Error>(parse_version(&String::from_utf8_lossy(&text)))
-        }
-        .await;
-        match asked {
-            Ok(v) => {
-                self.checkin(worker);
-                Ok(v)
-            }
-            Err(e) => {
-                self.destroy(&worker.id).await;
-                Err(e.into())
-            }
-        }
     }
 
     /// Choose when inputs are mounted rather than streamed.
@@ -994,6 +937,7 @@ impl DockerBackend {
             // A stream that ffmpeg stopped reading early has no full-content hash.
             input_sha256: feed_result.flatten(),
             output_sha256: output_hash.finish(),
+            ffmpeg_version: parser.ffmpeg_version.clone(),
         })
     }
 }
@@ -1233,6 +1177,7 @@ impl DockerBackend {
             transfer: Transfer::Mount,
             input_sha256: job.input_sha256.clone(),
             output_sha256,
+            ffmpeg_version: parser.ffmpeg_version.clone(),
         }))
     }
 }
@@ -1416,15 +1361,6 @@ impl Backend for DockerBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn version_line() {
-        assert_eq!(
-            parse_version("ffmpeg version 5.1.9-0+deb12u1 Copyright (c) 2000-2026\nbuilt with"),
-            "5.1.9-0+deb12u1"
-        );
-        assert_eq!(parse_version("nonsense"), "unknown");
-    }
 
     #[test]
     fn own_client_is_alive_and_a_stale_one_is_dead() {

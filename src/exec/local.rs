@@ -33,16 +33,6 @@ impl LocalBackend {
     }
 }
 
-impl LocalBackend {
-    /// The local ffmpeg's version, for provenance.
-    pub async fn version(&self) -> String {
-        match Command::new(&self.ffmpeg).arg("-version").output().await {
-            Ok(o) => super::docker::parse_version(&String::from_utf8_lossy(&o.stdout)),
-            Err(_) => "unknown".to_string(),
-        }
-    }
-}
-
 /// Look a program up on `PATH`.
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -186,6 +176,7 @@ impl Backend for LocalBackend {
             transfer: Transfer::Direct,
             input_sha256,
             output_sha256,
+            ffmpeg_version: parser.ffmpeg_version.clone(),
         })
     }
 

@@ -80,6 +80,8 @@ pub struct Produced {
     pub input_sha256: Option<String>,
     /// The output's sha256, computed while it was received.
     pub output_sha256: String,
+    /// The ffmpeg version that made it, from ffmpeg's banner.
+    pub ffmpeg_version: Option<String>,
 }
 
 /// Events a running job sends to the reporter. Workers never print.

@@ -40,6 +40,34 @@ fn second_run_transcodes_nothing_and_reads_no_input() {
     let o = transcode(&dir, &out, "copy");
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(jobs_since(t0, &out).len(), 3);
+    // Provenance: the ffmpeg version from the jobs' own banners, the same as the image's.
+    let db = rusqlite::Connection::open(out.join(".isc-transcode/state.db")).expect("db");
+    let versions: Vec<String> = db
+        .prepare("SELECT DISTINCT ffmpeg_version FROM outputs")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|v| v.expect("row"))
+        .collect();
+    let image = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            IMAGE,
+            "ffmpeg",
+            "-version",
+        ])
+        .output()
+        .expect("docker run");
+    let first = String::from_utf8_lossy(&image.stdout);
+    let want = first
+        .split_whitespace()
+        .nth(2)
+        .expect("version")
+        .to_string();
+    assert_eq!(versions, [want]);
 
     let mut watch = OpenWatch::new(&dir);
     let t1 = now();

@@ -19,8 +19,8 @@
 //!    decided per input: an MP4 whose index is at the end cannot be read from a pipe, so it is
 //!    spooled; faststart MP4 and Matroska stream straight through.
 //! 3. ffmpeg always writes a seekable file inside the container, because an MP4 written to a
-//!    pipe cannot be faststart. The script then runs ffprobe on it, reports its size, and streams
-//!    it to stdout, which lands in the caller's temporary file.
+//!    pipe cannot be faststart. The script then runs ffprobe on it (whose report includes the
+//!    file's size) and streams it to stdout, which lands in the caller's temporary file.
 //! 4. After a success the worker goes back to the pool; the script has already removed the job's
 //!    scratch folder. After anything else (ffmpeg failed, the job was cancelled or stalled, the
 //!    engine erred) the worker is **removed**: a container that saw a failure is never reused.
@@ -113,7 +113,8 @@ const JOB_SCRIPT: &str = r#"
 set -u
 mode=$1; in_ext=$2; out_name=$3; token=$4; shift 5
 if [ "$mode" = mount ]; then
-  [ "$(cat /out/.isc-probe 2>/dev/null)" = "$token" ] && [ -w /out ] || { echo "@isc:stage=mount" >&2; exit 75; }
+  t=; read -r t < /out/.isc-probe 2>/dev/null
+  [ "$t" = "$token" ] && [ -w /out ] || { echo "@isc:stage=mount" >&2; exit 75; }
 fi
 base=/work; [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
 d=$(mktemp -d "$base/job.XXXXXX") || { echo "@isc:stage=scratch" >&2; exit 70; }
@@ -128,9 +129,12 @@ ffmpeg "$@"
 rc=$?
 [ $rc -eq 0 ] || exit $rc
 echo "@isc:stage=probe" >&2
-ffprobe -v error -of json -show_format -show_streams "$out_name" > probe.json 2>&1 || { sed 's/^/@isc:probe-error=/' probe.json >&2; exit 72; }
-sed 's/^/@isc:probe:/' probe.json >&2
-echo "@isc:size=$(stat -c %s "$out_name")" >&2
+# Shell builtins only from here to the send: each process start costs milliseconds.
+if ! ffprobe -v error -of json -show_format -show_streams "$out_name" > probe.json 2>&1; then
+  while IFS= read -r l; do printf '@isc:probe-error=%s\n' "$l"; done < probe.json >&2
+  exit 72
+fi
+while IFS= read -r l; do printf '@isc:probe:%s\n' "$l"; done < probe.json >&2
 [ "$mode" = mount ] && exit 0
 echo "@isc:stage=send" >&2
 cat "$out_name" || exit 73
@@ -1252,7 +1256,13 @@ fn outcome(
             });
         }
     };
-    Ok((probe, parser.mark("size").and_then(|s| s.parse().ok())))
+    // ffprobe states the file's size: the bytes that must arrive.
+    let size = probe
+        .format
+        .as_ref()
+        .and_then(|f| f.size.as_deref())
+        .and_then(|s| s.parse().ok());
+    Ok((probe, size))
 }
 
 enum Feed {

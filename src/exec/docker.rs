@@ -555,7 +555,7 @@ impl Engine {
 
 /// Force-remove a container; one that is already gone counts as removed.
 async fn remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
-    // `v`: the worker's anonymous scratch volume goes with it.
+    // `v`: anonymous volumes an image declares go with the container.
     let opts = RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)
@@ -682,18 +682,7 @@ impl DockerBackend {
                     typ: Some("none".to_string()),
                     config: None,
                 }),
-                mounts: self.libs.clone().map(|libs| {
-                    vec![
-                        libs,
-                        // The job's scratch files on a volume too: writes through FUSE cost CPU
-                        // that an encode needs. Anonymous, so it goes with the container.
-                        Mount {
-                            target: Some("/work".to_string()),
-                            typ: Some(MountType::VOLUME),
-                            ..Default::default()
-                        },
-                    ]
-                }),
+                mounts: self.libs.clone().map(|libs| vec![libs]),
                 auto_remove: Some(true),
                 ..Default::default()
             }),

@@ -1053,6 +1053,7 @@ impl DockerBackend {
     ) -> Result<Result<Produced, JobError>, String> {
         let docker = &self.engine.docker;
         let out_name = format!("/out/out.{}", job.preset.extension);
+        let produced = dir.join(format!("out.{}", job.preset.extension));
         let mut cmd = vec![
             "sh".to_string(),
             "-c".to_string(),
@@ -1098,17 +1099,23 @@ impl DockerBackend {
             };
             ctx.started(job.id, &self.engine.host, Transfer::Mount);
             let mut parser = StderrParser::new();
+            let mut settling = None;
             while let Some(frame) = output.next().await {
                 if let LogOutput::StdErr { message } = frame? {
                     pump_stderr(&mut parser, &message, job.id, ctx);
+                    // ffmpeg has exited: the file is final. Hash and sync it while ffprobe
+                    // reads it in the worker.
+                    if settling.is_none() && parser.mark("stage") == Some("probe") {
+                        settling = Some(settle_output(produced.clone(), ctx.clone()));
+                    }
                 }
             }
             finish_stderr(&mut parser, job.id, ctx);
             let code = exec_exit_code(docker, &exec.id).await?;
-            Ok((code, parser))
+            Ok((code, parser, settling))
         }
         .await;
-        let (code, parser) = match job_result {
+        let (code, parser, settling) = match job_result {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
@@ -1119,36 +1126,28 @@ impl DockerBackend {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let produced = dir.join(format!("out.{}", job.preset.extension));
+        let settling = settling.unwrap_or_else(|| settle_output(produced.clone(), ctx.clone()));
         let out = out.to_path_buf();
         let root = rustix::process::geteuid().is_root();
-        let hash_ctx = ctx.clone();
-        // Take the file over (as root: give it back to root), move it to the caller's temporary
-        // path, make it durable and hash it, off the async threads.
-        let settled = tokio::task::spawn_blocking(move || {
-            if root {
-                rustix::fs::chown(
-                    &produced,
-                    Some(rustix::fs::Uid::ROOT),
-                    Some(rustix::fs::Gid::ROOT),
-                )?;
-            }
-            std::fs::rename(&produced, &out)?;
-            let file = std::fs::File::open(&out)?;
-            let bytes = file.metadata()?.len();
-            // Write-back and hashing overlap: one waits on the disk, the other on a core.
-            std::thread::scope(|scope| {
-                let synced = scope.spawn(|| file.sync_all());
-                let sha = crate::hash::file(&out, |_| hash_ctx.touch())?;
-                synced
-                    .join()
-                    .map_err(|_| std::io::Error::other("fsync thread panicked"))??;
-                Ok::<_, std::io::Error>((bytes, sha))
+        // Take the file over (as root: give it back to root) and move it to the caller's
+        // temporary path, off the async threads.
+        let settled = async {
+            let (bytes, sha) = settling.await.map_err(std::io::Error::other)??;
+            tokio::task::spawn_blocking(move || {
+                if root {
+                    rustix::fs::chown(
+                        &produced,
+                        Some(rustix::fs::Uid::ROOT),
+                        Some(rustix::fs::Gid::ROOT),
+                    )?;
+                }
+                std::fs::rename(&produced, &out)
             })
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
+            .await
+            .map_err(std::io::Error::other)??;
+            Ok::<_, std::io::Error>((bytes, sha))
+        }
+        .await;
         let (bytes_out, output_sha256) = match settled {
             Ok(r) => r,
             Err(e) => return Ok(Err(JobError::Output(e))),
@@ -1186,6 +1185,26 @@ fn worker_user() -> (u32, u32) {
             rustix::process::getegid().as_raw(),
         )
     }
+}
+
+/// Hash a finished output and make it durable, on blocking threads: write-back and hashing
+/// overlap, one waits on the disk, the other on a core. Gives its size and sha256.
+fn settle_output(
+    path: std::path::PathBuf,
+    ctx: JobCtx,
+) -> tokio::task::JoinHandle<std::io::Result<(u64, String)>> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let bytes = file.metadata()?.len();
+        std::thread::scope(|scope| {
+            let synced = scope.spawn(|| file.sync_all());
+            let sha = crate::hash::file(&path, |_| ctx.touch())?;
+            synced
+                .join()
+                .map_err(|_| std::io::Error::other("fsync thread panicked"))??;
+            Ok((bytes, sha))
+        })
+    })
 }
 
 /// Whether `uid:gid` may read `path`, judged by its permission bits alone (a bind mount skips

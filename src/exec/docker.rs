@@ -791,54 +791,18 @@ impl DockerBackend {
             Transfer::Pipe => "pipe:0".to_string(),
             _ => format!("in.{in_ext}"),
         };
-        let mut cmd = vec![
-            "sh".to_string(),
-            "-c".to_string(),
-            JOB_SCRIPT.to_string(),
-            "isc-job".to_string(),
-            match transfer {
-                Transfer::Pipe => "pipe",
-                _ => "spool",
-            }
-            .to_string(),
-            in_ext,
-            out_name.clone(),
-            "-".to_string(),
-            "--".to_string(),
-        ];
-        cmd.extend(job.preset.ffmpeg_args(&input_arg, &out_name));
-        let exec = docker
-            .create_exec(
-                id,
-                CreateExecOptions {
-                    attach_stdin: Some(true),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    tty: Some(false),
-                    cmd: Some(cmd),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let started = docker
-            .start_exec(
-                &exec.id,
-                Some(StartExecOptions {
-                    detach: false,
-                    tty: false,
-                    output_capacity: Some(IO_BUFFER),
-                }),
-            )
-            .await?;
-        let StartExecResults::Attached {
-            mut output,
-            mut input,
-        } = started
-        else {
-            return Err(JobError::Output(std::io::Error::other(
-                "engine did not attach to the job",
-            )));
+        let mode = match transfer {
+            Transfer::Pipe => "pipe",
+            _ => "spool",
         };
+        let cmd = job_command(
+            mode,
+            &in_ext,
+            &out_name,
+            "-",
+            job.preset.ffmpeg_args(&input_arg, &out_name),
+        );
+        let (exec_id, mut output, mut input) = start_job(docker, id, cmd, true, IO_BUFFER).await?;
         ctx.started(job.id, &self.engine.host, transfer);
 
         let source = job.input.clone();
@@ -909,7 +873,7 @@ impl DockerBackend {
         sink.flush().await.map_err(JobError::Output)?;
         sink.get_mut().sync_all().await.map_err(JobError::Output)?;
 
-        let code = exec_exit_code(docker, &exec.id).await?;
+        let code = exec_exit_code(docker, &exec_id).await?;
         let (probe, expected) = outcome(code, &parser)?;
         let tail = parser.tail();
         if expected != Some(bytes_out) {
@@ -1054,49 +1018,16 @@ impl DockerBackend {
         let docker = &self.engine.docker;
         let out_name = format!("/out/out.{}", job.preset.extension);
         let produced = dir.join(format!("out.{}", job.preset.extension));
-        let mut cmd = vec![
-            "sh".to_string(),
-            "-c".to_string(),
-            JOB_SCRIPT.to_string(),
-            "isc-job".to_string(),
-            "mount".to_string(),
-            in_ext.to_string(),
-            out_name.clone(),
-            token.to_string(),
-            "--".to_string(),
-        ];
-        cmd.extend(
+        let cmd = job_command(
+            "mount",
+            in_ext,
+            &out_name,
+            token,
             job.preset
                 .ffmpeg_args(&format!("/in/input.{in_ext}"), &out_name),
         );
         let job_result = async {
-            let exec = docker
-                .create_exec(
-                    id,
-                    CreateExecOptions {
-                        attach_stdout: Some(true),
-                        attach_stderr: Some(true),
-                        tty: Some(false),
-                        cmd: Some(cmd),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            let started = docker
-                .start_exec(
-                    &exec.id,
-                    Some(StartExecOptions {
-                        detach: false,
-                        tty: false,
-                        output_capacity: Some(64 * 1024),
-                    }),
-                )
-                .await?;
-            let StartExecResults::Attached { mut output, .. } = started else {
-                return Err(JobError::Output(std::io::Error::other(
-                    "engine did not attach to the job",
-                )));
-            };
+            let (exec_id, mut output, _) = start_job(docker, id, cmd, false, 64 * 1024).await?;
             ctx.started(job.id, &self.engine.host, Transfer::Mount);
             let mut parser = StderrParser::new();
             let mut settling = None;
@@ -1111,7 +1042,7 @@ impl DockerBackend {
                 }
             }
             finish_stderr(&mut parser, job.id, ctx);
-            let code = exec_exit_code(docker, &exec.id).await?;
+            let code = exec_exit_code(docker, &exec_id).await?;
             Ok((code, parser, settling))
         }
         .await;
@@ -1276,6 +1207,69 @@ fn outcome(
 enum Feed {
     Read(std::io::Error),
     Write(#[allow(dead_code)] std::io::Error),
+}
+
+/// The job script's argv: `sh -c JOB_SCRIPT isc-job MODE EXT OUT TOKEN -- FFMPEG_ARGS...`.
+fn job_command(
+    mode: &str,
+    in_ext: &str,
+    out_name: &str,
+    token: &str,
+    ffmpeg: Vec<String>,
+) -> Vec<String> {
+    let mut cmd: Vec<String> = [
+        "sh", "-c", JOB_SCRIPT, "isc-job", mode, in_ext, out_name, token, "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    cmd.extend(ffmpeg);
+    cmd
+}
+
+type ExecOutput = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+>;
+type ExecInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
+/// Create and start an exec of `cmd` in container `id`, attached to its output (and stdin when
+/// `stdin`). Returns the exec's ID, its output and its stdin.
+async fn start_job(
+    docker: &Docker,
+    id: &str,
+    cmd: Vec<String>,
+    stdin: bool,
+    capacity: usize,
+) -> Result<(String, ExecOutput, ExecInput), JobError> {
+    let exec = docker
+        .create_exec(
+            id,
+            CreateExecOptions {
+                attach_stdin: Some(stdin),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                tty: Some(false),
+                cmd: Some(cmd),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let started = docker
+        .start_exec(
+            &exec.id,
+            Some(StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: Some(capacity),
+            }),
+        )
+        .await?;
+    match started {
+        StartExecResults::Attached { output, input } => Ok((exec.id, output, input)),
+        StartExecResults::Detached => Err(JobError::Output(std::io::Error::other(
+            "engine did not attach to the job",
+        ))),
+    }
 }
 
 /// Poll the exec until the engine says it is no longer running.

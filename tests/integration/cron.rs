@@ -253,21 +253,7 @@ fn a_stalled_job_is_killed_and_the_batch_completes() {
     let dir = tmp.path().join("in");
     std::fs::create_dir(&dir).expect("mkdir");
     let long = dir.join("stuck.mp4");
-    make_media(
-        &long,
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=25",
-            "-t",
-            "40",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-        ],
-    );
+    long_clip(&long, 40);
     std::fs::copy(samples().join("faststart.mp4"), dir.join("fine1.mp4")).expect("copy");
     std::fs::copy(samples().join("no-audio.mp4"), dir.join("fine2.mp4")).expect("copy");
     let out = tmp.path().join("out");

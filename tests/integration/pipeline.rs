@@ -453,21 +453,7 @@ fn sigkilled_run_leaves_no_container_for_long() {
     require_engine();
     let tmp = tempfile::tempdir().expect("tempdir");
     let input = tmp.path().join("long.mp4");
-    make_media(
-        &input,
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30",
-            "-t",
-            "30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-        ],
-    );
+    long_clip(&input, 30);
     let mut child = bin()
         .arg(&input)
         .arg("-o")
@@ -506,21 +492,7 @@ fn containers_are_locked_down() {
     require_engine();
     let tmp = tempfile::tempdir().expect("tempdir");
     let input = tmp.path().join("long.mp4");
-    make_media(
-        &input,
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30",
-            "-t",
-            "20",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-        ],
-    );
+    long_clip(&input, 20);
     let mut child = bin()
         .arg(&input)
         .arg("-o")

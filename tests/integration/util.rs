@@ -141,6 +141,27 @@ pub fn assert_faststart(path: &Path) {
 }
 
 /// Make a media file with host ffmpeg from lavfi sources.
+/// A 1280x720 H.264 clip (no audio) of `seconds`, slow enough to encode that a job on it is
+/// still running when a test wants to interrupt it.
+pub fn long_clip(path: &Path, seconds: u32) {
+    let secs = seconds.to_string();
+    make_media(
+        path,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-t",
+            &secs,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ],
+    );
+}
+
 pub fn make_media(path: &Path, args: &[&str]) {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-y"])

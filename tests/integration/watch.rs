@@ -430,19 +430,7 @@ fn watch_sigterm_cancels_after_grace_and_leaves_no_container() {
     std::fs::create_dir_all(&input).expect("mkdir");
     // Long enough to encode that the job is still running when the signal comes.
     let long = input.join("long.mp4");
-    make_media(
-        &long,
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30:duration=30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-        ],
-    );
+    long_clip(&long, 30);
     let mut d = Daemon::start(
         &input,
         &out,

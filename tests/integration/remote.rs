@@ -135,3 +135,119 @@ fn tls_engine_from_docker_environment_variables() {
     assert!(stderr(&o).contains("127.0.0.1"), "{}", stderr(&o));
     assert!(!Path::new(&tmp.path().join("plain/moov-at-end.mp4")).exists());
 }
+
+/// A private engine on a unix socket that does not see one folder of this machine (it runs in a
+/// mount namespace of its own, with that folder covered), stopped on drop.
+struct NsEngine {
+    dir: tempfile::TempDir,
+    host: String,
+}
+
+impl NsEngine {
+    fn start(hidden: &Path) -> NsEngine {
+        let dir = tempfile::Builder::new()
+            .prefix("isc-ns-engine")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let out = Command::new(root().join("scripts/ns-engine.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .arg(hidden)
+            .output()
+            .expect("run ns-engine.sh");
+        assert!(
+            out.status.success(),
+            "cannot start the engine: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let host = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("DOCKER_HOST="))
+            .expect("DOCKER_HOST")
+            .to_string();
+        NsEngine { dir, host }
+    }
+}
+
+impl Drop for NsEngine {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/ns-engine.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn an_engine_that_cannot_see_the_files_gets_them_streamed() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let engine = NsEngine::start(tmp.path());
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    // 69 MB of raw video: over the mount threshold.
+    let big = dir.join("big.mkv");
+    make_media(
+        &big,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x480:rate=25",
+            "-t",
+            "6",
+            "-c:v",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    );
+    let out = tmp.path().join("out");
+    let o = run(bin().arg(&big).arg("-o").arg(&out).args([
+        "--backend",
+        "docker",
+        "-p",
+        "h264",
+        "-H",
+        &engine.host,
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("streaming them instead"),
+        "{}",
+        stderr(&o)
+    );
+    let done = lines_starting(&o, "done");
+    assert!(done[0].ends_with("(pipe)"), "{done:?}");
+    assert!((duration(&probe(&out.join("big.mp4"))) - 6.0).abs() < 0.2);
+
+    // Insisting on mounts fails the job, naming the file and why; nothing is left behind.
+    let out2 = tmp.path().join("out2");
+    let o = run(bin().arg(&big).arg("-o").arg(&out2).args([
+        "--backend",
+        "docker",
+        "-p",
+        "h264",
+        "--transfer",
+        "mount",
+        "-H",
+        &engine.host,
+    ]));
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    let failed = err
+        .lines()
+        .find(|l| l.starts_with("failed"))
+        .unwrap_or_else(|| panic!("no failure reported: {err}"));
+    assert!(
+        failed.contains("big.mkv") && failed.contains("cannot mount the input"),
+        "{failed}"
+    );
+    assert!(!out2.join("big.mp4").exists());
+    let left: Vec<_> = std::fs::read_dir(&out2)
+        .expect("out2")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".isc-tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

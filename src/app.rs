@@ -540,6 +540,8 @@ pub(crate) struct StateRecorder {
     store: Arc<Store>,
     out: PathBuf,
     provenance: Provenance,
+    /// Set once this run has stored the image's ffmpeg version: one write, not one per job.
+    version_stored: std::sync::OnceLock<()>,
 }
 
 impl StateRecorder {
@@ -548,6 +550,7 @@ impl StateRecorder {
             store,
             out,
             provenance,
+            version_stored: std::sync::OnceLock::new(),
         }
     }
 }
@@ -591,7 +594,8 @@ impl Recorder for StateRecorder {
             &self.provenance.image_id,
             &produced.ffmpeg_version,
             &self.provenance.ffmpeg_version,
-        ) {
+        ) && self.version_stored.set(()).is_ok()
+        {
             let _ = self.store.put_ffmpeg_version(id, v);
         }
         self.store
@@ -660,11 +664,11 @@ async fn run_jobs(
         },
     };
     let recorder = |provenance| -> Arc<dyn Recorder> {
-        Arc::new(StateRecorder {
-            store: store.clone(),
-            out: args.out.clone(),
+        Arc::new(StateRecorder::new(
+            store.clone(),
+            args.out.clone(),
             provenance,
-        })
+        ))
     };
     match engine {
         Some(engine) => {
@@ -717,9 +721,10 @@ pub(crate) async fn setup_docker(
         ));
     }
     let image_id = engine.ensure_image(&args.image, say).await?;
-    let cpus = engine.cpus().await?;
+    let facts = engine.facts().await?;
+    let cpus = facts.cpus;
     // A speed-up only: without it jobs still run, each ffmpeg start just costs more.
-    let libs = match engine.library_mount(&args.image, &image_id).await {
+    let libs = match engine.library_mount(&facts, &args.image, &image_id).await {
         Ok(libs) => libs,
         Err(e) => {
             say(format!("not using a library volume: {e}"));

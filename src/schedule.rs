@@ -396,7 +396,11 @@ async fn produce<B: Backend>(
             tail: vec![],
         });
     }
-    temp.as_file().sync_all().map_err(JobError::Output)?;
+    // By path: a backend may have put another file there (a mounted job renames its output
+    // over the temporary one), and that file is the one that must be durable.
+    std::fs::File::open(temp.path())
+        .and_then(|f| f.sync_all())
+        .map_err(JobError::Output)?;
     temp.persist(&job.output)
         .map_err(|e| JobError::Output(e.error))?;
     if let Ok(dir) = std::fs::File::open(&parent) {

@@ -211,6 +211,13 @@ pub fn default_host() -> String {
     "unix:///var/run/docker.sock".to_string()
 }
 
+/// What the engine says about itself.
+#[derive(Debug, Clone)]
+pub struct EngineFacts {
+    pub cpus: usize,
+    pub storage_driver: String,
+}
+
 /// A connected, version-negotiated engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -255,10 +262,14 @@ impl Engine {
         }
     }
 
-    /// The engine's CPU count.
-    pub async fn cpus(&self) -> Result<usize, EngineError> {
+    /// The engine's CPU count and storage driver (`overlay2`, `fuse-overlayfs`, ...), from one
+    /// `info` call.
+    pub async fn facts(&self) -> Result<EngineFacts, EngineError> {
         let info = self.docker.info().await.map_err(|e| self.api(e))?;
-        Ok(info.ncpu.unwrap_or(1).max(1) as usize)
+        Ok(EngineFacts {
+            cpus: info.ncpu.unwrap_or(1).max(1) as usize,
+            storage_driver: info.driver.unwrap_or_default(),
+        })
     }
 
     /// Make sure the worker image is present: pull it if it is not, reporting the pull's progress
@@ -373,15 +384,8 @@ impl Engine {
                 (LABEL_CLIENT.to_string(), client_id()),
             ])),
             host_config: Some(HostConfig {
-                network_mode: Some("none".to_string()),
-                cap_drop: Some(vec!["ALL".to_string()]),
-                security_opt: Some(vec!["no-new-privileges".to_string()]),
-                log_config: Some(HostConfigLogConfig {
-                    typ: Some("none".to_string()),
-                    config: None,
-                }),
                 mounts: (!mounts.is_empty()).then_some(mounts),
-                ..Default::default()
+                ..locked_down()
             }),
             ..Default::default()
         };
@@ -422,12 +426,6 @@ impl Engine {
         result.map_err(|e| self.api(e))
     }
 
-    /// The engine's storage driver (`overlay2`, `fuse-overlayfs`, ...).
-    pub async fn storage_driver(&self) -> Result<String, EngineError> {
-        let info = self.docker.info().await.map_err(|e| self.api(e))?;
-        Ok(info.driver.unwrap_or_default())
-    }
-
     /// A read-only mount of the image's shared-library folder from a volume, for engines whose
     /// storage driver is `fuse-overlayfs` (rootless Docker, Docker inside a container).
     ///
@@ -440,10 +438,11 @@ impl Engine {
     /// is not dynamically linked.
     pub async fn library_mount(
         &self,
+        facts: &EngineFacts,
         image: &str,
         image_id: &str,
     ) -> Result<Option<Mount>, EngineError> {
-        if self.storage_driver().await? != "fuse-overlayfs" {
+        if facts.storage_driver != "fuse-overlayfs" {
             return Ok(None);
         }
         let short: String = image_id
@@ -550,6 +549,22 @@ impl Engine {
             }
         }
         Ok(n)
+    }
+}
+
+/// The lock-down every container of this tool gets: no network, no capabilities, no privilege
+/// gain, no log driver (the engine's default json-file driver stores every byte a container
+/// prints, which costs 8x in throughput).
+fn locked_down() -> HostConfig {
+    HostConfig {
+        network_mode: Some("none".to_string()),
+        cap_drop: Some(vec!["ALL".to_string()]),
+        security_opt: Some(vec!["no-new-privileges".to_string()]),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".to_string()),
+            config: None,
+        }),
+        ..Default::default()
     }
 }
 
@@ -672,19 +687,12 @@ impl DockerBackend {
             network_disabled: Some(true),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                network_mode: Some("none".to_string()),
-                cap_drop: Some(vec!["ALL".to_string()]),
-                security_opt: Some(vec!["no-new-privileges".to_string()]),
                 memory: Some(self.limits.memory),
                 memory_swap: Some(self.limits.memory),
                 pids_limit: Some(self.limits.pids),
-                log_config: Some(HostConfigLogConfig {
-                    typ: Some("none".to_string()),
-                    config: None,
-                }),
                 mounts: self.libs.clone().map(|libs| vec![libs]),
                 auto_remove: Some(true),
-                ..Default::default()
+                ..locked_down()
             }),
             ..Default::default()
         }
@@ -870,8 +878,8 @@ impl DockerBackend {
             }
         }
         finish_stderr(&mut parser, job.id, ctx);
+        // Durability is the dispatcher's: it syncs the file before renaming it into place.
         sink.flush().await.map_err(JobError::Output)?;
-        sink.get_mut().sync_all().await.map_err(JobError::Output)?;
 
         let code = exec_exit_code(docker, &exec_id).await?;
         let (probe, expected) = outcome(code, &parser)?;

@@ -16,14 +16,9 @@ cmd=${1:?start or stop}
 dir=${2:?DIR}
 image=${ISC_IMAGE:-isc-ffmpeg:latest}
 
-stop() {
-    if [ -f "$dir/docker.pid" ]; then
-        pid=$(cat "$dir/docker.pid")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-}
+# shellcheck source=scripts/lib/engine.sh
+. "$(dirname "$0")/lib/engine.sh"
+stop() { engine_stop "$dir"; }
 
 case "$cmd" in
 stop)
@@ -41,20 +36,14 @@ hide=${3:?FOLDER}
 [ -d "$hide" ] || { echo "$hide is not a folder" >&2; exit 2; }
 case "$dir/" in "$hide"/*) echo "DIR must not lie under FOLDER" >&2; exit 2 ;; esac
 mkdir -p "$dir"
-driver=$(docker info --format '{{.Driver}}' 2>/dev/null || echo overlay2)
-printf '{"storage-driver": "%s"}\n' "$driver" >"$dir/daemon.json"
+engine_config "$dir"
 sock="unix://$dir/docker.sock"
+mapfile -t common < <(engine_args "$dir")
 # shellcheck disable=SC2016 # expanded by the inner shell
 nohup unshare --mount --propagation private sh -c '
     mount -t tmpfs -o size=1m,mode=0755 isc-hidden "$0" || exit 1
-    exec dockerd --config-file "$1/daemon.json" \
-        --data-root "$1/data" --exec-root "$1/exec" --pidfile "$1/docker.pid" \
-        -H "unix://$1/docker.sock" --bridge=none --iptables=false --ip-masq=false
-' "$hide" "$dir" >"$dir/dockerd.log" 2>&1 </dev/null &
-for _ in $(seq 1 60); do
-    docker -H "$sock" info >/dev/null 2>&1 && break
-    sleep 0.5
-done
-docker -H "$sock" info >/dev/null 2>&1 || { tail -n 30 "$dir/dockerd.log" >&2; stop; exit 1; }
-docker save "$image" | docker -H "$sock" load >/dev/null
+    exec dockerd "$@"
+' "$hide" "${common[@]}" >"$dir/dockerd.log" 2>&1 </dev/null &
+engine_wait "$dir" || exit 1
+engine_load_image "$dir" "$image"
 echo "DOCKER_HOST=$sock"

@@ -15,35 +15,19 @@ cmd=${1:?start or stop}
 dir=${2:?DIR}
 image=${ISC_IMAGE:-isc-ffmpeg:latest}
 
-stop() {
-    if [ -f "$dir/docker.pid" ]; then
-        pid=$(cat "$dir/docker.pid")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    # Containers of that engine may still hold mounts under DIR.
-    grep -o " $dir/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done || true
-}
+# shellcheck source=scripts/lib/engine.sh
+. "$(dirname "$0")/lib/engine.sh"
+stop() { engine_stop "$dir"; }
 
 # Start dockerd on the certificates and data already in DIR, and wait until it answers.
 launch() {
     cd "$dir"
-    driver=$(docker info --format '{{.Driver}}' 2>/dev/null || echo overlay2)
-    # Its own (empty) config file, so that the machine's /etc/docker/daemon.json does not clash.
-    printf '{"storage-driver": "%s"}\n' "$driver" >"$dir/daemon.json"
-    sock="unix://$dir/docker.sock"
-    nohup dockerd --config-file "$dir/daemon.json" \
-        --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
-        -H "$sock" -H "tcp://127.0.0.1:$port" \
+    engine_config "$dir"
+    mapfile -t common < <(engine_args "$dir")
+    nohup dockerd "${common[@]}" -H "tcp://127.0.0.1:$port" \
         --tlsverify --tlscacert certs/ca.pem --tlscert server/cert.pem --tlskey server/key.pem \
-        --bridge=none --iptables=false --ip-masq=false \
         >"$dir/dockerd.log" 2>&1 </dev/null &
-    for _ in $(seq 1 60); do
-        docker -H "$sock" info >/dev/null 2>&1 && break
-        sleep 0.5
-    done
-    docker -H "$sock" info >/dev/null 2>&1 || { tail -n 30 "$dir/dockerd.log" >&2; stop; exit 1; }
+    engine_wait "$dir"
 }
 
 case "$cmd" in
@@ -81,6 +65,6 @@ ssl x509 -req -in server/client.csr -CA certs/ca.pem -CAkey server/ca-key.pem -C
     -days 2 -extfile server/client-ext.cnf -out certs/cert.pem
 
 launch
-docker save "$image" | docker -H "$sock" load >/dev/null
+engine_load_image "$dir" "$image"
 echo "DOCKER_HOST=tcp://127.0.0.1:$port"
 echo "DOCKER_CERT_PATH=$dir/certs"

@@ -750,24 +750,8 @@ fn big_inputs_are_mounted_and_small_ones_streamed() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("in");
     std::fs::create_dir(&dir).expect("mkdir");
-    // 150 raw 640x480 frames: 69 MB, over the 64 MiB mount threshold.
     let big = dir.join("big.mkv");
-    make_media(
-        &big,
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x480:rate=25",
-            "-t",
-            "6",
-            "-c:v",
-            "rawvideo",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    );
-    assert!(std::fs::metadata(&big).expect("meta").len() > 64 << 20);
+    big_raw_clip(&big);
     std::fs::copy(samples().join("faststart.mp4"), dir.join("small.mp4")).expect("copy");
     let out = tmp.path().join("out");
     let o = run(bin().arg(&dir).arg("-o").arg(&out).args([

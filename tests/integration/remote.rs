@@ -185,23 +185,8 @@ fn an_engine_that_cannot_see_the_files_gets_them_streamed() {
     let engine = NsEngine::start(tmp.path());
     let dir = tmp.path().join("in");
     std::fs::create_dir(&dir).expect("mkdir");
-    // 69 MB of raw video: over the mount threshold.
     let big = dir.join("big.mkv");
-    make_media(
-        &big,
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x480:rate=25",
-            "-t",
-            "6",
-            "-c:v",
-            "rawvideo",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    );
+    big_raw_clip(&big);
     let out = tmp.path().join("out");
     let o = run(bin().arg(&big).arg("-o").arg(&out).args([
         "--backend",

@@ -162,6 +162,26 @@ pub fn long_clip(path: &Path, seconds: u32) {
     );
 }
 
+/// 150 raw 640x480 frames (6 s, 69 MB): over the 64 MiB mount threshold, and quick to make.
+pub fn big_raw_clip(path: &Path) {
+    make_media(
+        path,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x480:rate=25",
+            "-t",
+            "6",
+            "-c:v",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    );
+    assert!(std::fs::metadata(path).expect("meta").len() > 64 << 20);
+}
+
 pub fn make_media(path: &Path, args: &[&str]) {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-y"])

@@ -653,3 +653,86 @@ fn watch_keeps_files_queued_while_the_engine_is_away() {
     assert_eq!(d.about("job done", &input.join("during.mp4")).len(), 1);
     assert_eq!(d.stop(), Some(0));
 }
+
+#[test]
+fn watch_changes_failures_and_a_second_signal() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let staging = tmp.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    long_clip(&staging.join("long.mp4"), 30);
+    let mut d = Daemon::start(
+        &input,
+        &out,
+        &["-p", "h264", "--settle", "1", "--retries", "1"],
+    );
+
+    // A file that changes while it transcodes: that job stops, and the new content is done.
+    let clip = input.join("clip.mp4");
+    std::fs::rename(staging.join("long.mp4"), &clip).expect("mv");
+    d.wait_for("the long job", Duration::from_secs(60), |d| {
+        !d.about("job started", &clip).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::copy(samples().join("faststart.mp4"), &clip).expect("overwrite");
+    d.wait_for("the new content", Duration::from_secs(90), |d| {
+        !d.about("job done", &clip).is_empty()
+    });
+    assert_eq!(
+        d.about(
+            "input changed during its transcode; stopping that job",
+            &clip
+        )
+        .len(),
+        1
+    );
+    assert!(
+        (duration(&probe(&out.join("clip.mp4"))) - sample_duration("faststart.mp4")).abs() < 0.5
+    );
+
+    // A bad file is tried 1 + --retries times, then left alone until it changes.
+    let bad = input.join("bad.mp4");
+    std::fs::write(&bad, b"this is not a video at all".repeat(100)).expect("w");
+    d.wait_for("the retries", Duration::from_secs(60), |d| {
+        !d.about(
+            "failed every attempt; left alone until the file changes",
+            &bad,
+        )
+        .is_empty()
+    });
+    assert_eq!(d.about("failed; will retry", &bad).len(), 1);
+    assert_eq!(d.about("job started", &bad).len(), 2);
+    std::fs::copy(samples().join("no-audio.mp4"), &bad).expect("fix");
+    d.wait_for("the fixed file", Duration::from_secs(60), |d| {
+        !d.about("job done", &bad).is_empty()
+    });
+    assert_eq!(
+        d.about(
+            "a failed file changed; it will be tried again once it settles",
+            &bad
+        )
+        .len(),
+        1
+    );
+
+    // A second signal leaves at once (130), and still removes the containers.
+    long_clip(&staging.join("long2.mp4"), 30);
+    let long2 = input.join("long2.mp4");
+    std::fs::rename(staging.join("long2.mp4"), &long2).expect("mv");
+    d.wait_for("the last job", Duration::from_secs(60), |d| {
+        !d.about("job started", &long2).is_empty()
+    });
+    d.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal("INT");
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(130));
+    assert!(
+        containers_for(&out).is_empty(),
+        "{:?}",
+        containers_for(&out)
+    );
+    assert!(!out.join("long2.mp4").exists());
+}

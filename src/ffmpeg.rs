@@ -8,15 +8,15 @@
 //!   `progress=continue|end`);
 //! - error messages, of which the last few meaningful lines are kept for the failure report.
 //!
-//! The container-side job script adds lines of its own, prefixed `@isc:`, to pass back the
-//! output's ffprobe JSON and size over the same channel.
+//! The container-side job server adds lines of its own, prefixed `@isc:`, to pass back its
+//! stage, the output's size and, when asked, its ffprobe JSON over the same channel.
 //!
 //! ffprobe's JSON (`-of json -show_format -show_streams`) is parsed with serde.
 
 use serde::Deserialize;
 use std::collections::VecDeque;
 
-/// Prefix of the lines that the container-side job script writes to stderr.
+/// Prefix of the lines that the container-side job server writes to stderr.
 pub const MARK: &str = "@isc:";
 
 /// What the input dump told about the input.

@@ -15,7 +15,8 @@
 //!    ffmpeg. [`media`] reads container layouts (where an MP4's index sits) to choose how the
 //!    input travels.
 //! 6. [`ffmpeg`] reads ffmpeg's stderr (input facts, progress, errors) and ffprobe's JSON;
-//!    [`verify`] decides whether an output is good enough to count.
+//!    [`readback`] reads MP4 outputs back here from their index; [`verify`] decides whether an
+//!    output is good enough to count.
 //! 7. [`report`] owns the terminal: bars in a terminal, plain lines elsewhere.
 //!
 //! [`watch`] is the daemon (`isc-transcode watch`): it follows folders, takes each file once it
@@ -34,6 +35,7 @@ pub mod media;
 pub mod metrics;
 pub mod plan;
 pub mod preset;
+pub mod readback;
 pub mod report;
 pub mod scan;
 pub mod schedule;

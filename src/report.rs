@@ -115,6 +115,8 @@ pub struct FileEntry {
     pub seconds: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// What read the output back before it counted: `index` or `ffprobe`.
+    pub checked_by: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -221,6 +223,7 @@ pub async fn run(
                         seconds: 0.0,
                         bytes_in: 0,
                         bytes_out: 0,
+                        checked_by: None,
                     },
                 ));
             }
@@ -352,6 +355,7 @@ fn entry(r: &JobResult) -> FileEntry {
         seconds: r.seconds,
         bytes_in: r.bytes_in,
         bytes_out: r.bytes_out,
+        checked_by: r.checked_by.map(|c| c.as_str()),
     }
 }
 

@@ -15,7 +15,7 @@
 //!
 //! Workers never print: they send events, and the reporter owns the terminal.
 
-use crate::exec::{Backend, JobCtx, JobError, JobSpec, Produced, Transfer};
+use crate::exec::{Backend, Checker, JobCtx, JobError, JobSpec, Produced, Transfer};
 use crate::report::Event;
 use crate::{media, verify};
 use std::path::{Path, PathBuf};
@@ -69,6 +69,8 @@ pub struct JobResult {
     pub bytes_out: u64,
     pub host: String,
     pub transfer: Option<Transfer>,
+    /// What read the output back, for transcoded outputs.
+    pub checked_by: Option<Checker>,
     /// Seconds of media, when known.
     pub media_seconds: Option<f64>,
     /// The job key, once known.
@@ -92,6 +94,7 @@ impl JobResult {
             bytes_out: 0,
             host: String::new(),
             transfer: None,
+            checked_by: None,
             media_seconds: None,
             key: None,
             note: None,
@@ -305,6 +308,7 @@ pub(crate) async fn run_one<B: Backend>(
         Ok(p) => {
             result.bytes_out = p.bytes_out;
             result.transfer = Some(p.transfer);
+            result.checked_by = Some(p.checked_by);
             result.media_seconds = p.input.duration.or(p.decoded);
             match recorder.done(&job, &p, seconds, &result.host) {
                 Ok(key) => result.key = Some(key),

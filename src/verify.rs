@@ -1,9 +1,11 @@
 //! Deciding whether an output is good enough to count as done.
 //!
 //! ffmpeg's exit code alone proves little: fed an MP4 whose index sits at the end through a pipe,
-//! it exits 0 with an almost empty file. So an output counts only when ffprobe reads it as media
+//! it exits 0 with an almost empty file. So an output counts only when it is read back as media
 //! with the streams the preset promises, and its duration matches the input's within
-//! [`DURATION_TOLERANCE`] seconds. The file's top-level structure is checked separately
+//! [`DURATION_TOLERANCE`] seconds. The read-back is the output's own index
+//! ([`crate::readback`]) when that states everything the check needs ([`needs_ffprobe`]), and
+//! ffprobe otherwise. The file's top-level structure is checked separately
 //! ([`crate::media::check_output_shape`]).
 
 use crate::ffmpeg::{InputInfo, Probe};
@@ -117,6 +119,35 @@ pub fn check(
         ));
     }
     Ok(())
+}
+
+/// Why `probe` cannot settle `check` on its own, when it cannot: a stream of unknown codec, or a
+/// property the check needs that the probe does not state. A read-back of the index
+/// ([`crate::readback`]) states no pixel format, for one; ffprobe then has to answer.
+pub fn needs_ffprobe(check: &Check, input: &InputInfo, probe: &Probe) -> Option<&'static str> {
+    let media: Vec<_> = probe.video().chain(probe.audio()).collect();
+    if media.iter().any(|s| s.codec_name.is_empty()) {
+        return Some("a stream of a codec the read-back does not name");
+    }
+    if media.is_empty() {
+        return Some("no audio or video stream in the index");
+    }
+    let video_checked = check.video.is_some() && (!input.video.is_empty() || check.image);
+    if video_checked {
+        let Some(v) = probe.video().next() else {
+            return Some("no video stream in the index");
+        };
+        if check.pix_fmt.is_some() && v.pix_fmt.is_none() {
+            return Some("the pixel format");
+        }
+        if v.width.is_none() || v.height.is_none() {
+            return Some("the frame size");
+        }
+    }
+    if !check.image && probe.duration().is_none() {
+        return Some("the duration");
+    }
+    None
 }
 
 #[cfg(test)]

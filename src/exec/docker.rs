@@ -1,9 +1,11 @@
 //! The Docker backend: jobs run in locked-down ffmpeg containers on a Docker engine.
 //!
-//! Containers are kept warm: each running job takes an idle worker container from a pool (or
-//! creates one), runs in it by `exec`, and gives it back when it succeeded. Creating, starting
-//! and removing a container costs about 250 ms on the engine; an exec about 70 ms, so a batch of
-//! small files pays the container cost once per slot instead of once per file.
+//! Containers are kept warm, and so is the process that runs jobs in them: each running job
+//! takes an idle worker container from a pool (or creates one) and hands the job to the worker's
+//! job server ([`super::jobserver`]), one shell started by a single `exec` when the worker
+//! starts. Creating, starting and removing a container costs about 250 ms on the engine (670 ms
+//! on fuse-overlayfs); an exec about 60 ms plus the CPU of dockerd, containerd and runc; a job
+//! sent to a running job server costs neither.
 //!
 //! A worker's life on the engine:
 //! 1. **Create** a container from the worker image: network `none`, every capability dropped,
@@ -12,34 +14,35 @@
 //!    throughput), and labels naming the tool, the run, the slot and the output folder. Its main
 //!    process is `cat` reading an attached stdin that this process holds open; `auto_remove` is
 //!    set. If this process dies, even by SIGKILL, the connection closes, `cat` sees EOF, the
-//!    container exits, and the engine removes it.
-//! 2. Per job, **exec** one fixed job script (`JOB_SCRIPT`) with the ffmpeg arguments as argv items. The
-//!    input streams into the exec's stdin from a 1 MiB buffer. Whether ffmpeg reads that stream
-//!    directly (`pipe`) or the script first stores it as a file in the container (`spool`) is
-//!    decided per input: an MP4 whose index is at the end cannot be read from a pipe, so it is
+//!    container exits (taking any running ffmpeg with it), and the engine removes it.
+//! 2. **Start the job server**: one exec, whose stdin, stdout and stderr carry every job.
+//! 3. Per job, send the ffmpeg arguments and stream the input in. Whether ffmpeg reads that
+//!    stream directly (`pipe`) or the server first stores it as a file in the container (`spool`)
+//!    is decided per input: an MP4 whose index is at the end cannot be read from a pipe, so it is
 //!    spooled; faststart MP4 and Matroska stream straight through.
-//! 3. ffmpeg always writes a seekable file inside the container, because an MP4 written to a
-//!    pipe cannot be faststart. The script then runs ffprobe on it (whose report includes the
-//!    file's size) and streams it to stdout, which lands in the caller's temporary file.
-//! 4. After a success the worker goes back to the pool; the script has already removed the job's
+//! 4. ffmpeg always writes a seekable file inside the container, because an MP4 written to a
+//!    pipe cannot be faststart. The server announces its size and streams it back into the
+//!    caller's temporary file. The output is read back here from its index
+//!    ([`crate::readback`]), or, when that cannot settle the preset's check, by ffprobe in the
+//!    worker.
+//! 5. After a success the worker goes back to the pool; the server has removed the job's
 //!    scratch folder. After anything else (ffmpeg failed, the job was cancelled or stalled, the
 //!    engine erred) the worker is **removed**: a container that saw a failure is never reused.
-//! 5. At the end of a batch, [`Backend::finish`] removes the idle workers.
+//! 6. At the end of a batch, [`Backend::finish`] removes the idle workers.
 //!
-//! Nothing in the container ever sees a user's file name: the script works on `in.<ext>` and
+//! Big inputs on an engine that runs on this machine are **mounted** instead: a worker of its
+//! own bind-mounts the file read-only and a private output folder, serves that one job, and is
+//! removed.
+//!
+//! Nothing in the container ever sees a user's file name: the server works on `in.<ext>` and
 //! `out.<ext>` in a scratch folder.
 
-use super::{
-    Backend, IO_BUFFER, JobCtx, JobError, JobSpec, Produced, Transfer, decoded_seconds,
-    finish_stderr, pump_stderr,
-};
+use super::jobserver::{EXIT_NO_MOUNT, Mode, Request, Session, settle_output};
+use super::{Backend, JobCtx, JobError, JobSpec, Produced, Transfer};
 use crate::ffmpeg::StderrParser;
-use crate::hash::Hasher;
 use crate::media;
 use crate::preset;
 use bollard::Docker;
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -50,7 +53,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Label present on every container this tool creates.
 pub const LABEL_TOOL: &str = "io.isc-transcode";
@@ -101,47 +103,6 @@ pub fn client_is_dead(label: &str) -> bool {
     };
     start_time(pid).as_deref() != Some(start)
 }
-
-/// The job script, run as `sh -c JOB_SCRIPT isc-job MODE EXT OUT TOKEN -- FFMPEG_ARGS...`.
-///
-/// MODE is `pipe` (ffmpeg reads stdin), `spool` (stdin is stored as `in.EXT` first) or `mount`
-/// (the input is mounted at `/in`, the output folder at `/out`, and `/out/.isc-probe` must hold
-/// TOKEN: proof that the engine mounted this machine's folder, not a same-named one of its own).
-/// It reports through `@isc:` lines on stderr; stdout carries only the output bytes, and nothing
-/// in `mount` mode.
-const JOB_SCRIPT: &str = r#"
-set -u
-mode=$1; in_ext=$2; out_name=$3; token=$4; shift 5
-if [ "$mode" = mount ]; then
-  t=; read -r t < /out/.isc-probe 2>/dev/null
-  [ "$t" = "$token" ] && [ -w /out ] || { echo "@isc:stage=mount" >&2; exit 75; }
-fi
-base=/work; [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
-d=$(mktemp -d "$base/job.XXXXXX") || { echo "@isc:stage=scratch" >&2; exit 70; }
-trap 'rm -rf "$d"' EXIT
-cd "$d" || exit 70
-if [ "$mode" = spool ]; then
-  echo "@isc:stage=store" >&2
-  cat > "in.$in_ext" || exit 71
-fi
-echo "@isc:stage=ffmpeg" >&2
-ffmpeg "$@"
-rc=$?
-[ $rc -eq 0 ] || exit $rc
-echo "@isc:stage=probe" >&2
-# Shell builtins only from here to the send: each process start costs milliseconds.
-if ! ffprobe -v error -of json -show_format -show_streams "$out_name" > probe.json 2>&1; then
-  while IFS= read -r l; do printf '@isc:probe-error=%s\n' "$l"; done < probe.json >&2
-  exit 72
-fi
-while IFS= read -r l; do printf '@isc:probe:%s\n' "$l"; done < probe.json >&2
-[ "$mode" = mount ] && exit 0
-echo "@isc:stage=send" >&2
-cat "$out_name" || exit 73
-"#;
-
-/// Exit code of the job script when the mount proof fails.
-const EXIT_NO_MOUNT: i64 = 75;
 
 /// Inputs at least this big are mounted rather than streamed, when mounting works: a worker of
 /// its own costs about 250 ms, streaming about 5.4 ms per MB (in and out), so mounting pays from
@@ -585,11 +546,12 @@ async fn remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error>
     }
 }
 
-/// A started worker container and the attach connection that keeps it alive.
+/// A started worker container, the attach connection that keeps it alive, and its job server.
 struct Worker {
     id: String,
     /// The container's stdin. Dropping it ends the container's `cat`, and the container.
     _keepalive: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    session: Session,
 }
 
 /// Runs jobs in warm worker containers on one engine.
@@ -751,17 +713,19 @@ impl DockerBackend {
                 )
                 .await?;
             docker.start_container(&id, None).await?;
-            Ok::<_, bollard::errors::Error>(attach.input)
+            let session = Session::start(docker, &id).await?;
+            Ok::<_, JobError>((attach.input, session))
         }
         .await;
         match started {
-            Ok(keepalive) => Ok(Worker {
+            Ok((keepalive, session)) => Ok(Worker {
                 id,
                 _keepalive: keepalive,
+                session,
             }),
             Err(e) => {
                 self.destroy(&id).await;
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -775,134 +739,67 @@ impl DockerBackend {
 
     async fn run_in(
         &self,
-        id: &str,
+        worker: &mut Worker,
         job: &JobSpec,
         out: &Path,
         ctx: &JobCtx,
     ) -> Result<Produced, JobError> {
-        let docker = &self.engine.docker;
         let input_path = job.input.clone();
-        let layout = tokio::task::spawn_blocking(move || media::sniff(&input_path))
-            .await
-            .map_err(|e| JobError::Input(std::io::Error::other(e)))?
-            .map_err(JobError::Input)?;
-        let transfer =
+        let (layout, size) = tokio::task::spawn_blocking(move || {
+            Ok::<_, std::io::Error>((
+                media::sniff(&input_path)?,
+                std::fs::metadata(&input_path)?.len(),
+            ))
+        })
+        .await
+        .map_err(|e| JobError::Input(std::io::Error::other(e)))?
+        .map_err(JobError::Input)?;
+        let (transfer, mode) =
             if job.preset.transfer == preset::Transfer::Auto && layout.streams_from_pipe() {
-                Transfer::Pipe
+                (Transfer::Pipe, Mode::Pipe)
             } else {
-                Transfer::Spool
+                (Transfer::Spool, Mode::Spool)
             };
-
         let in_ext = input_ext(&job.input);
         let out_name = format!("out.{}", job.preset.extension);
-        let input_arg = match transfer {
-            Transfer::Pipe => "pipe:0".to_string(),
+        let input_arg = match mode {
+            Mode::Pipe => "pipe:0".to_string(),
             _ => format!("in.{in_ext}"),
         };
-        let mode = match transfer {
-            Transfer::Pipe => "pipe",
-            _ => "spool",
-        };
-        let cmd = job_command(
-            mode,
-            &in_ext,
-            &out_name,
-            "-",
-            job.preset.ffmpeg_args(&input_arg, &out_name),
-        );
-        let (exec_id, mut output, mut input) = start_job(docker, id, cmd, true, IO_BUFFER).await?;
         ctx.started(job.id, &self.engine.host, transfer);
-
-        let source = job.input.clone();
-        let mut input_hash = job.input_sha256.is_none().then(Hasher::new);
-        let feed_ctx = ctx.clone();
-        let mut feeder = tokio::spawn(async move {
-            let mut file = tokio::fs::File::open(&source).await.map_err(Feed::Read)?;
-            let mut buf = vec![0u8; IO_BUFFER];
-            loop {
-                let n = file.read(&mut buf).await.map_err(Feed::Read)?;
-                if n == 0 {
-                    break;
-                }
-                if let Some(h) = input_hash.as_mut() {
-                    h.update(&buf[..n]);
-                }
-                input.write_all(&buf[..n]).await.map_err(Feed::Write)?;
-                feed_ctx.touch();
-            }
-            input.shutdown().await.map_err(Feed::Write)?;
-            Ok::<Option<String>, Feed>(input_hash.map(Hasher::finish))
-        });
-
-        let file = tokio::fs::File::create(out)
-            .await
-            .map_err(JobError::Output)?;
-        let mut sink = tokio::io::BufWriter::with_capacity(IO_BUFFER, file);
-        let mut parser = StderrParser::new();
-        let mut bytes_out = 0u64;
-        let mut output_hash = Hasher::new();
-        let mut feed_result: Option<Option<String>> = None;
-        loop {
-            tokio::select! {
-                frame = output.next() => match frame {
-                    Some(Ok(LogOutput::StdOut { message })) => {
-                        bytes_out += message.len() as u64;
-                        output_hash.update(&message);
-                        ctx.touch();
-                        sink.write_all(&message).await.map_err(JobError::Output)?;
-                    }
-                    Some(Ok(LogOutput::StdErr { message })) => {
-                        pump_stderr(&mut parser, &message, job.id, ctx);
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
-                    None => break,
+        let served = worker
+            .session
+            .serve(
+                Request {
+                    mode,
+                    in_ext: &in_ext,
+                    out_name: &out_name,
+                    token: "-",
+                    input: Some((&job.input, size)),
+                    sink: Some(out),
+                    output: out,
+                    args: job.preset.ffmpeg_args(&input_arg, &out_name),
+                    preset: &job.preset,
+                    hash_input: job.input_sha256.is_none(),
+                    job_id: job.id,
                 },
-                done = &mut feeder, if feed_result.is_none() => {
-                    match done.map_err(|e| JobError::Input(std::io::Error::other(e)))? {
-                        Err(Feed::Read(e)) => return Err(JobError::Input(e)),
-                        Err(Feed::Write(_)) => feed_result = Some(None),
-                        Ok(sha) => feed_result = Some(sha),
-                    }
-                }
-            }
-        }
-        // The process is done with its input, whether or not it read all of it; a writer still
-        // blocked on the engine would wait for minutes.
-        if feed_result.is_none() {
-            feeder.abort();
-            match tokio::time::timeout(Duration::from_millis(100), &mut feeder).await {
-                Ok(Ok(Err(Feed::Read(e)))) => return Err(JobError::Input(e)),
-                Ok(Ok(Ok(sha))) => feed_result = Some(sha),
-                _ => {}
-            }
-        }
-        finish_stderr(&mut parser, job.id, ctx);
-        // Durability is the dispatcher's: it syncs the file before renaming it into place.
-        sink.flush().await.map_err(JobError::Output)?;
-
-        let code = exec_exit_code(docker, &exec_id).await?;
-        let (probe, expected) = outcome(code, &parser)?;
-        let tail = parser.tail();
-        if expected != Some(bytes_out) {
-            return Err(JobError::Verify {
-                reason: format!(
-                    "output truncated in transfer: received {bytes_out} of {} bytes",
-                    expected.map_or("an unknown number of".into(), |n| n.to_string())
-                ),
-                tail,
-            });
-        }
+                ctx,
+            )
+            .await?;
+        let decoded = served.decoded();
+        let output_sha256 = served.output_sha256.ok_or_else(|| {
+            JobError::Output(std::io::Error::other("the streamed output was not hashed"))
+        })?;
         Ok(Produced {
-            input: parser.input.clone(),
-            probe,
-            decoded: decoded_seconds(&parser),
-            bytes_out,
+            input: served.parser.input.clone(),
+            probe: served.probe,
+            checked_by: served.checked_by,
+            decoded,
+            bytes_out: served.bytes_out,
             transfer,
-            // A stream that ffmpeg stopped reading early has no full-content hash.
-            input_sha256: feed_result.flatten(),
-            output_sha256: output_hash.finish(),
-            ffmpeg_version: parser.ffmpeg_version.clone(),
+            input_sha256: served.input_sha256,
+            output_sha256,
+            ffmpeg_version: served.parser.ffmpeg_version.clone(),
         })
     }
 }
@@ -972,7 +869,7 @@ impl DockerBackend {
                 ..Default::default()
             },
         ];
-        let worker = tokio::select! {
+        let mut worker = tokio::select! {
             w = self.start_worker(Some((mounts, format!("{uid}:{gid}")))) => match w {
                 Ok(w) => w,
                 // A bind source the engine cannot find answers 400: not this machine's files.
@@ -991,7 +888,7 @@ impl DockerBackend {
             tokio::task::spawn_blocking(move || crate::hash::file(&path, |_| hash_ctx.touch()))
         });
         let result = tokio::select! {
-            r = self.mounted_job(&worker.id, job, &in_ext, dir.path(), out, &token, ctx) => r,
+            r = self.mounted_job(&mut worker, job, &in_ext, dir.path(), out, &token, ctx) => r,
             _ = ctx.cancel.cancelled() => Ok(Err(JobError::Cancelled)),
         };
         self.destroy(&worker.id).await;
@@ -1012,10 +909,13 @@ impl DockerBackend {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one job's whole context, used once"
+    )]
     async fn mounted_job(
         &self,
-        id: &str,
+        worker: &mut Worker,
         job: &JobSpec,
         in_ext: &str,
         dir: &Path,
@@ -1023,49 +923,44 @@ impl DockerBackend {
         token: &str,
         ctx: &JobCtx,
     ) -> Result<Result<Produced, JobError>, String> {
-        let docker = &self.engine.docker;
         let out_name = format!("/out/out.{}", job.preset.extension);
         let produced = dir.join(format!("out.{}", job.preset.extension));
-        let cmd = job_command(
-            "mount",
-            in_ext,
-            &out_name,
-            token,
-            job.preset
-                .ffmpeg_args(&format!("/in/input.{in_ext}"), &out_name),
-        );
-        let job_result = async {
-            let (exec_id, mut output, _) = start_job(docker, id, cmd, false, 64 * 1024).await?;
-            ctx.started(job.id, &self.engine.host, Transfer::Mount);
-            let mut parser = StderrParser::new();
-            let mut settling = None;
-            while let Some(frame) = output.next().await {
-                if let LogOutput::StdErr { message } = frame? {
-                    pump_stderr(&mut parser, &message, job.id, ctx);
-                    // ffmpeg has exited: the file is final. Hash and sync it while ffprobe
-                    // reads it in the worker.
-                    if settling.is_none() && parser.mark("stage") == Some("probe") {
-                        settling = Some(settle_output(produced.clone(), ctx.clone()));
-                    }
-                }
+        ctx.started(job.id, &self.engine.host, Transfer::Mount);
+        let served = worker
+            .session
+            .serve(
+                Request {
+                    mode: Mode::Mount,
+                    in_ext,
+                    out_name: &out_name,
+                    token,
+                    input: None,
+                    sink: None,
+                    output: &produced,
+                    args: job
+                        .preset
+                        .ffmpeg_args(&format!("/in/input.{in_ext}"), &out_name),
+                    preset: &job.preset,
+                    hash_input: false,
+                    job_id: job.id,
+                },
+                ctx,
+            )
+            .await;
+        let served = match served {
+            Ok(s) => s,
+            Err(JobError::Worker { stage, code, .. })
+                if code == EXIT_NO_MOUNT && stage == "mount" =>
+            {
+                return Err("the engine's mount is not this machine's folder".to_string());
             }
-            finish_stderr(&mut parser, job.id, ctx);
-            let code = exec_exit_code(docker, &exec_id).await?;
-            Ok((code, parser, settling))
-        }
-        .await;
-        let (code, parser, settling) = match job_result {
-            Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        if code == EXIT_NO_MOUNT && parser.mark("stage") == Some("mount") {
-            return Err("the engine's mount is not this machine's folder".to_string());
-        }
-        let (probe, expected) = match outcome(code, &parser) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        let settling = settling.unwrap_or_else(|| settle_output(produced.clone(), ctx.clone()));
+        let decoded = served.decoded();
+        let expected = served.bytes_out;
+        let settling = served
+            .settling
+            .unwrap_or_else(|| settle_output(produced.clone(), ctx.clone()));
         let out = out.to_path_buf();
         let root = rustix::process::geteuid().is_root();
         // Take the file over (as root: give it back to root) and move it to the caller's
@@ -1091,24 +986,24 @@ impl DockerBackend {
             Ok(r) => r,
             Err(e) => return Ok(Err(JobError::Output(e))),
         };
-        if expected != Some(bytes_out) {
+        if expected != bytes_out {
             return Ok(Err(JobError::Verify {
                 reason: format!(
-                    "the worker announced {} bytes, the file holds {bytes_out}",
-                    expected.map_or("an unknown number of".into(), |n| n.to_string())
+                    "the worker announced {expected} bytes, the file holds {bytes_out}"
                 ),
-                tail: parser.tail(),
+                tail: served.parser.tail(),
             }));
         }
         Ok(Ok(Produced {
-            input: parser.input.clone(),
-            probe,
-            decoded: decoded_seconds(&parser),
+            input: served.parser.input.clone(),
+            probe: served.probe,
+            checked_by: served.checked_by,
+            decoded,
             bytes_out,
             transfer: Transfer::Mount,
             input_sha256: job.input_sha256.clone(),
             output_sha256,
-            ffmpeg_version: parser.ffmpeg_version.clone(),
+            ffmpeg_version: served.parser.ffmpeg_version.clone(),
         }))
     }
 }
@@ -1124,26 +1019,6 @@ fn worker_user() -> (u32, u32) {
             rustix::process::getegid().as_raw(),
         )
     }
-}
-
-/// Hash a finished output and make it durable, on blocking threads: write-back and hashing
-/// overlap, one waits on the disk, the other on a core. Gives its size and sha256.
-fn settle_output(
-    path: std::path::PathBuf,
-    ctx: JobCtx,
-) -> tokio::task::JoinHandle<std::io::Result<(u64, String)>> {
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
-        let bytes = file.metadata()?.len();
-        std::thread::scope(|scope| {
-            let synced = scope.spawn(|| file.sync_all());
-            let sha = crate::hash::file(&path, |_| ctx.touch())?;
-            synced
-                .join()
-                .map_err(|_| std::io::Error::other("fsync thread panicked"))??;
-            Ok((bytes, sha))
-        })
-    })
 }
 
 /// Whether `uid:gid` may read `path`, judged by its permission bits alone (a bind mount skips
@@ -1163,133 +1038,29 @@ fn readable_by(path: &Path, uid: u32, gid: u32) -> bool {
     }
 }
 
-/// What the job script's exit code and `@isc:` marks say: the output's probe and announced size,
-/// or why the job failed.
-fn outcome(
-    code: i64,
-    parser: &StderrParser,
-) -> Result<(crate::ffmpeg::Probe, Option<u64>), JobError> {
+/// Why a job failed, from the code in the job server's end mark and its `@isc:stage` marks.
+pub(crate) fn outcome_error(code: i64, parser: &StderrParser) -> JobError {
     let tail = parser.tail();
-    if code != 0 {
-        let stage = parser.mark("stage").unwrap_or("ffmpeg").to_string();
-        return Err(match stage.as_str() {
-            "ffmpeg" => JobError::Ffmpeg { code, tail },
-            "store" => JobError::Worker {
-                stage: "storing the input".into(),
-                code,
-                tail,
-            },
-            "probe" => JobError::Verify {
-                reason: format!(
-                    "ffprobe cannot read the output: {}",
-                    parser.mark("probe-error").unwrap_or("no details")
-                ),
-                tail,
-            },
-            other => JobError::Worker {
-                stage: other.to_string(),
-                code,
-                tail,
-            },
-        });
-    }
-    let probe = match parser.probe() {
-        Some(Ok(p)) => p,
-        Some(Err(reason)) => return Err(JobError::Verify { reason, tail }),
-        None => {
-            return Err(JobError::Verify {
-                reason: "the worker sent no probe of the output".into(),
-                tail,
-            });
-        }
-    };
-    // ffprobe states the file's size: the bytes that must arrive.
-    let size = probe
-        .format
-        .as_ref()
-        .and_then(|f| f.size.as_deref())
-        .and_then(|s| s.parse().ok());
-    Ok((probe, size))
-}
-
-enum Feed {
-    Read(std::io::Error),
-    Write(#[allow(dead_code)] std::io::Error),
-}
-
-/// The job script's argv: `sh -c JOB_SCRIPT isc-job MODE EXT OUT TOKEN -- FFMPEG_ARGS...`.
-fn job_command(
-    mode: &str,
-    in_ext: &str,
-    out_name: &str,
-    token: &str,
-    ffmpeg: Vec<String>,
-) -> Vec<String> {
-    let mut cmd: Vec<String> = [
-        "sh", "-c", JOB_SCRIPT, "isc-job", mode, in_ext, out_name, token, "--",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    cmd.extend(ffmpeg);
-    cmd
-}
-
-type ExecOutput = std::pin::Pin<
-    Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
->;
-type ExecInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
-
-/// Create and start an exec of `cmd` in container `id`, attached to its output (and stdin when
-/// `stdin`). Returns the exec's ID, its output and its stdin.
-async fn start_job(
-    docker: &Docker,
-    id: &str,
-    cmd: Vec<String>,
-    stdin: bool,
-    capacity: usize,
-) -> Result<(String, ExecOutput, ExecInput), JobError> {
-    let exec = docker
-        .create_exec(
-            id,
-            CreateExecOptions {
-                attach_stdin: Some(stdin),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                tty: Some(false),
-                cmd: Some(cmd),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let started = docker
-        .start_exec(
-            &exec.id,
-            Some(StartExecOptions {
-                detach: false,
-                tty: false,
-                output_capacity: Some(capacity),
-            }),
-        )
-        .await?;
-    match started {
-        StartExecResults::Attached { output, input } => Ok((exec.id, output, input)),
-        StartExecResults::Detached => Err(JobError::Output(std::io::Error::other(
-            "engine did not attach to the job",
-        ))),
-    }
-}
-
-/// Poll the exec until the engine says it is no longer running.
-async fn exec_exit_code(docker: &Docker, exec_id: &str) -> Result<i64, JobError> {
-    let mut delay = Duration::from_millis(5);
-    loop {
-        let info = docker.inspect_exec(exec_id).await?;
-        if info.running != Some(true) {
-            return Ok(info.exit_code.unwrap_or(-1));
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(200));
+    let stage = parser.mark("stage").unwrap_or("ffmpeg").to_string();
+    match stage.as_str() {
+        "ffmpeg" => JobError::Ffmpeg { code, tail },
+        "store" => JobError::Worker {
+            stage: "storing the input".into(),
+            code,
+            tail,
+        },
+        "probe" => JobError::Verify {
+            reason: format!(
+                "ffprobe cannot read the output: {}",
+                parser.mark("probe-error").unwrap_or("no details")
+            ),
+            tail,
+        },
+        other => JobError::Worker {
+            stage: other.to_string(),
+            code,
+            tail,
+        },
     }
 }
 
@@ -1325,17 +1096,18 @@ impl Backend for DockerBackend {
                 }
             }
         }
-        // An idle worker can vanish under us (`gc --all`, an engine restart): the engine then
-        // answers 404 or 409, and the job gets one more try on a fresh worker.
+        // An idle worker can vanish under us (`gc --all`, an engine restart): the job then
+        // finds its worker lost (or the engine answers 404 or 409 when starting a new one),
+        // and gets one more try on a fresh worker. Nothing of the job has run by then.
         let mut tries = 0;
         loop {
             tries += 1;
-            let worker = tokio::select! {
+            let mut worker = tokio::select! {
                 w = self.checkout() => w?,
                 _ = ctx.cancel.cancelled() => return Err(JobError::Cancelled),
             };
             let result = tokio::select! {
-                r = self.run_in(&worker.id, job, out, ctx) => r,
+                r = self.run_in(&mut worker, job, out, ctx) => r,
                 _ = ctx.cancel.cancelled() => Err(JobError::Cancelled),
             };
             if result.is_ok() {
@@ -1344,7 +1116,8 @@ impl Backend for DockerBackend {
             }
             self.destroy(&worker.id).await;
             match result {
-                Err(JobError::Engine(bollard::errors::Error::DockerResponseServerError {
+                Err(JobError::WorkerLost(_))
+                | Err(JobError::Engine(bollard::errors::Error::DockerResponseServerError {
                     status_code: 404 | 409,
                     ..
                 })) if tries < 2 => continue,

@@ -7,8 +7,8 @@
 //! goes the same way through stdout (`file:/dev/stdout`), so `+faststart` can rewrite it in place.
 
 use super::{
-    Backend, JobCtx, JobError, JobSpec, Produced, Transfer, decoded_seconds, finish_stderr,
-    pump_stderr,
+    Backend, Checker, JobCtx, JobError, JobSpec, Produced, Transfer, decoded_seconds,
+    finish_stderr, pump_stderr,
 };
 use crate::ffmpeg::{Probe, StderrParser};
 use crate::hash;
@@ -153,7 +153,11 @@ impl Backend for LocalBackend {
                 tail: parser.tail(),
             });
         }
-        let probe = probe_file(&self.ffprobe, out).await?;
+        let (probe, checked_by) =
+            match super::read_back(&job.preset, &parser.input, out, || parser.tail()).await? {
+                Some(probe) => (probe, Checker::Index),
+                None => (probe_file(&self.ffprobe, out).await?, Checker::Ffprobe),
+            };
         let bytes_out = std::fs::metadata(out).map_err(JobError::Output)?.len();
         let input_sha256 = match input_hash {
             Some(h) => Some(
@@ -171,6 +175,7 @@ impl Backend for LocalBackend {
         Ok(Produced {
             input: parser.input.clone(),
             probe,
+            checked_by,
             decoded: decoded_seconds(&parser),
             bytes_out,
             transfer: Transfer::Direct,

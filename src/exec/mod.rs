@@ -11,6 +11,7 @@
 //! - [`local::LocalBackend`] runs the same presets with the ffmpeg on this machine.
 
 pub mod docker;
+pub(crate) mod jobserver;
 pub mod local;
 
 use crate::ffmpeg::{InputInfo, Probe, Progress, StderrParser};
@@ -67,11 +68,31 @@ impl Transfer {
     }
 }
 
+/// What read an output back before it counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checker {
+    /// Its MP4 index, decoded on this machine ([`crate::readback`]).
+    Index,
+    /// ffprobe, in the worker or on this machine.
+    Ffprobe,
+}
+
+impl Checker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Checker::Index => "index",
+            Checker::Ffprobe => "ffprobe",
+        }
+    }
+}
+
 /// What a backend hands back after a successful ffmpeg run.
 #[derive(Debug, Clone)]
 pub struct Produced {
     pub input: InputInfo,
     pub probe: Probe,
+    /// What produced `probe`.
+    pub checked_by: Checker,
     /// The last output position ffmpeg reported, in seconds.
     pub decoded: Option<f64>,
     pub bytes_out: u64,
@@ -197,6 +218,10 @@ pub enum JobError {
     },
     #[error("cannot mount the input into the worker (--transfer mount): {0}")]
     Mount(String),
+    /// The worker went away or fell out of step before the job could run; a fresh worker may
+    /// take it again.
+    #[error("lost the worker container: {0}")]
+    WorkerLost(String),
     #[error("interrupted")]
     Cancelled,
     #[error("stalled: no progress for {} s; stopped and its container removed", .0.as_secs())]
@@ -239,6 +264,30 @@ pub trait Backend: Send + Sync + 'static {
     /// Remove whatever the backend still holds (e.g. containers), quickly. Used when the user
     /// insists on leaving now.
     fn abandon(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Read an output back on this machine ([`crate::readback`]): `Some` probe when its index
+/// settles the preset's check, `None` when ffprobe must answer, an error when the index shows the
+/// output is broken.
+pub(crate) async fn read_back(
+    preset: &Arc<Preset>,
+    input: &InputInfo,
+    path: &Path,
+    tail: impl FnOnce() -> Vec<String>,
+) -> Result<Option<Probe>, JobError> {
+    let (preset, input, path) = (preset.clone(), input.clone(), path.to_path_buf());
+    let verdict =
+        tokio::task::spawn_blocking(move || crate::readback::for_check(&preset, &input, &path))
+            .await
+            .map_err(|e| JobError::Output(std::io::Error::other(e)))?;
+    match verdict {
+        crate::readback::Readback::Settled(probe) => Ok(Some(probe)),
+        crate::readback::Readback::AskFfprobe(_) => Ok(None),
+        crate::readback::Readback::Broken(reason) => Err(JobError::Verify {
+            reason: format!("the output's index is broken: {reason}"),
+            tail: tail(),
+        }),
+    }
 }
 
 /// Feed stderr bytes to the parser and forward progress events.

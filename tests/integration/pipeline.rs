@@ -662,7 +662,7 @@ fn warm_workers_are_reused_then_removed() {
         "copy",
     ]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(jobs_since(t0, &out).len(), 8, "one exec per file");
+    assert_eq!(lines_starting(&o, "done").len(), 8);
     let events = std::process::Command::new("docker")
         .args([
             "events",
@@ -684,6 +684,13 @@ fn warm_workers_are_reused_then_removed() {
     assert!(
         (1..=2).contains(&created),
         "8 jobs at 2 at a time need at most 2 workers, {created} were created"
+    );
+    // Jobs travel over one job server per worker: no exec per file.
+    let execs = execs_since(t0, &out);
+    assert_eq!(
+        execs.len(),
+        created,
+        "one exec (the job server) per worker: {execs:?}"
     );
     assert!(containers_for(&out).is_empty(), "idle workers removed");
     for i in 0..8 {
@@ -791,4 +798,159 @@ fn big_inputs_are_mounted_and_small_ones_streamed() {
         assert!(done[0].ends_with("(pipe)"), "{done:?}");
     }
     assert!(containers_for(tmp.path()).is_empty());
+}
+
+/// Regression: a job whose ffmpeg stops reading its input early (a thumbnail of a long clip)
+/// leaves the rest of that input in the worker's job channel. The job server must drain it, or
+/// the next job on the same worker would read it as its own header.
+#[test]
+fn a_job_that_reads_part_of_its_input_leaves_its_worker_in_step() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let first = dir.join("a.mp4");
+    make_media(
+        &first,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25",
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-movflags",
+            "+faststart",
+        ],
+    );
+    for (i, name) in ["b.mp4", "c.mp4"].iter().enumerate() {
+        distinct_copy(&first, &dir.join(name), i + 1);
+    }
+    let out = tmp.path().join("out");
+    let t0 = now();
+    let o = run(bin().arg(&dir).arg("-o").arg(&out).args([
+        "--backend",
+        "docker",
+        "-j",
+        "1",
+        "-p",
+        "thumbnail",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let done = lines_starting(&o, "done");
+    assert_eq!(done.len(), 3, "{done:?}");
+    assert!(done.iter().all(|l| l.ends_with("(pipe)")), "{done:?}");
+    for name in ["a", "b", "c"] {
+        let p = probe(&out.join(format!("{name}.jpg")));
+        assert_eq!(streams(&p, "video")[0]["codec_name"], "mjpeg", "{name}");
+    }
+    assert_eq!(workers_since(t0, &out).len(), 1, "all three on one worker");
+    assert_eq!(execs_since(t0, &out).len(), 1, "through one job server");
+}
+
+/// MP4 outputs are read back from their index on this machine unless the check needs what the
+/// index does not state (a pixel format); other formats are read back by ffprobe in the worker.
+/// Whichever reads it, a broken output is never accepted.
+#[test]
+fn each_output_is_read_back_by_its_index_or_by_ffprobe() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::copy(samples().join("faststart.mp4"), dir.join("a.mp4")).expect("copy");
+    for (preset, checker) in [("copy", "index"), ("h264", "ffprobe"), ("vp9", "ffprobe")] {
+        for backend in ["docker", "local"] {
+            let out = tmp.path().join(format!("out-{preset}-{backend}"));
+            let o = run(bin().arg(&dir).arg("-o").arg(&out).args([
+                "--backend",
+                backend,
+                "-p",
+                preset,
+                "--json",
+            ]));
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "{preset} {backend}: {}",
+                stderr(&o)
+            );
+            let doc: Value = serde_json::from_slice(&o.stdout).expect("json");
+            assert_eq!(
+                doc["files"][0]["checked_by"], checker,
+                "{preset} on {backend}: {doc}"
+            );
+        }
+    }
+}
+
+/// The index read-back names what ffprobe names: for every sample and every MP4 preset, the
+/// codec, tag, frame size and duration it finds are ffprobe's.
+#[test]
+fn index_read_back_agrees_with_ffprobe_on_every_sample() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut compared = 0;
+    for preset in ["copy", "h264", "aac", "720p"] {
+        let out = tmp.path().join(preset);
+        // Some samples cannot be remuxed into MP4 (PCM audio): those fail, the rest are compared.
+        let o = run(bin().arg(samples()).arg("-o").arg(&out).args([
+            "--backend",
+            "docker",
+            "-p",
+            preset,
+            "-q",
+        ]));
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
+        for file in files_under(&out) {
+            if file.to_string_lossy().contains(".isc-") {
+                continue;
+            }
+            let file = out.join(file);
+            let ours = isc_transcode::readback::read_mp4(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let theirs = probe(&file);
+            let their_streams = theirs["streams"].as_array().expect("streams");
+            assert_eq!(
+                ours.streams.len(),
+                their_streams.len(),
+                "{}",
+                file.display()
+            );
+            for (a, b) in ours.streams.iter().zip(their_streams) {
+                let what = format!("{} stream {}", file.display(), b["index"]);
+                assert_eq!(
+                    a.codec_type,
+                    b["codec_type"].as_str().unwrap_or(""),
+                    "{what}"
+                );
+                if !a.codec_name.is_empty() {
+                    assert_eq!(
+                        a.codec_name,
+                        b["codec_name"].as_str().unwrap_or(""),
+                        "{what}"
+                    );
+                }
+                assert_eq!(
+                    a.codec_tag_string,
+                    b["codec_tag_string"].as_str().unwrap_or(""),
+                    "{what}"
+                );
+                assert_eq!(a.width.map(i64::from), b["width"].as_i64(), "{what}");
+                assert_eq!(a.height.map(i64::from), b["height"].as_i64(), "{what}");
+            }
+            let d = ours.duration().expect("duration");
+            assert!(
+                (d - duration(&theirs)).abs() < 0.01,
+                "{}: {d} against ffprobe's {}",
+                file.display(),
+                duration(&theirs)
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 40, "only {compared} outputs compared");
 }

@@ -267,10 +267,9 @@ pub fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// Jobs started on the engine between `since` and now by workers whose output folder lies under
-/// `dir`: the engine's own account of how many transcodes ran (one `exec_start` per job). Returns
-/// the exec IDs.
-pub fn jobs_since(since: f64, dir: &Path) -> Vec<String> {
+/// Engine events since `since` on containers of this tool whose output folder lies under
+/// `dir`, as (action, container ID, exec ID) triples.
+fn engine_events(since: f64, dir: &Path) -> Vec<(String, String, String)> {
     let out = Command::new("docker")
         .args([
             "events",
@@ -293,28 +292,58 @@ pub fn jobs_since(since: f64, dir: &Path) -> Vec<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     let dir = dir.to_string_lossy().into_owned();
-    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| {
-            e["Action"]
-                .as_str()
-                // Jobs are the job script; `ffmpeg -version` asks for provenance.
-                .is_some_and(|a| a.starts_with("exec_start: sh -c"))
-        })
         .filter(|e| {
             e["Actor"]["Attributes"]["io.isc-transcode.out"]
                 .as_str()
                 .is_some_and(|o| o.starts_with(&dir))
         })
-        .filter_map(|e| {
-            e["Actor"]["Attributes"]["execID"]
-                .as_str()
-                .map(str::to_string)
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                text(&e["Action"]),
+                text(&e["Actor"]["ID"]),
+                text(&e["Actor"]["Attributes"]["execID"]),
+            )
         })
+        .collect()
+}
+
+/// Worker containers created between `since` and now for output folders under `dir`: the
+/// engine's own account of whether anything ran there. Jobs travel over one job server per
+/// worker, so the engine sees workers, not jobs; a run that transcodes nothing creates none.
+pub fn workers_since(since: f64, dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = engine_events(since, dir)
+        .into_iter()
+        .filter(|(action, _, _)| action == "create")
+        .map(|(_, id, _)| id)
         .collect();
     v.sort();
     v
+}
+
+/// Processes started by `exec` in those workers since `since`, as (container, exec) pairs:
+/// one job server per worker.
+pub fn execs_since(since: f64, dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = engine_events(since, dir)
+        .into_iter()
+        .filter(|(action, _, _)| action.starts_with("exec_start:"))
+        .map(|(_, id, exec)| (id, exec))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Identity of a file on disk (inode and modification time): it changes when a run writes the
+/// file again, and not otherwise.
+pub fn identity(p: &Path) -> (u64, std::time::SystemTime) {
+    let m = std::fs::metadata(p).expect("metadata");
+    (
+        std::os::unix::fs::MetadataExt::ino(&m),
+        m.modified().expect("mtime"),
+    )
 }
 
 /// Watches a folder for files being opened or read (not folders: walking lists them).

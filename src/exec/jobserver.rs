@@ -1,0 +1,600 @@
+//! The job server: one long-lived shell in each worker container that runs job after job.
+//!
+//! Starting a process in a container through the engine (an `exec`) costs about 60 ms and a good
+//! deal of CPU in dockerd, containerd, its shim and runc, every time. A batch of small files pays
+//! that per file. So each worker gets exactly one exec, [`SERVER_SCRIPT`], when it starts, and
+//! every job travels over that exec's stdin and stdout:
+//!
+//! ```text
+//! client -> server   job NONCE MODE IN_EXT OUT_NAME TOKEN SIZE NARGS\n
+//!                    NARGS lines: ffmpeg's arguments, one per line
+//!                    SIZE bytes: the input (pipe and spool modes)
+//! server -> client   stderr: ffmpeg's messages and progress; @isc:stage=... marks
+//!                    stderr: @isc:send=NONCE N once ffmpeg succeeded; stdout: the N output bytes
+//!                            (nothing in mount mode, where the output lies in a mounted folder)
+//! client -> server   done\n          the output is checked here: next job
+//!                    probe\n         run ffprobe on the output; stderr: @isc:probe:... lines
+//! server -> client   stderr: @isc:end=NONCE CODE  after a failure (the server then exits) or
+//!                            after a probe
+//! ```
+//!
+//! Lengths, not delimiters, frame the binary parts: the server reads exactly SIZE input bytes
+//! (`head -c`, which never reads ahead), and the client takes exactly N output bytes. stdout and
+//! stderr reach the client as separate streams whose relative order the engine does not keep,
+//! so a job is complete when both the announced size has arrived and the marks say so. The
+//! nonce, which ffmpeg never sees, ties the marks to the job.
+//!
+//! The server stays in step whatever ffmpeg does: an ffmpeg that stops reading early (`-t`, a
+//! thumbnail) has the rest of its input drained, and anything else going wrong (ffmpeg failing,
+//! a short input, a broken stream) ends the server, and the dispatcher removes the worker. A
+//! worker never serves a job after a failure.
+
+use super::{Checker, IO_BUFFER, JobCtx, JobError, decoded_seconds, finish_stderr, pump_stderr};
+use crate::ffmpeg::{Probe, StderrParser};
+use crate::hash::Hasher;
+use crate::preset::Preset;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use futures_util::StreamExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::task::AbortOnDropHandle;
+
+/// The job server, run as `sh -c SERVER_SCRIPT isc-worker`. Every process it starts that must
+/// not read the job channel gets `/dev/null` as stdin; ffmpeg's stdout goes to stderr, so that
+/// stdout carries nothing but output bytes.
+pub(crate) const SERVER_SCRIPT: &str = r#"
+set -u
+base=/work; [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
+fail() { echo "@isc:end=$nonce $1" >&2; exit "$1"; }
+while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
+  [ "$verb" = job ] || exit 64
+  set --
+  while [ "$nargs" -gt 0 ]; do
+    IFS= read -r a || exit 64
+    set -- "$@" "$a"
+    nargs=$((nargs - 1))
+  done
+  if [ "$mode" = mount ]; then
+    t=; read -r t < /out/.isc-probe 2>/dev/null
+    [ "$t" = "$token" ] && [ -w /out ] || { echo "@isc:stage=mount" >&2; fail 75; }
+  fi
+  d=$(mktemp -d "$base/job.XXXXXX" </dev/null) || { echo "@isc:stage=scratch" >&2; fail 70; }
+  cd "$d" || fail 70
+  case $mode in
+    spool)
+      echo "@isc:stage=store" >&2
+      head -c "$size" > "in.$in_ext" || fail 71
+      echo "@isc:stage=ffmpeg" >&2
+      ffmpeg "$@" </dev/null >&2 ;;
+    pipe)
+      echo "@isc:stage=ffmpeg" >&2
+      head -c "$size" | { ffmpeg "$@" >&2; r=$?; cat >/dev/null; exit $r; } ;;
+    *)
+      echo "@isc:stage=ffmpeg" >&2
+      ffmpeg "$@" </dev/null >&2 ;;
+  esac
+  rc=$?
+  [ $rc -eq 0 ] || fail $rc
+  echo "@isc:stage=send" >&2
+  n=$(wc -c < "$out_name") || fail 73
+  echo "@isc:send=$nonce $n" >&2
+  if [ "$mode" != mount ]; then cat "$out_name" </dev/null || fail 73; fi
+  IFS= read -r answer || exit 0
+  case $answer in
+    done) ;;
+    probe)
+      echo "@isc:stage=probe" >&2
+      if ffprobe -v error -of json -show_format -show_streams "$out_name" > probe.json 2>&1 </dev/null; then
+        while IFS= read -r l; do printf '@isc:probe:%s\n' "$l"; done < probe.json >&2
+        echo "@isc:end=$nonce 0" >&2
+      else
+        while IFS= read -r l; do printf '@isc:probe-error=%s\n' "$l"; done < probe.json >&2
+        fail 72
+      fi ;;
+    *) exit 64 ;;
+  esac
+  cd / && rm -rf "$d" </dev/null
+done
+"#;
+
+/// Exit code of a job whose mount proof failed.
+pub(crate) const EXIT_NO_MOUNT: i64 = 75;
+
+/// Buffer of the exec's output stream. bollard zeroes the free part of it before every read,
+/// so a big buffer costs CPU for every small stderr frame (measured: 1 MiB took 3 % of a
+/// small-file batch's CPU in memset); 256 KiB still moves big outputs in few reads.
+const OUTPUT_CAPACITY: usize = 256 << 10;
+
+/// How the input reaches ffmpeg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// ffmpeg reads the streamed input as its stdin.
+    Pipe,
+    /// The streamed input is stored as `in.EXT` first.
+    Spool,
+    /// The input is mounted at `/in`, the output folder at `/out`.
+    Mount,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Pipe => "pipe",
+            Mode::Spool => "spool",
+            Mode::Mount => "mount",
+        }
+    }
+}
+
+/// One job, as the client sends it.
+pub(crate) struct Request<'a> {
+    pub mode: Mode,
+    pub in_ext: &'a str,
+    pub out_name: &'a str,
+    /// The mount proof (mount mode), else `-`.
+    pub token: &'a str,
+    /// The file to stream in (pipe and spool modes) and its size.
+    pub input: Option<(&'a Path, u64)>,
+    /// Where the streamed output goes (pipe and spool modes).
+    pub sink: Option<&'a Path>,
+    /// Where the output lies on this machine once it has arrived: the sink, or the mounted
+    /// output folder's file.
+    pub output: &'a Path,
+    pub args: Vec<String>,
+    pub preset: &'a Arc<Preset>,
+    /// Hash the input while it streams.
+    pub hash_input: bool,
+    pub job_id: usize,
+}
+
+/// What a successful job handed back.
+pub(crate) struct Served {
+    pub parser: StderrParser,
+    pub probe: Probe,
+    pub checked_by: Checker,
+    /// The size the worker announced, and (streamed) the bytes received.
+    pub bytes_out: u64,
+    /// The output's sha256 as it streamed in (not in mount mode).
+    pub output_sha256: Option<String>,
+    /// The input's sha256 as it streamed out, when asked for.
+    pub input_sha256: Option<String>,
+    /// Mount mode: the output being hashed and synced, started as soon as ffmpeg finished.
+    pub settling: Option<tokio::task::JoinHandle<std::io::Result<(u64, String)>>>,
+}
+
+impl Served {
+    pub fn decoded(&self) -> Option<f64> {
+        decoded_seconds(&self.parser)
+    }
+}
+
+type ExecOutput = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+>;
+type ExecInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
+/// A job server running in a worker: the exec's output stream and its stdin.
+pub(crate) struct Session {
+    output: ExecOutput,
+    input: Option<ExecInput>,
+    jobs: u64,
+}
+
+/// What the feeder task hands back: the exec's stdin, and the input's hash or why it failed.
+type Fed = (ExecInput, Result<Option<String>, Feed>);
+
+enum Feed {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+impl Session {
+    /// Start the job server in container `id`.
+    pub async fn start(docker: &Docker, id: &str) -> Result<Session, JobError> {
+        let exec = docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(false),
+                    cmd: Some(
+                        ["sh", "-c", SERVER_SCRIPT, "isc-worker"]
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect(),
+                    ),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let started = docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: Some(OUTPUT_CAPACITY),
+                }),
+            )
+            .await?;
+        match started {
+            StartExecResults::Attached { output, input } => Ok(Session {
+                output,
+                input: Some(input),
+                jobs: 0,
+            }),
+            StartExecResults::Detached => Err(JobError::Output(std::io::Error::other(
+                "engine did not attach to the worker",
+            ))),
+        }
+    }
+
+    /// Run one job. Any error leaves the server out of step or gone: the caller must remove
+    /// the worker.
+    pub async fn serve(&mut self, req: Request<'_>, ctx: &JobCtx) -> Result<Served, JobError> {
+        self.jobs += 1;
+        let nonce = format!(
+            "{:x}{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+            self.jobs
+        );
+        let size = req.input.map_or(0, |(_, n)| n);
+        let header = encode(&nonce, &req, size).map_err(|e| JobError::Worker {
+            stage: format!("sending the job ({e})"),
+            code: -1,
+            tail: vec![],
+        })?;
+        let mut input = self.input.take().ok_or_else(|| lost("its stdin is gone"))?;
+        input
+            .write_all(&header)
+            .await
+            .map_err(|e| lost(&format!("cannot send the job: {e}")))?;
+        input
+            .flush()
+            .await
+            .map_err(|e| lost(&format!("cannot send the job: {e}")))?;
+
+        let mut feeder = match req.input {
+            Some((path, size)) => Some(AbortOnDropHandle::new(tokio::spawn(feed(
+                input,
+                path.to_path_buf(),
+                size,
+                req.hash_input,
+                ctx.clone(),
+            )))),
+            None => {
+                self.input = Some(input);
+                None
+            }
+        };
+        let mut input_sha256 = None;
+
+        let mut sink = match req.sink {
+            Some(path) => Some(tokio::io::BufWriter::with_capacity(
+                IO_BUFFER,
+                tokio::fs::File::create(path)
+                    .await
+                    .map_err(JobError::Output)?,
+            )),
+            None => None,
+        };
+        let mut output_hash = req.sink.map(|_| Hasher::new());
+        let mut parser = StderrParser::new();
+        let mut seen_marks = 0;
+        let mut bytes_out = 0u64;
+        let mut announced: Option<u64> = None;
+        let mut ended: Option<i64> = None;
+        let mut asked_probe = false;
+        let mut settling = None;
+        let streamed = req.sink.is_some();
+        loop {
+            let transferred = announced.is_some_and(|n| !streamed || n == bytes_out);
+            if let Some(code) = ended {
+                if code != 0 {
+                    return Err(super::docker::outcome_error(code, &parser));
+                }
+                if asked_probe && transferred {
+                    break;
+                }
+            }
+            if transferred && feeder.is_none() && !asked_probe {
+                if let Some(mut s) = sink.take() {
+                    s.flush().await.map_err(JobError::Output)?;
+                }
+                let settled =
+                    super::read_back(req.preset, &parser.input, req.output, || parser.tail())
+                        .await?;
+                let answer: &[u8] = match settled {
+                    Some(probe) => {
+                        self.answer(b"done\n").await?;
+                        finish_stderr(&mut parser, req.job_id, ctx);
+                        return Ok(Served {
+                            parser,
+                            probe,
+                            checked_by: Checker::Index,
+                            bytes_out: announced.unwrap_or(bytes_out),
+                            output_sha256: output_hash.map(Hasher::finish),
+                            input_sha256,
+                            settling,
+                        });
+                    }
+                    None => b"probe\n",
+                };
+                self.answer(answer).await?;
+                asked_probe = true;
+                continue;
+            }
+            tokio::select! {
+                frame = self.output.next() => match frame {
+                    Some(Ok(LogOutput::StdOut { message })) => {
+                        bytes_out += message.len() as u64;
+                        let (Some(s), Some(h)) = (sink.as_mut(), output_hash.as_mut()) else {
+                            return Err(JobError::Verify {
+                                reason: "the worker sent output bytes it was not asked for".into(),
+                                tail: parser.tail(),
+                            });
+                        };
+                        if let Some(n) = announced.filter(|n| bytes_out > *n) {
+                            return Err(JobError::Verify {
+                                reason: format!("the worker sent more than the {n} bytes it announced"),
+                                tail: parser.tail(),
+                            });
+                        }
+                        h.update(&message);
+                        ctx.touch();
+                        s.write_all(&message).await.map_err(JobError::Output)?;
+                    }
+                    Some(Ok(LogOutput::StdErr { message })) => {
+                        pump_stderr(&mut parser, &message, req.job_id, ctx);
+                        for (key, value) in &parser.marks[seen_marks..] {
+                            let Some((n, rest)) = value.split_once(' ') else { continue };
+                            if n != nonce {
+                                continue;
+                            }
+                            let number = rest.trim().parse::<i64>().map_err(|_| JobError::Worker {
+                                stage: format!("reading its {key} mark {rest:?}"),
+                                code: -1,
+                                tail: vec![],
+                            })?;
+                            match key.as_str() {
+                                "send" => announced = Some(number.max(0) as u64),
+                                "end" => ended = Some(number),
+                                _ => {}
+                            }
+                        }
+                        seen_marks = parser.marks.len();
+                        if announced.is_some() && settling.is_none() && req.sink.is_none() {
+                            settling = Some(settle_output(req.output.to_path_buf(), ctx.clone()));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(JobError::Engine(e)),
+                    None => {
+                        finish_stderr(&mut parser, req.job_id, ctx);
+                        return Err(if parser.marks.is_empty() {
+                            lost("the connection to it closed")
+                        } else {
+                            JobError::Worker {
+                                stage: parser.mark("stage").unwrap_or("the job").to_string(),
+                                code: -1,
+                                tail: parser.tail(),
+                            }
+                        });
+                    }
+                },
+                done = async {
+                    match feeder.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if feeder.is_some() => {
+                    feeder = None;
+                    let (stdin, result) = done.map_err(|e| JobError::Input(std::io::Error::other(e)))?;
+                    match result {
+                        Ok(sha) => {
+                            input_sha256 = sha;
+                            self.input = Some(stdin);
+                        }
+                        Err(Feed::Read(e)) => return Err(JobError::Input(e)),
+                        Err(Feed::Write(e)) if parser.marks.is_empty() => {
+                            return Err(lost(&format!("it took no input: {e}")));
+                        }
+                        Err(Feed::Write(e)) => {
+                            return Err(JobError::Worker {
+                                stage: format!("streaming the input ({e})"),
+                                code: -1,
+                                tail: parser.tail(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        finish_stderr(&mut parser, req.job_id, ctx);
+        let probe = match parser.probe() {
+            Some(Ok(p)) => p,
+            Some(Err(reason)) => {
+                return Err(JobError::Verify {
+                    reason,
+                    tail: parser.tail(),
+                });
+            }
+            None => {
+                return Err(JobError::Verify {
+                    reason: "the worker sent no probe of the output".into(),
+                    tail: parser.tail(),
+                });
+            }
+        };
+        Ok(Served {
+            parser,
+            probe,
+            checked_by: Checker::Ffprobe,
+            bytes_out: announced.unwrap_or(bytes_out),
+            output_sha256: output_hash.map(Hasher::finish),
+            input_sha256,
+            settling,
+        })
+    }
+
+    async fn answer(&mut self, line: &[u8]) -> Result<(), JobError> {
+        let input = self
+            .input
+            .as_mut()
+            .ok_or_else(|| lost("its stdin is gone"))?;
+        input
+            .write_all(line)
+            .await
+            .map_err(|e| lost(&format!("cannot answer it: {e}")))?;
+        input
+            .flush()
+            .await
+            .map_err(|e| lost(&format!("cannot answer it: {e}")))
+    }
+}
+
+fn lost(why: &str) -> JobError {
+    JobError::WorkerLost(why.to_string())
+}
+
+/// The request's header and arguments, as the server reads them.
+fn encode(nonce: &str, req: &Request<'_>, size: u64) -> Result<Vec<u8>, String> {
+    let word = |what: &str, s: &str| {
+        if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Err(format!("{what} {s:?} is not one word"))
+        } else {
+            Ok(())
+        }
+    };
+    word("input extension", req.in_ext)?;
+    word("output name", req.out_name)?;
+    word("token", req.token)?;
+    let mut out = format!(
+        "job {nonce} {} {} {} {} {size} {}\n",
+        req.mode.as_str(),
+        req.in_ext,
+        req.out_name,
+        req.token,
+        req.args.len()
+    );
+    for (i, a) in req.args.iter().enumerate() {
+        if a.contains('\n') {
+            return Err(format!("ffmpeg argument {i} contains a line break"));
+        }
+        out.push_str(a);
+        out.push('\n');
+    }
+    Ok(out.into_bytes())
+}
+
+/// Stream exactly `size` bytes of `path` into the server, hashing them when asked. The input
+/// is read once, whatever it is for.
+async fn feed(mut stdin: ExecInput, path: PathBuf, size: u64, hash: bool, ctx: JobCtx) -> Fed {
+    let result = async {
+        let file = tokio::fs::File::open(&path).await.map_err(Feed::Read)?;
+        let mut file = file.take(size);
+        let mut hasher = hash.then(Hasher::new);
+        let mut buf = vec![0u8; IO_BUFFER];
+        let mut sent = 0u64;
+        loop {
+            let n = file.read(&mut buf).await.map_err(Feed::Read)?;
+            if n == 0 {
+                break;
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
+            stdin.write_all(&buf[..n]).await.map_err(Feed::Write)?;
+            sent += n as u64;
+            ctx.touch();
+        }
+        if sent != size {
+            return Err(Feed::Read(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file shrank while it was read: {sent} of {size} bytes"),
+            )));
+        }
+        stdin.flush().await.map_err(Feed::Write)?;
+        Ok(hasher.map(Hasher::finish))
+    }
+    .await;
+    (stdin, result)
+}
+
+/// Hash a finished output and make it durable, on blocking threads: write-back and hashing
+/// overlap, one waits on the disk, the other on a core. Gives its size and sha256.
+pub(crate) fn settle_output(
+    path: PathBuf,
+    ctx: JobCtx,
+) -> tokio::task::JoinHandle<std::io::Result<(u64, String)>> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let bytes = file.metadata()?.len();
+        std::thread::scope(|scope| {
+            let synced = scope.spawn(|| file.sync_all());
+            let sha = crate::hash::file(&path, |_| ctx.touch())?;
+            synced
+                .join()
+                .map_err(|_| std::io::Error::other("fsync thread panicked"))??;
+            Ok((bytes, sha))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request<'a>(preset: &'a Arc<Preset>, args: Vec<String>) -> Request<'a> {
+        Request {
+            mode: Mode::Pipe,
+            in_ext: "mp4",
+            out_name: "out.mp4",
+            token: "-",
+            input: None,
+            sink: None,
+            output: Path::new("/nonexistent"),
+            args,
+            preset,
+            hash_input: false,
+            job_id: 0,
+        }
+    }
+
+    #[test]
+    fn header_carries_every_argument_on_its_own_line() {
+        let preset = Arc::new(crate::preset::load("copy").expect("copy preset"));
+        let args = preset.ffmpeg_args("pipe:0", "out.mp4");
+        let bytes = encode("n1", &request(&preset, args.clone()), 1234).expect("encode");
+        let text = String::from_utf8(bytes).expect("utf8");
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some(format!("job n1 pipe mp4 out.mp4 - 1234 {}", args.len()).as_str())
+        );
+        assert_eq!(lines.collect::<Vec<_>>(), args);
+    }
+
+    #[test]
+    fn a_line_break_in_an_argument_is_refused() {
+        let preset = Arc::new(crate::preset::load("copy").expect("copy preset"));
+        let err = encode("n1", &request(&preset, vec!["a\nb".into()]), 0).expect_err("refused");
+        assert!(err.contains("line break"), "{err}");
+    }
+
+    #[test]
+    fn header_words_must_be_single_words() {
+        let preset = Arc::new(crate::preset::load("copy").expect("copy preset"));
+        let mut req = request(&preset, vec![]);
+        req.in_ext = "m p4";
+        assert!(encode("n1", &req, 0).is_err());
+    }
+}

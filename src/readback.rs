@@ -1,0 +1,345 @@
+//! Reading an MP4 output back on this machine, from the bytes that landed here.
+//!
+//! An output counts as done only once something other than the ffmpeg that wrote it has read it
+//! back and found the streams the preset promises. ffprobe does that well, but every ffprobe run
+//! starts a process that loads Debian's 215 ffmpeg libraries: about 90 ms of CPU before it reads
+//! a byte, as much as the whole remux of a small clip. For the MP4 family (every preset but
+//! `vp9`, `mp3` and `thumbnail`) the index (`moov`) says everything the checks need, so this
+//! module decodes it with the `mp4-atom` crate, in microseconds, from the file the caller is
+//! about to rename into place.
+//!
+//! The read-back is independent of the writer and checks more than a stream list:
+//! - the index decodes as ISO base media, with a known codec for every audio and video track;
+//! - every track's sample tables agree (as many durations as sizes), every chunk offset points
+//!   inside the file, and the samples fit in the file's `mdat` boxes;
+//! - duration, codec, codec tag and frame size come from the index, as ffprobe reports them.
+//!
+//! What the index cannot tell without decoding the codec's own headers (the pixel format), or a
+//! codec this module does not name, is left unknown; [`verify::needs_ffprobe`] then asks
+//! for ffprobe, in the worker or on this machine, so no check is ever skipped.
+
+use crate::ffmpeg::{InputInfo, Probe, ProbeFormat, ProbeStream};
+use crate::media::{self, Walk};
+use crate::preset::Preset;
+use crate::verify;
+use mp4_atom::{Any, Codec, Decode, DecodeMaybe, Esds, Moov, StszSamples, Visual};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// Largest `moov` read into memory: an index this big belongs to a file of many hours.
+const MAX_MOOV: u64 = 256 << 20;
+
+/// Why the file could not be read back here. None of these condemns the output: the caller falls
+/// back to ffprobe, which has the last word.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadbackError {
+    #[error("cannot read the output: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not an ISO base media file with a complete index")]
+    NotMp4,
+    #[error("its index is {0} bytes, more than this reader takes")]
+    TooBig(u64),
+    #[error("its index does not decode: {0}")]
+    Decode(String),
+    #[error("its index is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// Read the MP4 at `path` back and describe it the way ffprobe's `-show_format -show_streams`
+/// does, as far as the index tells. `pix_fmt` is always `None`; a codec this reader does not
+/// know leaves `codec_name` empty.
+pub fn read_mp4(path: &Path) -> Result<Probe, ReadbackError> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let boxes = match media::walk_boxes(&mut file)? {
+        Walk::Complete(boxes) => boxes,
+        Walk::Truncated(_) | Walk::NotIsoBmff => return Err(ReadbackError::NotMp4),
+    };
+    let mut moovs = boxes.iter().filter(|b| &b.kind == b"moov");
+    let (Some(moov), None) = (moovs.next(), moovs.next()) else {
+        return Err(ReadbackError::NotMp4);
+    };
+    if moov.size > MAX_MOOV {
+        return Err(ReadbackError::TooBig(moov.size));
+    }
+    let mdat_bytes: u64 = boxes
+        .iter()
+        .filter(|b| &b.kind == b"mdat")
+        .map(|b| b.size)
+        .sum();
+    let mut bytes = vec![0u8; moov.size as usize];
+    file.seek(SeekFrom::Start(moov.offset))?;
+    file.read_exact(&mut bytes)?;
+    let moov =
+        Moov::decode(&mut bytes.as_slice()).map_err(|e| ReadbackError::Decode(e.to_string()))?;
+    describe(&moov, len, mdat_bytes)
+}
+
+/// What the read-back of an output settled.
+#[derive(Debug)]
+pub enum Readback {
+    /// The index says everything the preset's check needs: no ffprobe is needed.
+    Settled(Probe),
+    /// The output is broken: its index contradicts the file.
+    Broken(String),
+    /// Ask ffprobe, for this reason.
+    AskFfprobe(String),
+}
+
+/// Read an output back for `preset`'s check, given what ffmpeg said of the input.
+pub fn for_check(preset: &Preset, input: &InputInfo, path: &Path) -> Readback {
+    if !preset.is_mp4_family() {
+        return Readback::AskFfprobe(format!("{} is not an MP4-family output", preset.format));
+    }
+    match read_mp4(path) {
+        Ok(probe) => match verify::needs_ffprobe(&preset.check, input, &probe) {
+            None => Readback::Settled(probe),
+            Some(what) => Readback::AskFfprobe(format!("the index does not state {what}")),
+        },
+        Err(ReadbackError::Inconsistent(why)) => Readback::Broken(why),
+        Err(e) => Readback::AskFfprobe(e.to_string()),
+    }
+}
+
+fn describe(moov: &Moov, file_len: u64, mdat_bytes: u64) -> Result<Probe, ReadbackError> {
+    let mut streams = Vec::new();
+    let mut sample_bytes = 0u64;
+    for (index, trak) in moov.trak.iter().enumerate() {
+        let stbl = &trak.mdia.minf.stbl;
+        let (count, bytes) = match &stbl.stsz.samples {
+            StszSamples::Identical { count, size } => {
+                (u64::from(*count), u64::from(*count) * u64::from(*size))
+            }
+            StszSamples::Different { sizes } => (
+                sizes.len() as u64,
+                sizes.iter().map(|s| u64::from(*s)).sum(),
+            ),
+        };
+        let timed: u64 = stbl
+            .stts
+            .entries
+            .iter()
+            .map(|e| u64::from(e.sample_count))
+            .sum();
+        if timed != count {
+            return Err(ReadbackError::Inconsistent(format!(
+                "track {index} has {count} samples but {timed} durations"
+            )));
+        }
+        let offsets: Vec<u64> = match (&stbl.stco, &stbl.co64) {
+            (Some(stco), _) => stco.entries.iter().map(|o| u64::from(*o)).collect(),
+            (None, Some(co64)) => co64.entries.clone(),
+            (None, None) => Vec::new(),
+        };
+        if count > 0 && offsets.is_empty() {
+            return Err(ReadbackError::Inconsistent(format!(
+                "track {index} has samples but no chunk offsets"
+            )));
+        }
+        if let Some(bad) = offsets.iter().find(|o| **o >= file_len) {
+            return Err(ReadbackError::Inconsistent(format!(
+                "track {index} points at byte {bad} of a {file_len}-byte file"
+            )));
+        }
+        sample_bytes += bytes;
+
+        let mdhd = &trak.mdia.mdhd;
+        let seconds =
+            (mdhd.timescale > 0).then(|| mdhd.duration as f64 / f64::from(mdhd.timescale));
+        let mut stream = ProbeStream {
+            codec_type: codec_type(&trak.mdia.hdlr.handler.to_string()).to_string(),
+            duration: seconds.map(|s| format!("{s:.6}")),
+            ..Default::default()
+        };
+        if let Some(codec) = stbl.stsd.codecs.first() {
+            let (name, tag, visual) = identify(codec);
+            stream.codec_name = name.unwrap_or_default();
+            stream.codec_tag_string = tag;
+            if let Some(v) = visual {
+                stream.width = Some(u32::from(v.width));
+                stream.height = Some(u32::from(v.height));
+            }
+        }
+        streams.push(stream);
+    }
+    if sample_bytes > mdat_bytes {
+        return Err(ReadbackError::Inconsistent(format!(
+            "the index lists {sample_bytes} bytes of samples, the media boxes hold {mdat_bytes}"
+        )));
+    }
+    let mvhd = &moov.mvhd;
+    let duration = (mvhd.timescale > 0 && mvhd.duration > 0)
+        .then(|| format!("{:.6}", mvhd.duration as f64 / f64::from(mvhd.timescale)));
+    Ok(Probe {
+        streams,
+        format: Some(ProbeFormat {
+            format_name: "mov,mp4,m4a,3gp,3g2,mj2".to_string(),
+            duration,
+            size: Some(file_len.to_string()),
+        }),
+    })
+}
+
+/// ffprobe's `codec_type` for a track handler.
+fn codec_type(handler: &str) -> &'static str {
+    match handler {
+        "vide" => "video",
+        "soun" => "audio",
+        "text" | "sbtl" | "subt" | "clcp" => "subtitle",
+        _ => "data",
+    }
+}
+
+/// ffprobe's codec name (when this reader knows it), the sample entry's four-character code,
+/// and the visual sample entry (for the frame size).
+fn identify(codec: &Codec) -> (Option<String>, String, Option<Visual>) {
+    let named = |name: &str, tag: &str, visual: Option<&Visual>| {
+        (Some(name.to_string()), tag.to_string(), visual.cloned())
+    };
+    match codec {
+        Codec::Avc1(c) => named("h264", "avc1", Some(&c.visual)),
+        Codec::Avc3(c) => named("h264", "avc3", Some(&c.visual)),
+        Codec::Hvc1(c) => named("hevc", "hvc1", Some(&c.visual)),
+        Codec::Hev1(c) => named("hevc", "hev1", Some(&c.visual)),
+        Codec::Vp08(c) => named("vp8", "vp08", Some(&c.visual)),
+        Codec::Vp09(c) => named("vp9", "vp09", Some(&c.visual)),
+        Codec::Av01(c) => named("av1", "av01", Some(&c.visual)),
+        Codec::Jpeg(c) => named("mjpeg", "jpeg", Some(&c.visual)),
+        Codec::Mp3(_) => named("mp3", ".mp3", None),
+        Codec::Opus(_) => named("opus", "Opus", None),
+        Codec::Flac(_) => named("flac", "fLaC", None),
+        Codec::Ac3(_) => named("ac3", "ac-3", None),
+        Codec::Eac3(_) => named("eac3", "ec-3", None),
+        Codec::Tx3g(_) => named("mov_text", "tx3g", None),
+        Codec::Mp4a(c) => (
+            mpeg4_object(c.esds.es_desc.dec_config.object_type_indication, false),
+            "mp4a".to_string(),
+            None,
+        ),
+        Codec::Unknown(kind, body) if kind.to_string() == "mp4v" => {
+            let (name, visual) = mp4v(body);
+            (name, "mp4v".to_string(), visual)
+        }
+        other => (None, fourcc(other), None),
+    }
+}
+
+/// An `mp4v` sample entry, which mp4-atom leaves undecoded: a visual sample entry, then boxes,
+/// of which `esds` names the codec.
+fn mp4v(body: &[u8]) -> (Option<String>, Option<Visual>) {
+    let mut buf = body;
+    let Ok(visual) = Visual::decode(&mut buf) else {
+        return (None, None);
+    };
+    while let Ok(Some(atom)) = Any::decode_maybe(&mut buf) {
+        if let Any::Esds(Esds { es_desc }) = atom {
+            return (
+                mpeg4_object(es_desc.dec_config.object_type_indication, true),
+                Some(visual),
+            );
+        }
+    }
+    (None, Some(visual))
+}
+
+/// ffprobe's codec name for an MPEG-4 systems object type (ISO/IEC 14496-1, as registered at
+/// mp4ra.org), for the types ffmpeg writes.
+fn mpeg4_object(oti: u8, video: bool) -> Option<String> {
+    let name = match (oti, video) {
+        (0x40 | 0x66 | 0x67 | 0x68, false) => "aac",
+        (0x69 | 0x6B, false) => "mp3",
+        (0xA5, false) => "ac3",
+        (0xA6, false) => "eac3",
+        (0xAD, false) => "opus",
+        (0xDD, false) => "vorbis",
+        (0x20, true) => "mpeg4",
+        (0x21, true) => "h264",
+        (0x60..=0x65, true) => "mpeg2video",
+        (0x6A, true) => "mpeg1video",
+        (0x6C, true) => "mjpeg",
+        _ => return None,
+    };
+    Some(name.to_string())
+}
+
+fn fourcc(codec: &Codec) -> String {
+    use mp4_atom::Encode;
+    let mut bytes = Vec::new();
+    match codec.encode(&mut bytes) {
+        Ok(()) if bytes.len() >= 8 => String::from_utf8_lossy(&bytes[4..8]).into_owned(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("samples")
+            .join(name)
+    }
+
+    #[test]
+    fn faststart_sample_reads_back_with_its_streams() {
+        let p = read_mp4(&sample("faststart.mp4")).expect("read back");
+        let video: Vec<_> = p.video().collect();
+        let audio: Vec<_> = p.audio().collect();
+        assert_eq!(video.len(), 1, "{p:?}");
+        assert_eq!(video[0].codec_name, "h264");
+        assert_eq!(video[0].codec_tag_string, "avc1");
+        assert!(video[0].width.unwrap_or(0) > 0 && video[0].height.unwrap_or(0) > 0);
+        assert_eq!(
+            video[0].pix_fmt, None,
+            "the index never claims a pixel format"
+        );
+        assert_eq!(audio.len(), 1);
+        assert_eq!(audio[0].codec_name, "aac");
+        let d = p.duration().expect("duration");
+        assert!(d > 0.5, "duration {d}");
+    }
+
+    #[test]
+    fn moov_at_end_reads_back_too() {
+        let p = read_mp4(&sample("moov-at-end.mp4")).expect("read back");
+        assert!(p.video().count() == 1 && p.duration().is_some(), "{p:?}");
+    }
+
+    #[test]
+    fn not_mp4_and_truncated_files_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let junk = dir.path().join("junk.mp4");
+        std::fs::write(&junk, b"this is not a movie").expect("write");
+        assert!(matches!(read_mp4(&junk), Err(ReadbackError::NotMp4)));
+
+        let whole = std::fs::read(sample("faststart.mp4")).expect("read");
+        let cut = dir.path().join("cut.mp4");
+        std::fs::write(&cut, &whole[..whole.len() / 2]).expect("write");
+        assert!(read_mp4(&cut).is_err(), "a cut file must not read back");
+    }
+
+    #[test]
+    fn an_index_pointing_past_the_end_is_inconsistent() {
+        // Keep the boxes tiling the file but drop most of mdat's payload: the index still lists
+        // the samples, which no longer fit.
+        let whole = std::fs::read(sample("faststart.mp4")).expect("read");
+        let boxes = match media::walk_boxes(std::io::Cursor::new(&whole)).expect("walk") {
+            Walk::Complete(b) => b,
+            other => panic!("sample does not tile: {other:?}"),
+        };
+        let mdat = boxes.iter().find(|b| &b.kind == b"mdat").expect("mdat");
+        assert_eq!(mdat.offset + mdat.size, whole.len() as u64, "mdat is last");
+        let keep = 64usize;
+        let mut shrunk = whole[..mdat.offset as usize + 8 + keep].to_vec();
+        let new_size = (8 + keep) as u32;
+        shrunk[mdat.offset as usize..mdat.offset as usize + 4]
+            .copy_from_slice(&new_size.to_be_bytes());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shrunk.mp4");
+        std::fs::write(&path, &shrunk).expect("write");
+        let err = read_mp4(&path).expect_err("samples cannot fit");
+        assert!(matches!(err, ReadbackError::Inconsistent(_)), "{err}");
+    }
+}

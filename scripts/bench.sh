@@ -25,6 +25,9 @@
 #   3. Encode-bound: `-p h264` on one 20-second 1280x720 clip, isc-transcode with
 #      `--backend docker` against `--backend local`.
 #
+# Each run is also charged the CPU time the whole machine spent meanwhile (engine included), a
+# steadier figure than wall time on shared cores.
+#
 # It prints a table per workload (median and every round), the ratios against the targets, and at
 # the end a Markdown summary with the machine facts for the README's Performance section.
 #
@@ -142,9 +145,14 @@ fi
 # Helpers.
 
 now() { date +%s.%N; }
+# CPU time the whole machine spent busy, in seconds (user, nice, system, irq, softirq from
+# /proc/stat; not idle, iowait or steal): contenders are charged for the engine's work too
+# (dockerd, containerd, runc, the FUSE daemon), which a wall clock on shared cores hides.
+busy() { awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {printf "%.3f", ($2 + $3 + $4 + $7 + $8) / hz; exit}' /proc/stat; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b - a}'; }
 median() { python3 -c 'import statistics, sys; print(f"{statistics.median(map(float, sys.argv[1:])):.3f}")' "$@"; }
 med() { local -a ts; read -ra ts <<<"${TIMES[$1]}"; median "${ts[@]}"; }          # med ID
+med_cpu() { local -a cs; read -ra cs <<<"${CPUS[$1]}"; median "${cs[@]}"; }      # med_cpu ID
 all_rounds() { local -a ts; read -ra ts <<<"${TIMES[$1]}"; printf '%.2f ' "${ts[@]}"; } # all_rounds ID
 fsize() { stat -c %s "$1"; }
 gb() { awk -v b="$1" 'BEGIN {printf "%.2f GB", b / 1e9}'; }
@@ -190,7 +198,7 @@ check_media() {
     fi
 }
 
-declare -A LABEL TIMES RSS
+declare -A LABEL TIMES CPUS RSS
 MD_RESULTS=()
 MD_RATIOS=()
 
@@ -198,15 +206,17 @@ MD_RATIOS=()
 # "warm-up" runs it untimed. The contender is the function run_ID taking the output folder; its
 # check is check_ID. isc-transcode contenders run under /usr/bin/time -v -o $LOGS/ID.time.
 run_contender() {
-    local id=$1 round=$2 out=$RUN/$1 t0 t1 t rss
+    local id=$1 round=$2 out=$RUN/$1 t0 t1 t rss c0 c
     rm -rf "$out" && mkdir -p "$out"
     rm -f "$LOGS/$id.time"
+    c0=$(busy)
     t0=$(now)
     if ! "run_$id" "$out" >"$LOGS/$id.log" 2>&1; then
         tail -n 20 "$LOGS/$id.log" >&2
         die "${LABEL[$id]} failed ($round; full log: $LOGS/$id.log)"
     fi
     t1=$(now)
+    c=$(elapsed "$c0" "$(busy)")
     t=$(elapsed "$t0" "$t1")
     "check_$id" "$out"
     rm -rf "$out"
@@ -216,8 +226,8 @@ run_contender() {
         if [ -z "${RSS[$id]:-}" ] || [ "$rss" -gt "${RSS[$id]}" ]; then RSS[$id]=$rss; fi
         rss=" (peak RSS $(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}') MB)"
     fi
-    if [ "$round" != warm-up ]; then TIMES[$id]+="$t "; fi
-    log "  $round  $(printf '%-58s' "${LABEL[$id]}") $(printf '%8.2f' "$t") s$rss"
+    if [ "$round" != warm-up ]; then TIMES[$id]+="$t "; CPUS[$id]+="$c "; fi
+    log "  $round  $(printf '%-58s' "${LABEL[$id]}") $(printf '%8.2f' "$t") s  $(printf '%6.2f' "$c") CPU-s$rss"
 }
 
 # rounds ID...: one warm-up of each, then ROUNDS rounds, the order rotating by one each round.
@@ -233,14 +243,15 @@ rounds() {
 
 # table TITLE ID...: contender, median, every round.
 table() {
-    local title=$1 id m; shift
+    local title=$1 id m c; shift
     echo
     echo "== $title ($ROUNDS rounds, after one warm-up each)"
-    printf '%-60s %10s   %s\n' contender "median s" "rounds (s)"
+    printf '%-60s %10s %12s   %s\n' contender "median s" "median CPU-s" "rounds (s)"
     for id in "$@"; do
         m=$(med "$id")
-        printf '%-60s %10.2f   %s\n' "${LABEL[$id]}" "$m" "$(all_rounds "$id")"
-        MD_RESULTS+=("| $title | ${LABEL[$id]} | $(printf '%.2f' "$m") | $(all_rounds "$id" | sed 's/ $//') |")
+        c=$(med_cpu "$id")
+        printf '%-60s %10.2f %12.2f   %s\n' "${LABEL[$id]}" "$m" "$c" "$(all_rounds "$id")"
+        MD_RESULTS+=("| $title | ${LABEL[$id]} | $(printf '%.2f' "$m") | $(printf '%.2f' "$c") | $(all_rounds "$id" | sed 's/ $//') |")
     done
 }
 
@@ -579,8 +590,8 @@ echo "| ffmpeg (host / image) | $ffm_host / $ffm_image |"
 echo "| isc-transcode | commit $GIT_REV, release build |"
 echo "| rounds | $ROUNDS, median reported, one warm-up each, page cache warm |"
 echo
-echo "| workload | contender | median s | rounds (s) |"
-echo "|---|---|---:|---|"
+echo "| workload | contender | median s | median CPU-s (whole machine) | rounds (s) |"
+echo "|---|---|---:|---:|---|"
 for line in "${MD_RESULTS[@]}"; do echo "$line"; done
 echo
 echo "| comparison | result | target | |"

@@ -14,15 +14,19 @@
 //!   inside the file, and the samples fit in the file's `mdat` boxes;
 //! - duration, codec, codec tag and frame size come from the index, as ffprobe reports them.
 //!
-//! What the index cannot tell without decoding the codec's own headers (the pixel format), or a
-//! codec this module does not name, is left unknown; [`verify::needs_ffprobe`] then asks
-//! for ffprobe, in the worker or on this machine, so no check is ever skipped.
+//! - the pixel format of H.264 in 8-bit 4:2:0 (what the `h264`, `720p` and `copy` presets
+//!   usually produce) comes from the sequence parameter set stored in the index.
+//!
+//! What the index cannot tell without decoding more of the codec's own headers (any other pixel
+//! format), or a codec this module does not name, is left unknown; [`verify::needs_ffprobe`]
+//! then asks for ffprobe, in the worker or on this machine, so no check is ever skipped.
 
 use crate::ffmpeg::{InputInfo, Probe, ProbeFormat, ProbeStream};
 use crate::media::{self, Walk};
 use crate::preset::Preset;
 use crate::verify;
-use mp4_atom::{Any, Codec, Decode, DecodeMaybe, Esds, Moov, StszSamples, Visual};
+use h264_reader::nal::sps::{ChromaFormat, SeqParameterSet, VideoSignalType};
+use mp4_atom::{Any, Codec, Colr, Decode, DecodeMaybe, Esds, Moov, StszSamples, Visual};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -47,8 +51,8 @@ pub enum ReadbackError {
 }
 
 /// Read the MP4 at `path` back and describe it the way ffprobe's `-show_format -show_streams`
-/// does, as far as the index tells. `pix_fmt` is always `None`; a codec this reader does not
-/// know leaves `codec_name` empty.
+/// does, as far as the index tells. `pix_fmt` is stated only where [`pix_fmt`] can settle it; a
+/// codec this reader does not know leaves `codec_name` empty.
 pub fn read_mp4(path: &Path) -> Result<Probe, ReadbackError> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
@@ -160,6 +164,7 @@ fn describe(moov: &Moov, file_len: u64, mdat_bytes: u64) -> Result<Probe, Readba
                 stream.width = Some(u32::from(v.width));
                 stream.height = Some(u32::from(v.height));
             }
+            stream.pix_fmt = pix_fmt(codec);
         }
         streams.push(stream);
     }
@@ -223,6 +228,75 @@ fn identify(codec: &Codec) -> (Option<String>, String, Option<Visual>) {
         }
         other => (None, fourcc(other), None),
     }
+}
+
+/// The pixel format ffmpeg decodes a track to, where the track's own headers settle it: H.264
+/// in 8-bit 4:2:0, read from the sequence parameter set in `avcC` with the `h264-reader` crate.
+/// `None` for anything else (other codecs, 4:2:2, 4:4:4, monochrome, more than 8 bits, RGB or
+/// YCgCo matrices, disagreeing parameter sets), which leaves the question to ffprobe.
+///
+/// ffmpeg names 8-bit 4:2:0 `yuvj420p` when the range is full and `yuv420p` otherwise; the
+/// range comes from the SPS's video signal type when it has one, else from the sample entry's
+/// `colr` box, as the MP4 demuxer hands it to the decoder.
+fn pix_fmt(codec: &Codec) -> Option<String> {
+    let (avcc, colr) = match codec {
+        Codec::Avc1(c) => (&c.avcc, c.colr.as_ref()),
+        Codec::Avc3(c) => (&c.avcc, c.colr.as_ref()),
+        _ => return None,
+    };
+    let mut formats = avcc.sequence_parameter_sets.iter().map(|nal| {
+        let rbsp = h264_reader::rbsp::decode_nal(nal).ok()?;
+        let sps = SeqParameterSet::from_bits(h264_reader::rbsp::BitReader::new(&rbsp[..])).ok()?;
+        let chroma = &sps.chroma_info;
+        if chroma.chroma_format != ChromaFormat::YUV420
+            || chroma.separate_colour_plane_flag
+            || chroma.bit_depth_luma_minus8 != 0
+            || chroma.bit_depth_chroma_minus8 != 0
+        {
+            return None;
+        }
+        let signal = sps.vui_parameters.and_then(|v| v.video_signal_type);
+        let matrix = match (&signal, colr) {
+            (
+                Some(VideoSignalType {
+                    colour_description: Some(c),
+                    ..
+                }),
+                _,
+            ) => Some(u16::from(c.matrix_coefficients)),
+            (
+                _,
+                Some(
+                    Colr::Nclx {
+                        matrix_coefficients,
+                        ..
+                    }
+                    | Colr::Nclc {
+                        matrix_coefficients,
+                        ..
+                    },
+                ),
+            ) => Some(*matrix_coefficients),
+            _ => None,
+        };
+        // 0: RGB, 8: YCgCo; ffmpeg treats those apart.
+        if matches!(matrix, Some(0 | 8)) {
+            return None;
+        }
+        let full = match (&signal, colr) {
+            (Some(signal), _) => signal.video_full_range_flag,
+            (
+                None,
+                Some(Colr::Nclx {
+                    full_range_flag, ..
+                }),
+            ) => *full_range_flag,
+            (None, _) => false,
+        };
+        Some(if full { "yuvj420p" } else { "yuv420p" })
+    });
+    let first = formats.next()??;
+    formats.all(|f| f == Some(first)).then(|| first.to_string())
 }
 
 /// An `mp4v` sample entry, which mp4-atom leaves undecoded: a visual sample entry, then boxes,
@@ -292,13 +366,38 @@ mod tests {
         assert_eq!(video[0].codec_tag_string, "avc1");
         assert!(video[0].width.unwrap_or(0) > 0 && video[0].height.unwrap_or(0) > 0);
         assert_eq!(
-            video[0].pix_fmt, None,
-            "the index never claims a pixel format"
+            video[0].pix_fmt.as_deref(),
+            Some("yuv420p"),
+            "make-samples.sh encodes it 8-bit 4:2:0, limited range"
         );
         assert_eq!(audio.len(), 1);
         assert_eq!(audio[0].codec_name, "aac");
         let d = p.duration().expect("duration");
         assert!(d > 0.5, "duration {d}");
+    }
+
+    #[test]
+    fn a_pixel_format_is_claimed_only_for_8_bit_420_h264() {
+        // odd-size.mp4 is H.264 4:4:4 (make-samples.sh): ffprobe must answer for it.
+        let p = read_mp4(&sample("odd-size.mp4")).expect("read back");
+        let v = p.video().next().expect("video");
+        assert_eq!(v.codec_name, "h264");
+        assert_eq!(v.pix_fmt, None, "{v:?}");
+        assert!(
+            verify::needs_ffprobe(
+                &crate::preset::Check {
+                    video: Some("h264".into()),
+                    pix_fmt: Some("yuv420p".into()),
+                    ..Default::default()
+                },
+                &InputInfo {
+                    video: vec!["h264".into()],
+                    ..Default::default()
+                },
+                &p
+            )
+            .is_some()
+        );
     }
 
     #[test]

@@ -260,7 +260,7 @@ fn a_stalled_job_is_killed_and_the_batch_completes() {
     std::fs::copy(samples().join("faststart.mp4"), dir.join("fine1.mp4")).expect("copy");
     std::fs::copy(samples().join("no-audio.mp4"), dir.join("fine2.mp4")).expect("copy");
     let out = tmp.path().join("out");
-    let child = bin()
+    let mut child = bin()
         .arg(&dir)
         .arg("-o")
         .arg(&out)
@@ -271,8 +271,10 @@ fn a_stalled_job_is_killed_and_the_batch_completes() {
             "3",
             "-p",
             "h264",
+            // Long enough that a job starved of CPU by a loaded machine (the whole suite runs
+            // at once) is not taken for a stalled one before the test freezes it.
             "--stall-timeout",
-            "3s",
+            "8s",
             "--json",
         ])
         .stdout(Stdio::piped())
@@ -286,9 +288,17 @@ fn a_stalled_job_is_killed_and_the_batch_completes() {
     let id = loop {
         std::thread::sleep(Duration::from_millis(200));
         assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "job never started"
+            start.elapsed() < Duration::from_secs(90),
+            "the stuck job was never seen running ffmpeg alone"
         );
+        if child.try_wait().expect("try_wait").is_some() {
+            let o = child.wait_with_output().expect("output");
+            panic!(
+                "the run ended before the test froze its job: {}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
         if start.elapsed() < Duration::from_secs(4) {
             continue;
         }

@@ -862,7 +862,14 @@ fn each_output_is_read_back_by_its_index_or_by_ffprobe() {
     let dir = tmp.path().join("in");
     std::fs::create_dir(&dir).expect("mkdir");
     std::fs::copy(samples().join("faststart.mp4"), dir.join("a.mp4")).expect("copy");
-    for (preset, checker) in [("copy", "index"), ("h264", "ffprobe"), ("vp9", "ffprobe")] {
+    // h264: the pixel format comes from the H.264 parameter sets in the index; h265: the index
+    // does not state HEVC's, so ffprobe answers; vp9 writes WebM, which has no such index.
+    for (preset, checker) in [
+        ("copy", "index"),
+        ("h264", "index"),
+        ("h265", "ffprobe"),
+        ("vp9", "ffprobe"),
+    ] {
         for backend in ["docker", "local"] {
             let out = tmp.path().join(format!("out-{preset}-{backend}"));
             let o = run(bin().arg(&dir).arg("-o").arg(&out).args([
@@ -888,12 +895,14 @@ fn each_output_is_read_back_by_its_index_or_by_ffprobe() {
 }
 
 /// The index read-back names what ffprobe names: for every sample and every MP4 preset, the
-/// codec, tag, frame size and duration it finds are ffprobe's.
+/// codec, tag, frame size, duration and (where it states one) pixel format it finds are
+/// ffprobe's.
 #[test]
 fn index_read_back_agrees_with_ffprobe_on_every_sample() {
     require_engine();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut compared = 0;
+    let mut with_pix_fmt = 0;
     for preset in ["copy", "h264", "aac", "720p"] {
         let out = tmp.path().join(preset);
         // Some samples cannot be remuxed into MP4 (PCM audio): those fail, the rest are compared.
@@ -941,6 +950,10 @@ fn index_read_back_agrees_with_ffprobe_on_every_sample() {
                 );
                 assert_eq!(a.width.map(i64::from), b["width"].as_i64(), "{what}");
                 assert_eq!(a.height.map(i64::from), b["height"].as_i64(), "{what}");
+                if let Some(f) = &a.pix_fmt {
+                    assert_eq!(f, b["pix_fmt"].as_str().unwrap_or(""), "{what}");
+                    with_pix_fmt += 1;
+                }
             }
             let d = ours.duration().expect("duration");
             assert!(
@@ -953,4 +966,105 @@ fn index_read_back_agrees_with_ffprobe_on_every_sample() {
         }
     }
     assert!(compared >= 40, "only {compared} outputs compared");
+    assert!(
+        with_pix_fmt >= 20,
+        "only {with_pix_fmt} pixel formats read from the index"
+    );
+}
+
+/// The pixel format read from an H.264 track's parameter sets is ffprobe's, whenever the
+/// read-back states one: across ranges, colour descriptions, `colr` boxes, chroma layouts and
+/// bit depths, made here by the host's ffmpeg.
+#[test]
+fn pixel_format_from_the_index_agrees_with_ffprobe() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=96x64:rate=25",
+        "-t",
+        "0.4",
+    ];
+    let x264 = ["-c:v", "libx264", "-preset", "ultrafast"];
+    let variants: [(&str, &[&str], bool); 9] = [
+        ("plain", &["-pix_fmt", "yuv420p"], true),
+        (
+            "full-range",
+            &["-pix_fmt", "yuv420p", "-color_range", "pc"],
+            true,
+        ),
+        ("yuvj", &["-pix_fmt", "yuvj420p"], true),
+        (
+            "bt709",
+            &[
+                "-pix_fmt",
+                "yuv420p",
+                "-colorspace",
+                "bt709",
+                "-color_primaries",
+                "bt709",
+                "-color_trc",
+                "bt709",
+            ],
+            true,
+        ),
+        ("422", &["-pix_fmt", "yuv422p"], false),
+        ("444", &["-pix_fmt", "yuv444p"], false),
+        ("10-bit", &["-pix_fmt", "yuv420p10le"], false),
+        ("gray", &["-pix_fmt", "gray"], false),
+        (
+            "ycgco",
+            &["-pix_fmt", "yuv420p", "-colorspace", "ycgco"],
+            false,
+        ),
+    ];
+    let mut settled = 0;
+    for (name, args, expect_settled) in variants {
+        let path = tmp.path().join(format!("{name}.mp4"));
+        let mut all: Vec<&str> = src.to_vec();
+        all.extend(x264);
+        all.extend(args);
+        make_media(&path, &all);
+        check_pix_fmt(&path, expect_settled);
+        settled += usize::from(expect_settled);
+        // The same stream with the range only in the container's `colr` box.
+        if name == "plain" {
+            let remuxed = tmp.path().join("colr-full.mp4");
+            make_media(
+                &remuxed,
+                &[
+                    "-i",
+                    path.to_str().expect("utf-8"),
+                    "-c",
+                    "copy",
+                    "-color_range",
+                    "pc",
+                    "-movflags",
+                    "+write_colr",
+                ],
+            );
+            check_pix_fmt(&remuxed, true);
+        }
+    }
+    assert!(settled >= 4);
+}
+
+fn check_pix_fmt(path: &Path, expect_settled: bool) {
+    let ours = isc_transcode::readback::read_mp4(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let theirs = probe(path);
+    let v = ours.video().next().expect("a video stream");
+    let their_fmt = theirs["streams"][0]["pix_fmt"].as_str().unwrap_or("");
+    match &v.pix_fmt {
+        Some(f) => assert_eq!(f, their_fmt, "{}", path.display()),
+        None => assert!(
+            !expect_settled,
+            "{}: no pixel format read, ffprobe says {their_fmt}",
+            path.display()
+        ),
+    }
+    if expect_settled {
+        assert!(v.pix_fmt.is_some(), "{}", path.display());
+    }
 }

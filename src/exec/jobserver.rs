@@ -1,9 +1,11 @@
 //! The job server: one long-lived shell in each worker container that runs job after job.
 //!
 //! Starting a process in a container through the engine (an `exec`) costs about 60 ms and a good
-//! deal of CPU in dockerd, containerd, its shim and runc, every time. A batch of small files pays
-//! that per file. So each worker gets exactly one exec, [`SERVER_SCRIPT`], when it starts, and
-//! every job travels over that exec's stdin and stdout:
+//! deal of CPU in dockerd, containerd, its shim and runc, every time. A batch of small files
+//! would pay that per file, and even one exec per worker delays its first job by about 50 ms. So
+//! the job server, [`SERVER_SCRIPT`], is the worker container's main process ([`WORKER_MAIN`]),
+//! started with the container, and every job travels over the container's attached stdin,
+//! stdout and stderr:
 //!
 //! ```text
 //! client -> server   job NONCE MODE IN_EXT OUT_NAME TOKEN SIZE NARGS\n
@@ -28,14 +30,19 @@
 //! thumbnail) has the rest of its input drained, and anything else going wrong (ffmpeg failing,
 //! a short input, a broken stream) ends the server, and the dispatcher removes the worker. A
 //! worker never serves a job after a failure.
+//!
+//! Every process the server starts costs about 5 ms in a container (twice what it costs on the
+//! host), so the server starts as few as it can: its scratch folder is made once, at its first
+//! job, and each job's files there (`in.<ext>`, `out.<ext>`) are emptied by the shell itself when
+//! the job is over, instead of a folder made by `mktemp` and removed by `rm` per job. Every job
+//! writes its own files afresh (`head -c >`, `ffmpeg -y`), so nothing of one job is read by the
+//! next.
 
 use super::{Checker, IO_BUFFER, JobCtx, JobError, decoded_seconds, finish_stderr, pump_stderr};
 use crate::ffmpeg::{Probe, StderrParser};
 use crate::hash::Hasher;
 use crate::preset::Preset;
-use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +55,7 @@ use tokio_util::task::AbortOnDropHandle;
 pub(crate) const SERVER_SCRIPT: &str = r#"
 set -u
 base=/work; [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
+d=
 fail() { echo "@isc:end=$nonce $1" >&2; exit "$1"; }
 while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
   [ "$verb" = job ] || exit 64
@@ -61,8 +69,10 @@ while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
     t=; read -r t < /out/.isc-probe 2>/dev/null
     [ "$t" = "$token" ] && [ -w /out ] || { echo "@isc:stage=mount" >&2; fail 75; }
   fi
-  d=$(mktemp -d "$base/job.XXXXXX" </dev/null) || { echo "@isc:stage=scratch" >&2; fail 70; }
-  cd "$d" || fail 70
+  if [ -z "$d" ]; then
+    d=$base/isc-scratch
+    mkdir -p "$d" </dev/null && cd "$d" || { echo "@isc:stage=scratch" >&2; fail 70; }
+  fi
   case $mode in
     spool)
       echo "@isc:stage=store" >&2
@@ -96,17 +106,24 @@ while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
       fi ;;
     *) exit 64 ;;
   esac
-  cd / && rm -rf "$d" </dev/null
+  [ "$mode" = mount ] || : > "$out_name"
+  [ "$mode" = spool ] && : > "in.$in_ext"
+  : > probe.json
 done
 "#;
 
 /// Exit code of a job whose mount proof failed.
 pub(crate) const EXIT_NO_MOUNT: i64 = 75;
 
-/// Buffer of the exec's output stream. bollard zeroes the free part of it before every read,
-/// so a big buffer costs CPU for every small stderr frame (measured: 1 MiB took 3 % of a
-/// small-file batch's CPU in memset); 256 KiB still moves big outputs in few reads.
-const OUTPUT_CAPACITY: usize = 256 << 10;
+/// The worker container's main process: `sh -c WORKER_MAIN isc-worker SERVER_SCRIPT`.
+///
+/// `cat` hands the container's attached stdin on to the job server. When that stdin ends (the
+/// client closed it, or died, even by SIGKILL, and the engine closed it), `cat` kills every
+/// process of the container (`kill -1` reaches only this PID namespace, and spares its pid 1),
+/// ffmpeg included; when the job server ends (after a failure), it does the same. Either way
+/// pid 1 returns, the container stops and the engine removes it (`auto_remove`).
+pub(crate) const WORKER_MAIN: &str =
+    r#"{ cat; kill -s KILL -- -1; } | { sh -c "$1" isc-worker; kill -s KILL -- -1; }"#;
 
 /// How the input reaches ffmpeg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,14 +193,14 @@ type ExecOutput = std::pin::Pin<
 >;
 type ExecInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 
-/// A job server running in a worker: the exec's output stream and its stdin.
+/// A job server running in a worker: the container's attached output stream and its stdin.
 pub(crate) struct Session {
     output: ExecOutput,
     input: Option<ExecInput>,
     jobs: u64,
 }
 
-/// What the feeder task hands back: the exec's stdin, and the input's hash or why it failed.
+/// What the feeder task hands back: the worker's stdin, and the input's hash or why it failed.
 type Fed = (ExecInput, Result<Option<String>, Feed>);
 
 enum Feed {
@@ -192,45 +209,13 @@ enum Feed {
 }
 
 impl Session {
-    /// Start the job server in container `id`.
-    pub async fn start(docker: &Docker, id: &str) -> Result<Session, JobError> {
-        let exec = docker
-            .create_exec(
-                id,
-                CreateExecOptions {
-                    attach_stdin: Some(true),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    tty: Some(false),
-                    cmd: Some(
-                        ["sh", "-c", SERVER_SCRIPT, "isc-worker"]
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect(),
-                    ),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let started = docker
-            .start_exec(
-                &exec.id,
-                Some(StartExecOptions {
-                    detach: false,
-                    tty: false,
-                    output_capacity: Some(OUTPUT_CAPACITY),
-                }),
-            )
-            .await?;
-        match started {
-            StartExecResults::Attached { output, input } => Ok(Session {
-                output,
-                input: Some(input),
-                jobs: 0,
-            }),
-            StartExecResults::Detached => Err(JobError::Output(std::io::Error::other(
-                "engine did not attach to the worker",
-            ))),
+    /// The job server of a worker whose main process it is ([`WORKER_MAIN`]), over the
+    /// container's attached streams.
+    pub fn attached(output: ExecOutput, input: ExecInput) -> Session {
+        Session {
+            output,
+            input: Some(input),
+            jobs: 0,
         }
     }
 

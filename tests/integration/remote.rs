@@ -3,6 +3,7 @@
 use crate::util::*;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// A private TLS-only engine on loopback, stopped on drop.
 pub struct TlsEngine {
@@ -120,6 +121,13 @@ fn tls_engine_from_docker_environment_variables() {
         assert_eq!(streams(&p, "video")[0]["codec_name"], "h264");
         assert!((duration(&p) - 2.0).abs() <= 0.5);
         assert_faststart(&out.join(name));
+    }
+    // The run ends its workers as it exits; the engine removes them just after.
+    let waited = Instant::now();
+    while !containers_on(&engine.host, &engine.certs).is_empty()
+        && waited.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(containers_on(&engine.host, &engine.certs), "");
 

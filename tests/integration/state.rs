@@ -303,7 +303,7 @@ fn sigkill_mid_batch_then_the_next_run_finishes_exactly_the_rest() {
         assert!((duration(&p) - 6.0).abs() <= 0.5);
     }
     assert!(temp_files(&out).is_empty(), "leftover temp files cleaned");
-    assert!(containers_for(&out).is_empty(), "no container left");
+    assert!(containers_gone(&out), "no container left");
 }
 
 #[test]

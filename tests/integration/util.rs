@@ -199,6 +199,21 @@ pub fn make_media(path: &Path, args: &[&str]) {
 
 /// Containers of this tool on the engine working for an output folder under `dir`, as
 /// `<id> <output folder>` lines.
+/// Whether the tool's containers for `dir` are gone, or go within ten seconds. A run ends its
+/// idle workers by closing their channels and does not wait: the engine removes them just after.
+pub fn containers_gone(dir: &Path) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if containers_for(dir).is_empty() {
+            return true;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 pub fn containers_for(dir: &Path) -> Vec<String> {
     let out = Command::new("docker")
         .args([
@@ -324,8 +339,8 @@ pub fn workers_since(since: f64, dir: &Path) -> Vec<String> {
     v
 }
 
-/// Processes started by `exec` in those workers since `since`, as (container, exec) pairs:
-/// one job server per worker.
+/// Processes started by `exec` in those workers since `since`, as (container, exec) pairs. There
+/// should be none: each worker's main process is its job server.
 pub fn execs_since(since: f64, dir: &Path) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = engine_events(since, dir)
         .into_iter()

@@ -33,7 +33,8 @@
 #
 # Usage:
 #   scripts/bench.sh [WORKDIR]          # default WORKDIR: /var/tmp/isc-bench
-#   ROUNDS=5 scripts/bench.sh           # rounds per workload (default 3)
+#   ROUNDS=5 scripts/bench.sh           # rounds per workload (default 3; the encode takes at
+#                                       # least ENCODE_ROUNDS, default 9)
 #   SLOW=0 scripts/bench.sh             # skip the big remux through the shell pipeline with the
 #                                       # engine's default log driver (about 90 s; timed once, no
 #                                       # warm-up; the 5x target is measured against it)
@@ -53,6 +54,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 IMAGE=${ISC_IMAGE:-isc-ffmpeg:latest}
 ROUNDS=${ROUNDS:-3}
+ENCODE_ROUNDS=${ENCODE_ROUNDS:-9}
 SLOW=${SLOW:-1}
 WORKLOADS=${WORKLOADS:-small big encode}
 wants() { [[ " $WORKLOADS " == *" $1 "* ]]; }
@@ -248,6 +250,13 @@ rounds() {
             run_contender "${ids[$(((k + r - 1) % n))]}" "round $r/$ROUNDS"
         done
     done
+}
+# with_rounds N CMD...: run CMD with ROUNDS raised to at least N.
+with_rounds() {
+    local saved=$ROUNDS
+    [ "$ROUNDS" -ge "$1" ] || ROUNDS=$1
+    "${@:2}"
+    ROUNDS=$saved
 }
 
 # table TITLE ID...: contender, median, every round.
@@ -538,9 +547,10 @@ LABEL[f_local]="isc-transcode (-p h264 --backend local, 1 s 320x240)"
 
 if wants encode; then
     log "workload 3: encode-bound, -p h264 on a 20 s 720p clip"
-    rounds e_docker e_local
+    # A 5 % target on a VM whose speed drifts by 10-20 %: at least ENCODE_ROUNDS rounds.
+    with_rounds "$ENCODE_ROUNDS" rounds e_docker e_local
     log "workload 3b: the same on a 1 s 320x240 clip (the fixed cost per run)"
-    rounds f_docker f_local
+    with_rounds "$ENCODE_ROUNDS" rounds f_docker f_local
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -592,8 +602,8 @@ if wants big; then
 fi
 
 if wants encode; then
-    table "3. Encode-bound: -p h264, one 20 s 1280x720 clip" e_docker e_local
-    table "3b. Fixed cost per run: -p h264, one 1 s 320x240 clip" f_docker f_local
+    with_rounds "$ENCODE_ROUNDS" table "3. Encode-bound: -p h264, one 20 s 1280x720 clip" e_docker e_local
+    with_rounds "$ENCODE_ROUNDS" table "3b. Fixed cost per run: -p h264, one 1 s 320x240 clip" f_docker f_local
     echo
     pct=$(awk -v a="$(med e_docker)" -v b="$(med e_local)" 'BEGIN {printf "%+.1f", (a / b - 1) * 100}')
     verdict=MISSED
@@ -601,8 +611,10 @@ if wants encode; then
     echo "isc-transcode --backend docker vs --backend local: ${pct}% time (target <= +5%) $verdict"
     MD_RATIOS+=("| isc-transcode -p h264, docker vs local backend (ratio of medians) | ${pct}% time | <= +5% | $verdict |")
     ppct=$(awk -v r="$(paired e_docker e_local)" 'BEGIN {printf "%+.1f", (r - 1) * 100}')
-    echo "  the same, median of each round's docker/local ratio: ${ppct}%"
-    MD_RATIOS+=("| the same, median of the rounds' docker/local ratios | ${ppct}% time | | |")
+    verdict=MISSED
+    awk -v p="$ppct" 'BEGIN {exit !(p <= 5)}' && verdict=met
+    echo "  the same, median of each round's docker/local ratio: ${ppct}% (target <= +5%) $verdict"
+    MD_RATIOS+=("| the same, median of the rounds' docker/local ratios | ${ppct}% time | <= +5% | $verdict |")
     fixed=$(awk -v a="$(med f_docker)" -v b="$(med f_local)" 'BEGIN {printf "%.3f", a - b}')
     fpct=$(awk -v f="$fixed" -v b="$(med e_local)" 'BEGIN {printf "%+.1f", f / b * 100}')
     echo "  the Docker backend's fixed cost per run: ${fixed} s, ${fpct}% of this encode"

@@ -322,15 +322,25 @@ fn a_stalled_job_is_killed_and_the_batch_completes() {
         }
     };
     std::thread::sleep(Duration::from_millis(1500));
-    let paused = Command::new("docker")
-        .args(["pause", &id])
-        .output()
-        .expect("pause");
-    assert!(
-        paused.status.success(),
-        "{}",
-        String::from_utf8_lossy(&paused.stderr)
-    );
+    // The cgroup freezer can fail to catch a process that is waiting on the container's FUSE
+    // root ("unable to freeze"); another try a moment later gets it.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let paused = Command::new("docker")
+            .args(["pause", &id])
+            .output()
+            .expect("pause");
+        if paused.status.success() {
+            break;
+        }
+        let why = String::from_utf8_lossy(&paused.stderr).into_owned();
+        assert!(
+            tries < 10 && why.contains("unable to freeze"),
+            "pause failed ({tries} tries): {why}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let o = child.wait_with_output().expect("wait");
     eprintln!("{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(1));

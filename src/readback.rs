@@ -12,8 +12,7 @@
 //! - the index decodes as ISO base media, with a known codec for every audio and video track;
 //! - every track's sample tables agree (as many durations as sizes), every chunk offset points
 //!   inside the file, and the samples fit in the file's `mdat` boxes;
-//! - duration, codec, codec tag and frame size come from the index, as ffprobe reports them.
-//!
+//! - duration, codec, codec tag and frame size come from the index, as ffprobe reports them;
 //! - the pixel format of H.264 in 8-bit 4:2:0 (what the `h264`, `720p` and `copy` presets
 //!   usually produce) comes from the sequence parameter set stored in the index.
 //!

@@ -188,20 +188,20 @@ impl Served {
     }
 }
 
-type ExecOutput = std::pin::Pin<
+type WorkerOutput = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
 >;
-type ExecInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+type WorkerInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 
 /// A job server running in a worker: the container's attached output stream and its stdin.
 pub(crate) struct Session {
-    output: ExecOutput,
-    input: Option<ExecInput>,
+    output: WorkerOutput,
+    input: Option<WorkerInput>,
     jobs: u64,
 }
 
 /// What the feeder task hands back: the worker's stdin, and the input's hash or why it failed.
-type Fed = (ExecInput, Result<Option<String>, Feed>);
+type Fed = (WorkerInput, Result<Option<String>, Feed>);
 
 enum Feed {
     Read(std::io::Error),
@@ -211,7 +211,7 @@ enum Feed {
 impl Session {
     /// The job server of a worker whose main process it is ([`WORKER_MAIN`]), over the
     /// container's attached streams.
-    pub fn attached(output: ExecOutput, input: ExecInput) -> Session {
+    pub fn attached(output: WorkerOutput, input: WorkerInput) -> Session {
         Session {
             output,
             input: Some(input),
@@ -482,7 +482,7 @@ fn encode(nonce: &str, req: &Request<'_>, size: u64) -> Result<Vec<u8>, String> 
 
 /// Stream exactly `size` bytes of `path` into the server, hashing them when asked. The input
 /// is read once, whatever it is for.
-async fn feed(mut stdin: ExecInput, path: PathBuf, size: u64, hash: bool, ctx: JobCtx) -> Fed {
+async fn feed(mut stdin: WorkerInput, path: PathBuf, size: u64, hash: bool, ctx: JobCtx) -> Fed {
     let result = async {
         let file = tokio::fs::File::open(&path).await.map_err(Feed::Read)?;
         let mut file = file.take(size);

@@ -3,7 +3,6 @@
 use crate::util::*;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 /// A private TLS-only engine on loopback, stopped on drop.
 pub struct TlsEngine {
@@ -123,13 +122,11 @@ fn tls_engine_from_docker_environment_variables() {
         assert_faststart(&out.join(name));
     }
     // The run ends its workers as it exits; the engine removes them just after.
-    let waited = Instant::now();
-    while !containers_on(&engine.host, &engine.certs).is_empty()
-        && waited.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(containers_on(&engine.host, &engine.certs), "");
+    assert!(
+        soon(|| containers_on(&engine.host, &engine.certs).is_empty()),
+        "{}",
+        containers_on(&engine.host, &engine.certs)
+    );
 
     // Without the TLS settings the same engine refuses, and the message says where.
     let o = run(bin()

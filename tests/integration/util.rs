@@ -197,23 +197,26 @@ pub fn make_media(path: &Path, args: &[&str]) {
     );
 }
 
-/// Containers of this tool on the engine working for an output folder under `dir`, as
-/// `<id> <output folder>` lines.
-/// Whether the tool's containers for `dir` are gone, or go within ten seconds. A run ends its
-/// idle workers by closing their channels and does not wait: the engine removes them just after.
-pub fn containers_gone(dir: &Path) -> bool {
+/// Whether `cond` holds now or comes to hold within ten seconds (polled every 100 ms).
+pub fn soon(cond: impl Fn() -> bool) -> bool {
     let start = std::time::Instant::now();
-    loop {
-        if containers_for(dir).is_empty() {
-            return true;
-        }
+    while !cond() {
         if start.elapsed() > std::time::Duration::from_secs(10) {
             return false;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    true
 }
 
+/// Whether the tool's containers for `dir` are gone, or go within ten seconds. A run ends its
+/// idle workers by closing their channels and does not wait: the engine removes them just after.
+pub fn containers_gone(dir: &Path) -> bool {
+    soon(|| containers_for(dir).is_empty())
+}
+
+/// Containers of this tool on the engine working for an output folder under `dir`, as
+/// `<id> <output folder>` lines.
 pub fn containers_for(dir: &Path) -> Vec<String> {
     let out = Command::new("docker")
         .args([

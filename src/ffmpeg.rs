@@ -58,6 +58,8 @@ pub struct StderrParser {
     pub fresh: Vec<String>,
     /// The version from ffmpeg's banner (`ffmpeg version 5.1.9-0+deb12u1 Copyright ...`).
     pub ffmpeg_version: Option<String>,
+    /// Why ffmpeg could not finish its output, when it said so ([`StderrParser::unfinished`]).
+    unfinished: Option<String>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
@@ -176,6 +178,12 @@ impl StderrParser {
             self.tail.pop_front();
         }
         let line = neutral_names(trimmed.trim_end());
+        if self.unfinished.is_none()
+            && (line.starts_with("Error writing trailer") || line.starts_with("Error closing file"))
+        {
+            let cause = line.rsplit_once(": ").map_or(line.as_str(), |(_, c)| c);
+            self.unfinished = Some(cause.to_string());
+        }
         if self.fresh.len() < 1000 {
             self.fresh.push(line.clone());
         }
@@ -199,6 +207,14 @@ impl StderrParser {
             _ => {}
         }
         None
+    }
+
+    /// Why the output was left unfinished, when ffmpeg said it could not write its end or close
+    /// it ("No space left on device"). ffmpeg 5.1 reports those errors and still exits 0: the
+    /// output is cut short, and without this its read-back would fail for a reason that hides
+    /// the real one.
+    pub fn unfinished(&self) -> Option<&str> {
+        self.unfinished.as_deref()
     }
 
     /// The last meaningful lines, oldest first.
@@ -406,6 +422,22 @@ mod tests {
     }
 
     use super::*;
+
+    /// Captured from ffmpeg 5.1 remuxing onto a full disk (`-movflags +faststart`); it exited 0.
+    #[test]
+    fn an_output_ffmpeg_could_not_finish_is_named_with_its_cause() {
+        let mut p = StderrParser::new();
+        p.feed(b"[mp4 @ 0x55d0c8e0] Starting second pass: moving the moov atom to the beginning of the file\n");
+        assert_eq!(p.unfinished(), None);
+        p.feed(
+            b"Error writing trailer of /out/out.mp4: No space left on device\n\
+              Error closing file /out/out.mp4: Input/output error\n",
+        );
+        assert_eq!(p.unfinished(), Some("No space left on device"));
+        let mut p = StderrParser::new();
+        p.feed(b"Error closing file out.mp4: Disk quota exceeded\n");
+        assert_eq!(p.unfinished(), Some("Disk quota exceeded"));
+    }
 
     /// Captured from `ffmpeg -nostats -progress pipe:2` in the worker image (ffmpeg 5.1).
     const STDERR: &str = "\

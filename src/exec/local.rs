@@ -153,6 +153,7 @@ impl Backend for LocalBackend {
                 tail: parser.tail(),
             });
         }
+        super::unfinished(&parser)?;
         let (probe, checked_by) =
             match super::read_back(&job.preset, &parser.input, out, || parser.tail()).await? {
                 Some(probe) => (probe, Checker::Index),

@@ -266,6 +266,17 @@ pub trait Backend: Send + Sync + 'static {
     fn abandon(&self) -> impl Future<Output = ()> + Send;
 }
 
+/// The error for an ffmpeg that exited 0 but said it could not finish its output
+/// ([`StderrParser::unfinished`]).
+pub(crate) fn unfinished(parser: &crate::ffmpeg::StderrParser) -> Result<(), JobError> {
+    match parser.unfinished() {
+        Some(cause) => Err(JobError::Output(std::io::Error::other(format!(
+            "ffmpeg could not finish it: {cause}"
+        )))),
+        None => Ok(()),
+    }
+}
+
 /// Read an output back on this machine ([`crate::readback`]): `Some` probe when its index
 /// settles the preset's check, `None` when ffprobe must answer, an error when the index shows the
 /// output is broken.

@@ -178,6 +178,7 @@ pub async fn run_batch<B: Backend>(
         }
         while !interrupted && !deadline_passed && running.len() < parallel.max(1) {
             let Some(job) = pending.next() else { break };
+            let last_wave = pending.len() == 0;
             let stall = opts.stall_timeout;
             let (backend, ctx, out_root, host, recorder) = (
                 backend.clone(),
@@ -187,7 +188,10 @@ pub async fn run_batch<B: Backend>(
                 recorder.clone(),
             );
             running.spawn(async move {
-                let ctx = ctx.for_job();
+                let ctx = JobCtx {
+                    last_wave,
+                    ..ctx.for_job()
+                };
                 run_one(&*backend, job, &out_root, &ctx, host, &*recorder, stall).await
             });
         }

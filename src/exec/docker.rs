@@ -123,14 +123,16 @@ pub fn client_is_dead(label: &str) -> bool {
 
 /// Inputs at least this big are mounted rather than streamed, when mounting works: a worker of
 /// its own costs about 250 ms, streaming about 5.4 ms per MB (in and out), so mounting pays from
-/// about 50 MB.
+/// about 50 MB. Smaller inputs are mounted too when their job would start a worker anyway and no
+/// job waits for it ([`JobCtx::last_wave`]): the worker then costs the same either way.
 pub const MOUNT_THRESHOLD: u64 = 64 << 20;
 
 /// When jobs bind-mount their input instead of streaming it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MountPolicy {
-    /// Inputs of [`MOUNT_THRESHOLD`] or more, on an engine reached by a unix socket, as long as
-    /// mounting has not failed before in this run.
+    /// Inputs of [`MOUNT_THRESHOLD`] or more, and any input whose job would start a worker that
+    /// no later job could use, on an engine reached by a unix socket, as long as mounting has not
+    /// failed before in this run.
     Auto,
     /// Always stream.
     Never,
@@ -658,13 +660,22 @@ impl DockerBackend {
         self
     }
 
-    fn wants_mount(&self, job: &JobSpec) -> bool {
+    fn wants_mount(&self, job: &JobSpec, ctx: &JobCtx) -> bool {
         match self.mount {
             MountPolicy::Never => false,
             MountPolicy::Always => true,
             MountPolicy::Auto => {
                 let (uid, gid) = worker_user();
-                job.size >= MOUNT_THRESHOLD
+                // Measured on the 20 s 720p encode (9.7 MB in, 6.2 MB out): a mounted worker
+                // of its own instead of a new pooled one that streams, 4.59 s -> 4.50 s, and
+                // 0.11 CPU-s less for the engine.
+                let spare_start = ctx.last_wave
+                    && self
+                        .idle
+                        .lock()
+                        .map(|idle| idle.is_empty())
+                        .unwrap_or(false);
+                (job.size >= MOUNT_THRESHOLD || spare_start)
                     && self.engine.host.starts_with("unix://")
                     && !self.mount_failed.load(std::sync::atomic::Ordering::Relaxed)
                     && readable_by(&job.input, uid, gid)
@@ -1151,7 +1162,7 @@ impl Backend for DockerBackend {
     }
 
     async fn run(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
-        if self.wants_mount(job) {
+        if self.wants_mount(job, ctx) {
             match self.run_mounted(job, out, ctx).await {
                 Ok(result) => return result,
                 Err(reason) if self.mount == MountPolicy::Always => {

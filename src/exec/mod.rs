@@ -132,6 +132,10 @@ pub struct JobCtx {
     pub epoch: Instant,
     /// Forward ffmpeg's own messages as they come (`-vv`).
     pub echo_ffmpeg: bool,
+    /// No job waits behind this one: a worker started for it would serve no other job, so a
+    /// backend may give it one made for this job alone. Set by the batch dispatcher; a daemon,
+    /// which keeps its workers for jobs yet to come, leaves it false.
+    pub last_wave: bool,
 }
 
 impl JobCtx {
@@ -146,6 +150,7 @@ impl JobCtx {
             activity: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
             echo_ffmpeg,
+            last_wave: false,
         }
     }
 
@@ -158,6 +163,7 @@ impl JobCtx {
             activity: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
             echo_ffmpeg: self.echo_ffmpeg,
+            last_wave: false,
         }
     }
 

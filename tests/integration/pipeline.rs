@@ -132,7 +132,8 @@ fn moov_at_end_input_is_spooled_and_faststart_is_piped() {
         .arg(samples().join("faststart.mp4"))
         .arg("-o")
         .arg(&out)
-        .args(["--backend", "docker", "-p", "copy"]));
+        // Two jobs, two at a time: `auto` would mount both (nothing waits behind them).
+        .args(["--backend", "docker", "-p", "copy", "--transfer", "stream"]));
     assert_eq!(o.status.code(), Some(0));
     let text = stdout(&o);
     let line = |name: &str| {
@@ -487,16 +488,12 @@ fn sigkilled_run_leaves_no_container_for_long() {
     }
 }
 
-#[test]
-fn containers_are_locked_down() {
-    require_engine();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let input = tmp.path().join("long.mp4");
-    long_clip(&input, 20);
+/// Start a long job with `transfer`, inspect its worker while it runs, interrupt the run.
+fn inspect_running_worker(dir: &Path, input: &Path, transfer: &str) -> Value {
     let mut child = bin()
-        .arg(&input)
+        .arg(input)
         .arg("-o")
-        .arg(tmp.path().join("out"))
+        .arg(dir.join("out"))
         .args([
             "--backend",
             "docker",
@@ -504,6 +501,8 @@ fn containers_are_locked_down() {
             "1g",
             "--pids-limit",
             "200",
+            "--transfer",
+            transfer,
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -511,7 +510,7 @@ fn containers_are_locked_down() {
         .expect("spawn");
     let start = Instant::now();
     let id = loop {
-        if let Some(line) = containers_for(tmp.path()).first() {
+        if let Some(line) = containers_for(dir).first() {
             break line.split(' ').next().expect("id").to_string();
         }
         assert!(
@@ -529,31 +528,74 @@ fn containers_are_locked_down() {
         .status();
     let _ = child.wait();
     let v: Value = serde_json::from_slice(&inspect.stdout).expect("json");
-    let c = &v[0];
-    let hc = &c["HostConfig"];
-    assert_eq!(hc["NetworkMode"], "none");
-    assert_eq!(hc["CapDrop"], serde_json::json!(["ALL"]));
-    assert!(hc["SecurityOpt"].to_string().contains("no-new-privileges"));
-    assert_eq!(hc["Memory"], 1i64 << 30);
-    assert_eq!(hc["PidsLimit"], 200);
-    assert_eq!(hc["LogConfig"]["Type"], "none");
-    assert_eq!(c["Config"]["User"], "65534:65534");
-    let labels = &c["Config"]["Labels"];
-    assert!(labels["io.isc-transcode"].is_string());
-    assert!(labels["io.isc-transcode.run"].is_string());
-    assert_eq!(labels["io.isc-transcode.slot"], "0");
-    // A pooled worker mounts nothing of this machine; at most (on fuse-overlayfs) the image's
-    // own libraries from a volume, read-only.
-    for m in c["Mounts"].as_array().into_iter().flatten() {
-        assert_eq!(m["Type"], "volume", "{m}");
-        assert_eq!(m["RW"], false, "{m}");
+    v[0].clone()
+}
+
+#[test]
+fn containers_are_locked_down() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("long.mp4");
+    long_clip(&input, 20);
+    // A pooled worker (streamed input), then a worker of the job's own (a lone job mounts its
+    // input, see `mount_policy_*`): the same lock-down.
+    for transfer in ["stream", "auto"] {
+        let dir = tmp.path().join(transfer);
+        std::fs::create_dir(&dir).expect("mkdir");
+        let c = inspect_running_worker(&dir, &input, transfer);
+        let hc = &c["HostConfig"];
+        assert_eq!(hc["NetworkMode"], "none", "{transfer}");
+        assert_eq!(hc["CapDrop"], serde_json::json!(["ALL"]));
+        assert!(hc["SecurityOpt"].to_string().contains("no-new-privileges"));
+        assert_eq!(hc["Memory"], 1i64 << 30);
+        assert_eq!(hc["PidsLimit"], 200);
+        assert_eq!(hc["LogConfig"]["Type"], "none");
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(c["Config"]["User"], "65534:65534", "{transfer}");
+        } else {
+            assert_ne!(
+                c["Config"]["User"], "",
+                "{transfer}: never the image's root"
+            );
+        }
+        let labels = &c["Config"]["Labels"];
+        assert!(labels["io.isc-transcode"].is_string());
+        assert!(labels["io.isc-transcode.run"].is_string());
+        assert_eq!(labels["io.isc-transcode.slot"], "0");
+        assert!(
+            labels["io.isc-transcode.out"]
+                .as_str()
+                .is_some_and(|o| o.ends_with(&format!("{transfer}/out"))),
+            "{labels}"
+        );
+        // At most (on fuse-overlayfs) the image's own libraries from a volume, read-only; a
+        // mounting worker adds its input, read-only, and a private folder of the output folder.
+        let mounts: Vec<&Value> = c["Mounts"].as_array().into_iter().flatten().collect();
+        for m in &mounts {
+            match m["Destination"].as_str() {
+                Some("/usr") => {
+                    assert_eq!(m["Type"], "volume", "{m}");
+                    assert_eq!(m["RW"], false, "{m}");
+                }
+                Some("/in/input.mp4") if transfer == "auto" => {
+                    assert_eq!(m["Type"], "bind", "{m}");
+                    assert_eq!(m["RW"], false, "{m}");
+                    assert_eq!(m["Source"], input.to_str().expect("utf-8"), "{m}");
+                }
+                Some("/out") if transfer == "auto" => {
+                    assert_eq!(m["Type"], "bind", "{m}");
+                    let source = m["Source"].as_str().expect("source");
+                    assert!(
+                        source.starts_with(dir.join("out/.isc-tmp-").to_str().expect("utf-8")),
+                        "{m}"
+                    );
+                }
+                _ => panic!("{transfer}: unexpected mount {m}"),
+            }
+        }
+        let binds = mounts.iter().filter(|m| m["Type"] == "bind").count();
+        assert_eq!(binds, if transfer == "auto" { 2 } else { 0 }, "{mounts:?}");
     }
-    assert!(
-        labels["io.isc-transcode.out"]
-            .as_str()
-            .is_some_and(|o| o.ends_with("/out")),
-        "{labels}"
-    );
 }
 
 #[test]
@@ -748,23 +790,30 @@ fn mounted_jobs_give_the_same_checked_outputs() {
     );
 }
 
+/// The mount policy of `--transfer auto`: big inputs are mounted; small ones stream through
+/// pooled workers that serve job after job; a job that would start a worker no later job can
+/// use gets a mounting worker of its own, which costs the same to start and spares the stream.
 #[test]
-fn big_inputs_are_mounted_and_small_ones_streamed() {
+fn mount_policy_big_inputs_and_lone_jobs_mount_the_rest_stream() {
     require_engine();
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("in");
     std::fs::create_dir(&dir).expect("mkdir");
     let big = dir.join("big.mkv");
     big_raw_clip(&big);
-    std::fs::copy(samples().join("faststart.mp4"), dir.join("small.mp4")).expect("copy");
+    std::fs::copy(samples().join("faststart.mp4"), dir.join("s1.mp4")).expect("copy");
+    distinct_copy(&dir.join("s1.mp4"), &dir.join("s2.mp4"), 1);
     let out = tmp.path().join("out");
+    // One at a time, in name order: big.mkv (mounted for its size), s1.mp4 (s2 waits behind
+    // it: a pooled worker), s2.mp4 (the pooled worker is idle: it takes it).
+    let t0 = now();
     let o = run(bin().arg(&dir).arg("-o").arg(&out).args([
         "--backend",
         "docker",
         "-p",
         "h264",
         "-j",
-        "2",
+        "1",
     ]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let done = lines_starting(&o, "done");
@@ -775,9 +824,29 @@ fn big_inputs_are_mounted_and_small_ones_streamed() {
             .unwrap_or_else(|| panic!("{name} not done: {}", stdout(&o)))
     };
     assert!(line("big.mkv").ends_with("(mount)"), "{done:?}");
-    assert!(line("small.mp4").ends_with("(pipe)"), "{done:?}");
+    assert!(line("s1.mp4").ends_with("(pipe)"), "{done:?}");
+    assert!(line("s2.mp4").ends_with("(pipe)"), "{done:?}");
+    assert_eq!(workers_since(t0, &out).len(), 2, "one mounting, one pooled");
     assert!((duration(&probe(&out.join("big.mp4"))) - 6.0).abs() < 0.2);
     assert!(temp_entries(&out).is_empty());
+
+    // A small file alone: its worker would serve nothing else, so it mounts.
+    let out1 = tmp.path().join("out1");
+    let o = run(bin().arg(dir.join("s1.mp4")).arg("-o").arg(&out1).args([
+        "--backend",
+        "docker",
+        "-p",
+        "h264",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let done = lines_starting(&o, "done");
+    assert!(done[0].ends_with("(mount)"), "{done:?}");
+    assert_eq!(
+        std::fs::read(out1.join("s1.mp4")).expect("lone output"),
+        std::fs::read(out.join("s1.mp4")).expect("pooled output"),
+        "mounted and streamed, the same bytes"
+    );
+    assert!(temp_entries(&out1).is_empty());
 
     // As root, a file nobody else may read is streamed instead: the worker runs as nobody.
     if rustix::process::geteuid().is_root() {

@@ -124,7 +124,7 @@ pub enum Command {
 /// How inputs reach a Docker engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransferChoice {
-    /// Mount big files when the engine can see them; stream the rest.
+    /// Mount big files, and lone jobs', when the engine can see them; stream the rest.
     Auto,
     /// Always stream through the engine's API (works with any engine, near or far).
     Stream,
@@ -206,10 +206,11 @@ pub struct RunArgs {
     pub pids_limit: i64,
 
     /// How inputs reach a Docker engine. `auto` streams small files through the engine's API
-    /// into warm worker containers, and bind-mounts files of 64 MiB or more (read-only, with a
-    /// private output folder) when the engine shares this machine's files, which saves moving
-    /// every byte through the API twice. `stream` always streams; `mount` always mounts and
-    /// fails a job the engine cannot mount for.
+    /// into warm worker containers, and bind-mounts (read-only, with a private output folder)
+    /// files of 64 MiB or more, and any file whose job would otherwise start a worker that no
+    /// later job could use (a lone file, the last ones of a batch), when the engine shares this
+    /// machine's files: that saves moving every byte through the API twice. `stream` always
+    /// streams; `mount` always mounts and fails a job the engine cannot mount for.
     #[arg(long, value_enum, value_name = "HOW", default_value_t = TransferChoice::Auto)]
     pub transfer: TransferChoice,
 

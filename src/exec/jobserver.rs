@@ -294,10 +294,7 @@ impl Session {
                 if let Some(mut s) = sink.take() {
                     s.flush().await.map_err(JobError::Output)?;
                 }
-                super::unfinished(&parser)?;
-                let settled =
-                    super::read_back(req.preset, &parser.input, req.output, || parser.tail())
-                        .await?;
+                let settled = super::read_back(req.preset, &parser, req.output).await?;
                 let answer: &[u8] = match settled {
                     Some(probe) => {
                         self.answer(b"done\n").await?;

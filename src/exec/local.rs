@@ -153,12 +153,10 @@ impl Backend for LocalBackend {
                 tail: parser.tail(),
             });
         }
-        super::unfinished(&parser)?;
-        let (probe, checked_by) =
-            match super::read_back(&job.preset, &parser.input, out, || parser.tail()).await? {
-                Some(probe) => (probe, Checker::Index),
-                None => (probe_file(&self.ffprobe, out).await?, Checker::Ffprobe),
-            };
+        let (probe, checked_by) = match super::read_back(&job.preset, &parser, out).await? {
+            Some(probe) => (probe, Checker::Index),
+            None => (probe_file(&self.ffprobe, out).await?, Checker::Ffprobe),
+        };
         let bytes_out = std::fs::metadata(out).map_err(JobError::Output)?.len();
         let input_sha256 = match input_hash {
             Some(h) => Some(

@@ -272,27 +272,21 @@ pub trait Backend: Send + Sync + 'static {
     fn abandon(&self) -> impl Future<Output = ()> + Send;
 }
 
-/// The error for an ffmpeg that exited 0 but said it could not finish its output
-/// ([`StderrParser::unfinished`]).
-pub(crate) fn unfinished(parser: &crate::ffmpeg::StderrParser) -> Result<(), JobError> {
-    match parser.unfinished() {
-        Some(cause) => Err(JobError::Output(std::io::Error::other(format!(
-            "ffmpeg could not finish it: {cause}"
-        )))),
-        None => Ok(()),
-    }
-}
-
-/// Read an output back on this machine ([`crate::readback`]): `Some` probe when its index
-/// settles the preset's check, `None` when ffprobe must answer, an error when the index shows the
-/// output is broken.
+/// Read back an output that ffmpeg, as `parser` heard it, made with success: `Some` probe when
+/// its index settles the preset's check ([`crate::readback`]), `None` when ffprobe must answer,
+/// an error when the index shows the output is broken, or when ffmpeg said it could not finish
+/// the file although it exited 0 ([`StderrParser::unfinished`]).
 pub(crate) async fn read_back(
     preset: &Arc<Preset>,
-    input: &InputInfo,
+    parser: &StderrParser,
     path: &Path,
-    tail: impl FnOnce() -> Vec<String>,
 ) -> Result<Option<Probe>, JobError> {
-    let (preset, input, path) = (preset.clone(), input.clone(), path.to_path_buf());
+    if let Some(cause) = parser.unfinished() {
+        return Err(JobError::Output(std::io::Error::other(format!(
+            "ffmpeg could not finish it: {cause}"
+        ))));
+    }
+    let (preset, input, path) = (preset.clone(), parser.input.clone(), path.to_path_buf());
     let verdict =
         tokio::task::spawn_blocking(move || crate::readback::for_check(&preset, &input, &path))
             .await
@@ -302,7 +296,7 @@ pub(crate) async fn read_back(
         crate::readback::Readback::AskFfprobe(_) => Ok(None),
         crate::readback::Readback::Broken(reason) => Err(JobError::Verify {
             reason: format!("the output's index is broken: {reason}"),
-            tail: tail(),
+            tail: parser.tail(),
         }),
     }
 }

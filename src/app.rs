@@ -286,6 +286,7 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
         preset: preset.clone(),
         size: it.stat.size,
         input_sha256: it.sha256.clone(),
+        index_reserve: None,
     };
     let mut failed = false;
     let mut to_run = Vec::new();
@@ -672,7 +673,9 @@ async fn run_jobs(
     };
     match engine {
         Some(engine) => {
-            let (backend, provenance, cpus) = setup_docker(engine, args, store, &say).await?;
+            let count_cpus = args.jobs.is_none() && jobs.len() > 1;
+            let (backend, provenance, cpus) =
+                setup_docker(engine, args, store, &say, count_cpus).await?;
             Ok(execute(
                 backend,
                 jobs,
@@ -694,7 +697,7 @@ async fn run_jobs(
                 args,
                 preset,
                 opts,
-                cpus,
+                Some(cpus),
                 tx.clone(),
                 recorder(provenance),
                 deadline,
@@ -706,25 +709,35 @@ async fn run_jobs(
 
 /// Make a connected engine ready for jobs: remove containers of dead runs, make sure the image
 /// is there, learn its ffmpeg version (once per image ID). Returns the backend, what it records
-/// as provenance, and the engine's CPU count.
+/// as provenance, and, with `count_cpus`, the engine's CPU count (the default for `--jobs`; asking
+/// costs an `info` call, so a caller that has `--jobs`, or a single job, does not ask).
 pub(crate) async fn setup_docker(
     engine: Engine,
     args: &RunArgs,
     store: &Store,
     say: &(dyn Fn(String) + Send + Sync),
-) -> Result<(DockerBackend, Provenance, usize), AppError> {
+    count_cpus: bool,
+) -> Result<(DockerBackend, Provenance, Option<usize>), AppError> {
     let host = engine.host.clone();
-    let removed = engine.remove_labelled(false).await?;
+    // Independent engine calls, made at once: each is a round trip on the job's critical path.
+    let (removed, image, cpus) = tokio::join!(
+        engine.remove_labelled(false),
+        engine.ensure_image(&args.image, say),
+        async {
+            match count_cpus {
+                true => engine.cpus().await.map(Some),
+                false => Ok(None),
+            }
+        }
+    );
+    let (removed, image, cpus) = (removed?, image?, cpus?);
     if removed > 0 {
         say(format!(
             "removed {removed} container(s) left on {host} by runs that are gone"
         ));
     }
-    let image_id = engine.ensure_image(&args.image, say).await?;
-    let facts = engine.facts().await?;
-    let cpus = facts.cpus;
     // A speed-up only: without it jobs still run, each ffmpeg start just costs more.
-    let libs = match engine.library_mount(&facts, &args.image, &image_id).await {
+    let libs = match engine.library_mount(&args.image, &image).await {
         Ok(libs) => libs,
         Err(e) => {
             say(format!("not using a library volume: {e}"));
@@ -748,10 +761,10 @@ pub(crate) async fn setup_docker(
         TransferChoice::Mount => MountPolicy::Always,
     });
     // Known from an earlier run, or taken from each job's ffmpeg banner.
-    let version = store.ffmpeg_version(&image_id)?;
+    let version = store.ffmpeg_version(&image.id)?;
     let provenance = Provenance {
         image: Some(args.image.clone()),
-        image_id: Some(image_id),
+        image_id: Some(image.id),
         ffmpeg_version: version,
     };
     Ok((backend, provenance, cpus))
@@ -779,12 +792,20 @@ async fn execute<B: Backend>(
     args: &RunArgs,
     preset: &Preset,
     opts: ReportOptions,
-    cpus: usize,
+    cpus: Option<usize>,
     tx: UnboundedSender<Event>,
     recorder: Arc<dyn Recorder>,
     deadline: Option<std::time::Instant>,
 ) -> schedule::BatchOutcome {
-    let parallel = args.jobs.map_or(cpus, usize::from);
+    // `--jobs`, else the backend's CPU count; not more than there are jobs either way. A backend
+    // that was not asked for its count has one job, or `--jobs`.
+    let parallel = args
+        .jobs
+        .map(usize::from)
+        .or(cpus)
+        .unwrap_or(1)
+        .min(jobs.len())
+        .max(1);
     if !opts.quiet {
         let _ = tx.send(Event::Note(format!(
             "{} file(s) to transcode with preset {} on {}, {} at once",

@@ -607,6 +607,7 @@ mod tests {
             preset: std::sync::Arc::new(crate::preset::load("copy").expect("p")),
             size: 10,
             input_sha256: None,
+            index_reserve: None,
         };
         let mut r = JobResult::without_run(&job, Status::Interrupted);
         r.error = Some("interrupted".into());

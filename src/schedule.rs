@@ -16,6 +16,7 @@
 //! Workers never print: they send events, and the reporter owns the terminal.
 
 use crate::exec::{Backend, Checker, JobCtx, JobError, JobSpec, Produced, Transfer};
+use crate::preset::Preset;
 use crate::report::Event;
 use crate::{media, verify};
 use std::path::{Path, PathBuf};
@@ -338,6 +339,27 @@ pub(crate) async fn run_one<B: Backend>(
     result
 }
 
+/// Inputs from this size on, when remuxed into a faststart MP4, get room for the output's index
+/// reserved at its front ([`Preset::ffmpeg_args_reserving`]): for them `+faststart`'s second pass
+/// over the whole file costs seconds and keeps the output from being written back to disk while
+/// ffmpeg works. Below it that pass costs little, and the unused room would be a noticeable part
+/// of a small file.
+pub const RESERVE_FROM: u64 = 64 << 20;
+
+/// The room to reserve for the job's output index, if it gets one ([`RESERVE_FROM`],
+/// [`crate::readback::index_reserve`]).
+async fn index_reserve(job: &JobSpec) -> Option<u64> {
+    if job.index_reserve.is_some() || job.size < RESERVE_FROM || !job.preset.copies_into_faststart()
+    {
+        return None;
+    }
+    let input = job.input.clone();
+    tokio::task::spawn_blocking(move || crate::readback::index_reserve(&input))
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Run the job into a temp file, check it, and move it into place.
 async fn produce<B: Backend>(
     backend: &B,
@@ -373,7 +395,34 @@ async fn produce<B: Backend>(
         .tempfile_in(&parent)
         .map_err(JobError::Output)?;
 
-    let produced = backend.run(job, temp.path(), ctx).await?;
+    let reserved;
+    let job = match index_reserve(job).await {
+        Some(reserve) => {
+            reserved = JobSpec {
+                index_reserve: Some(reserve),
+                ..job.clone()
+            };
+            &reserved
+        }
+        None => job,
+    };
+    let produced = match backend.run(job, temp.path(), ctx).await {
+        // The bound was not enough after all: ffmpeg said so and left the file unfinished. Make
+        // it the usual way, with `+faststart`'s second pass.
+        Err(e)
+            if job.index_reserve.is_some()
+                && e.tail()
+                    .iter()
+                    .any(|l| l.contains(Preset::RESERVE_TOO_SMALL)) =>
+        {
+            let plain = JobSpec {
+                index_reserve: None,
+                ..job.clone()
+            };
+            backend.run(&plain, temp.path(), ctx).await?
+        }
+        other => other?,
+    };
 
     let preset = &job.preset;
     media::check_output_shape(temp.path(), &preset.format, preset.is_mp4_family()).map_err(
@@ -415,4 +464,53 @@ async fn produce<B: Backend>(
         let _ = dir.sync_all();
     }
     Ok(produced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::local::LocalBackend;
+
+    // Regression guard for the reserve's way out: a room ffmpeg finds too small must not fail
+    // the job, only cost it the usual second pass. Real ffmpeg, on this machine.
+    #[tokio::test]
+    async fn a_reserve_too_small_falls_back_to_faststart() {
+        let local = LocalBackend::find().expect("ffmpeg and ffprobe on PATH (scripts/setup.sh)");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/faststart.mp4");
+        let job = JobSpec {
+            id: 0,
+            input: input.clone(),
+            output: dir.path().join("out.mp4"),
+            preset: Arc::new(crate::preset::load("copy").expect("copy")),
+            size: std::fs::metadata(&input).expect("sample").len(),
+            input_sha256: None,
+            index_reserve: Some(64),
+        };
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let ctx = JobCtx::new(tx, CancellationToken::new(), false);
+        let produced = produce(&local, &job, dir.path(), &ctx)
+            .await
+            .expect("made the usual way");
+        assert_eq!(
+            produced.bytes_out,
+            std::fs::metadata(&job.output).expect("out").len()
+        );
+        let boxes = match media::walk_boxes(std::fs::File::open(&job.output).expect("open"))
+            .expect("walk")
+        {
+            media::Walk::Complete(b) => b,
+            other => panic!("not a complete MP4: {other:?}"),
+        };
+        let kinds: Vec<String> = boxes.iter().map(|b| b.kind_str()).collect();
+        let (moov, mdat) = (
+            kinds.iter().position(|k| k == "moov").expect("moov"),
+            kinds.iter().position(|k| k == "mdat").expect("mdat"),
+        );
+        assert!(moov < mdat, "faststart: {kinds:?}");
+        assert!(
+            boxes.iter().all(|b| &b.kind != b"free" || b.size <= 8),
+            "no reserved room left in it: {boxes:?}"
+        );
+    }
 }

@@ -13,7 +13,8 @@
 //!                    SIZE bytes: the input (pipe and spool modes)
 //! server -> client   stderr: ffmpeg's messages and progress; @isc:stage=... marks
 //!                    stderr: @isc:send=NONCE N once ffmpeg succeeded; stdout: the N output bytes
-//!                            (nothing in mount mode, where the output lies in a mounted folder)
+//!                            (in mount mode N is 0: the output lies in the mounted folder,
+//!                            where the client reads its size itself)
 //! client -> server   done\n          the output is checked here: next job
 //!                    probe\n         run ffprobe on the output; stderr: @isc:probe:... lines
 //! server -> client   stderr: @isc:end=NONCE CODE  after a failure (the server then exits) or
@@ -32,11 +33,12 @@
 //! worker never serves a job after a failure.
 //!
 //! Every process the server starts costs about 5 ms in a container (twice what it costs on the
-//! host), so the server starts as few as it can: its scratch folder is made once, at its first
-//! job, and each job's files there (`in.<ext>`, `out.<ext>`) are emptied by the shell itself when
-//! the job is over, instead of a folder made by `mktemp` and removed by `rm` per job. Every job
-//! writes its own files afresh (`head -c >`, `ffmpeg -y`), so nothing of one job is read by the
-//! next.
+//! host), so the server starts as few as it can: its scratch folder is the container's own
+//! working folder (`/work`, private to that container; else its `/tmp`), so nothing is made or
+//! removed per worker or per job; each job's files there (`in.<ext>`, `out.<ext>`) are emptied
+//! by the shell itself when the job is over. Every job writes its own files afresh (`head -c >`,
+//! `ffmpeg -y`), so nothing of one job is read by the next. A mounted job's output size is read
+//! on this machine, not by a `wc` in the worker.
 
 use super::{Checker, IO_BUFFER, JobCtx, JobError, decoded_seconds, finish_stderr, pump_stderr};
 use crate::ffmpeg::{Probe, StderrParser};
@@ -70,8 +72,8 @@ while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
     [ "$t" = "$token" ] && [ -w /out ] || { echo "@isc:stage=mount" >&2; fail 75; }
   fi
   if [ -z "$d" ]; then
-    d=$base/isc-scratch
-    mkdir -p "$d" </dev/null && cd "$d" || { echo "@isc:stage=scratch" >&2; fail 70; }
+    cd "$base" || { echo "@isc:stage=scratch" >&2; fail 70; }
+    d=$base
   fi
   case $mode in
     spool)
@@ -89,9 +91,14 @@ while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
   rc=$?
   [ $rc -eq 0 ] || fail $rc
   echo "@isc:stage=send" >&2
-  n=$(wc -c < "$out_name") || fail 73
-  echo "@isc:send=$nonce $n" >&2
-  if [ "$mode" != mount ]; then cat "$out_name" </dev/null || fail 73; fi
+  if [ "$mode" = mount ]; then
+    [ -f "$out_name" ] || fail 73
+    echo "@isc:send=$nonce 0" >&2
+  else
+    n=$(wc -c < "$out_name") || fail 73
+    echo "@isc:send=$nonce $n" >&2
+    cat "$out_name" </dev/null || fail 73
+  fi
   IFS= read -r answer || exit 0
   case $answer in
     done) ;;
@@ -172,7 +179,8 @@ pub(crate) struct Served {
     pub parser: StderrParser,
     pub probe: Probe,
     pub checked_by: Checker,
-    /// The size the worker announced, and (streamed) the bytes received.
+    /// The output bytes the worker announced and sent: 0 in mount mode, where the output stays
+    /// in the mounted folder.
     pub bytes_out: u64,
     /// The output's sha256 as it streamed in (not in mount mode).
     pub output_sha256: Option<String>,
@@ -510,6 +518,46 @@ async fn feed(mut stdin: WorkerInput, path: PathBuf, size: u64, hash: bool, ctx:
     }
     .await;
     (stdin, result)
+}
+
+/// Writes an output back to disk while ffmpeg is still writing it, so that the fsync that makes
+/// it durable at the end ([`settle_output`]) has little left to do: a 1.72 GB output took about
+/// 3 s to sync after ffmpeg had finished, as long as the remux itself. Only for outputs that
+/// ffmpeg writes once, front to back (the index's room reserved at the front,
+/// [`crate::preset::Preset::ffmpeg_args_reserving`]): `+faststart` rewrites every byte at the
+/// end, which would make every early write wasted. Stops when dropped.
+pub(crate) struct EarlyWriteback {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl EarlyWriteback {
+    /// How often the file's dirty pages are sent to disk.
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+    /// Start writing `path` back as it grows; it need not exist yet.
+    pub fn start(path: PathBuf) -> EarlyWriteback {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // A thread of its own, not the runtime's blocking pool: a run that ends must not wait
+        // for it, and a dropped guard ends it at once.
+        let spawned = std::thread::Builder::new()
+            .name("isc-writeback".into())
+            .spawn(move || {
+                let mut file = None;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Self::EVERY)
+                {
+                    if file.is_none() {
+                        file = std::fs::File::open(&path).ok();
+                    }
+                    if let Some(f) = &file {
+                        let _ = f.sync_data();
+                    }
+                }
+            });
+        // Without the thread the output is still synced at the end, only later.
+        drop(spawned);
+        EarlyWriteback { _stop: stop }
+    }
 }
 
 /// Hash a finished output and make it durable, on blocking threads: write-back and hashing

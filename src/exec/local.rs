@@ -104,10 +104,7 @@ impl Backend for LocalBackend {
         let stdin = open(&job.input, false).map_err(JobError::Input)?;
         let stdout = open(out, true).map_err(JobError::Output)?;
         let mut child = Command::new(&self.ffmpeg)
-            .args(
-                job.preset
-                    .ffmpeg_args("file:/dev/stdin", "file:/dev/stdout"),
-            )
+            .args(job.ffmpeg_args("file:/dev/stdin", "file:/dev/stdout"))
             .stdin(stdin)
             .stdout(stdout)
             .stderr(Stdio::piped())

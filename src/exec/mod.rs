@@ -41,6 +41,17 @@ pub struct JobSpec {
     /// The input's sha256 when the plan already knows it; otherwise the backend computes it
     /// from the bytes it streams anyway.
     pub input_sha256: Option<String>,
+    /// Bytes reserved for the output's index at its front instead of `+faststart`'s second
+    /// pass ([`Preset::ffmpeg_args_reserving`]); set by the dispatcher for big remuxes.
+    pub index_reserve: Option<u64>,
+}
+
+impl JobSpec {
+    /// ffmpeg's arguments for this job, reading `input` and writing `output`.
+    pub fn ffmpeg_args(&self, input: &str, output: &str) -> Vec<String> {
+        self.preset
+            .ffmpeg_args_reserving(input, output, self.index_reserve)
+    }
 }
 
 /// How the input reached ffmpeg.
@@ -214,6 +225,9 @@ pub enum JobError {
     Verify { reason: String, tail: Vec<String> },
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
+    /// ffmpeg exited 0 but said it could not finish the output ([`StderrParser::unfinished`]).
+    #[error("cannot write output: ffmpeg could not finish it: {cause}")]
+    Unfinished { cause: String, tail: Vec<String> },
     #[error("docker engine error: {0}")]
     Engine(#[from] bollard::errors::Error),
     #[error("cannot run {program}: {source}")]
@@ -240,6 +254,7 @@ impl JobError {
         match self {
             JobError::Ffmpeg { tail, .. }
             | JobError::Worker { tail, .. }
+            | JobError::Unfinished { tail, .. }
             | JobError::Verify { tail, .. } => tail,
             _ => &[],
         }
@@ -282,9 +297,10 @@ pub(crate) async fn read_back(
     path: &Path,
 ) -> Result<Option<Probe>, JobError> {
     if let Some(cause) = parser.unfinished() {
-        return Err(JobError::Output(std::io::Error::other(format!(
-            "ffmpeg could not finish it: {cause}"
-        ))));
+        return Err(JobError::Unfinished {
+            cause: cause.to_string(),
+            tail: parser.tail(),
+        });
     }
     let (preset, input, path) = (preset.clone(), parser.input.clone(), path.to_path_buf());
     let verdict =

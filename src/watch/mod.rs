@@ -348,8 +348,11 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
         Some(None) => ExitCode::Success,
         Some(Some(engine)) => {
             metrics.set_engine_up(&engine.host, true);
+            let count_cpus = args.run.jobs.is_none();
             let (backend, provenance, cpus) =
-                app::setup_docker(engine.clone(), &args.run, &store, &say).await?;
+                app::setup_docker(engine.clone(), &args.run, &store, &say, count_cpus).await?;
+            // Not counted only when `--jobs` decides.
+            let cpus = cpus.unwrap_or(1);
             let recorder = Arc::new(StateRecorder::new(
                 store.clone(),
                 cfg.out.clone(),
@@ -1253,6 +1256,7 @@ async fn job_inner<B: Backend>(env: &JobEnv<B>, acc: &Accepted, id: usize, ctx: 
         preset: cfg.preset.clone(),
         size: item.stat.size,
         input_sha256: item.sha256.clone(),
+        index_reserve: None,
     };
     let (result, transcoded) = match &item.action {
         Action::Skip => {

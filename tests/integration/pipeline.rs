@@ -866,6 +866,72 @@ fn mount_policy_big_inputs_and_lone_jobs_mount_the_rest_stream() {
     assert!(containers_gone(tmp.path()));
 }
 
+/// Big remuxes into a faststart MP4 reserve room for the output's index at its front instead of
+/// rewriting the whole file at the end (`-moov_size` for `+faststart`): the output is still
+/// faststart with the input's frames, and the room the index did not use is a `free` box right
+/// after `moov`. On Docker (the input mounted) and locally.
+#[test]
+fn big_remuxes_write_their_output_once_with_room_for_the_index() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("big.mp4");
+    make_media(
+        &input,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1920x1080:rate=25",
+            "-t",
+            "30",
+            "-c:v",
+            "mjpeg",
+            "-q:v",
+            "1",
+        ],
+    );
+    assert!(std::fs::metadata(&input).expect("meta").len() > 64 << 20);
+    let layout: Vec<String> = top_boxes(&input).into_iter().map(|(k, _)| k).collect();
+    assert!(
+        layout.iter().position(|b| b == "moov") > layout.iter().position(|b| b == "mdat"),
+        "ffmpeg's default layout, index last: {layout:?}"
+    );
+    let frames = |p: &Path| {
+        let probe = probe(p);
+        streams(&probe, "video")[0]["nb_frames"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for backend in ["docker", "local"] {
+        let out = tmp.path().join(format!("out-{backend}"));
+        let o =
+            run(bin()
+                .arg(&input)
+                .arg("-o")
+                .arg(&out)
+                .args(["--backend", backend, "-p", "copy"]));
+        assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
+        let done = lines_starting(&o, "done");
+        if backend == "docker" {
+            assert!(done[0].ends_with("(mount)"), "{done:?}");
+        }
+        let made = out.join("big.mp4");
+        let boxes = top_boxes(&made);
+        let kinds: Vec<&str> = boxes.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kinds[..2], ["ftyp", "moov"], "{backend}: {boxes:?}");
+        assert_eq!(kinds.last(), Some(&"mdat"), "{backend}: {boxes:?}");
+        assert!(
+            boxes[2].0 == "free" && boxes[2].1 >= 64 << 10,
+            "{backend}: the unused room follows the index: {boxes:?}"
+        );
+        assert_eq!(frames(&made), frames(&input), "{backend}");
+        assert!((duration(&probe(&made)) - 30.0).abs() < 0.1, "{backend}");
+        assert!(temp_entries(&out).is_empty());
+    }
+    assert!(containers_gone(tmp.path()));
+}
+
 /// Regression: a job whose ffmpeg stops reading its input early (a thumbnail of a long clip)
 /// leaves the rest of that input in the worker's job channel. The job server must drain it, or
 /// the next job on the same worker would read it as its own header.

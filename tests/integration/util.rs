@@ -129,6 +129,30 @@ pub fn mp4_boxes(path: &Path) -> Vec<String> {
     boxes
 }
 
+/// Top-level boxes of an MP4 file, in order, with their sizes; reads only the box headers.
+pub fn top_boxes(path: &Path) -> Vec<(String, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).expect("open mp4");
+    let len = f.metadata().expect("meta").len();
+    let mut boxes = Vec::new();
+    let mut off = 0u64;
+    while off + 8 <= len {
+        let mut head = [0u8; 16];
+        f.seek(SeekFrom::Start(off)).expect("seek");
+        f.read_exact(&mut head[..8]).expect("box header");
+        let mut size = u64::from(u32::from_be_bytes(head[..4].try_into().expect("4")));
+        if size == 1 {
+            f.read_exact(&mut head[8..]).expect("large size");
+            size = u64::from_be_bytes(head[8..].try_into().expect("8"));
+        }
+        assert!(size >= 8, "bad box size in {}", path.display());
+        boxes.push((String::from_utf8_lossy(&head[4..8]).into_owned(), size));
+        off += size;
+    }
+    assert_eq!(off, len, "boxes do not tile {}", path.display());
+    boxes
+}
+
 pub fn assert_faststart(path: &Path) {
     let boxes = mp4_boxes(path);
     let moov = boxes.iter().position(|b| b == "moov").expect("moov");

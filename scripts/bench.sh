@@ -7,7 +7,10 @@
 # of them: inputs fit in memory, and nothing drops the cache). Every timed run writes into a fresh,
 # empty output folder (isc-transcode would otherwise SKIP what its state store says is done), its
 # outputs are checked (present, non-empty, the right duration; remuxes of the big file must be
-# faststart: moov before mdat) and then deleted at once.
+# faststart: moov before mdat) and then deleted at once. Every timed run starts after an untimed
+# `sync`, so that none inherits the disk's write-back of what the one before it wrote (the shell
+# pipeline leaves gigabytes of dirty pages behind, and isc-transcode syncs its outputs before it
+# counts them done, while the shell pipeline and local ffmpeg leave theirs in the page cache).
 #
 #   1. Many small files: 60 two-second 320x240 H.264+AAC clips (faststart, all different), remuxed
 #      2 at a time by
@@ -220,6 +223,7 @@ run_contender() {
     local id=$1 round=$2 out=$RUN/$1 t0 t1 t rss c0 c
     rm -rf "$out" && mkdir -p "$out"
     rm -f "$LOGS/$id.time"
+    sync
     c0=$(busy)
     t0=$(now)
     if ! "run_$id" "$out" >"$LOGS/$id.log" 2>&1; then

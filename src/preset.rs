@@ -314,6 +314,12 @@ fn line_of(text: &str, offset: usize) -> usize {
         .unwrap_or(1)
 }
 
+/// Where `args` say `-movflags +faststart`, with nothing else in that flag value.
+fn faststart_at(args: &[String]) -> Option<usize> {
+    args.windows(2)
+        .position(|w| w[0] == "-movflags" && matches!(w[1].as_str(), "+faststart" | "faststart"))
+}
+
 impl Preset {
     /// The complete ffmpeg argument list (without the program name) for one job.
     ///
@@ -356,10 +362,7 @@ impl Preset {
         let Some(reserve) = reserve else {
             return v;
         };
-        let flags = v.windows(2).position(|w| {
-            w[0] == "-movflags" && matches!(w[1].as_str(), "+faststart" | "faststart")
-        });
-        if let Some(at) = flags
+        if let Some(at) = faststart_at(&v)
             && !v.iter().any(|a| a == "-moov_size")
         {
             v.splice(at..at + 2, ["-moov_size".to_string(), reserve.to_string()]);
@@ -379,10 +382,7 @@ impl Preset {
             && copied(&self.check.video)
             && copied(&self.check.audio)
             && (self.check.video.is_some() || self.check.audio.is_some())
-            && self
-                .args
-                .windows(2)
-                .any(|w| w[0] == "-movflags" && matches!(w[1].as_str(), "+faststart" | "faststart"))
+            && faststart_at(&self.args).is_some()
     }
 
     /// Whether the output is an ISO base media file (MP4 family), which must be faststart.

@@ -103,8 +103,8 @@ fn load_index(path: &Path) -> Result<Index, ReadbackError> {
 
 /// Room enough for the index of an MP4 that ffmpeg makes by copying the samples of the MP4 at
 /// `input` ([`Preset::ffmpeg_args_reserving`]), or `None` when `input` is no complete MP4, or
-/// when the room would be more than 1 % of the file (then `+faststart`'s second pass costs
-/// little anyway).
+/// when the room would be more than 1 % of the file: the unused part stays in the output as
+/// padding, and the second pass is the better price for a file that small for its samples.
 ///
 /// An upper bound, not an estimate: the output lists at most the input's samples, so its
 /// index is the input's plus, for every sample (or chunk, for tracks of identical samples), a

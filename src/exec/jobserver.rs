@@ -522,7 +522,7 @@ async fn feed(mut stdin: WorkerInput, path: PathBuf, size: u64, hash: bool, ctx:
 
 /// Writes an output back to disk while ffmpeg is still writing it, so that the fsync that makes
 /// it durable at the end ([`settle_output`]) has little left to do: a 1.72 GB output took about
-/// 3 s to sync after ffmpeg had finished, as long as the remux itself. Only for outputs that
+/// 2.7-2.9 s to sync after ffmpeg had finished, longer than the remux itself. Only for outputs that
 /// ffmpeg writes once, front to back (the index's room reserved at the front,
 /// [`crate::preset::Preset::ffmpeg_args_reserving`]): `+faststart` rewrites every byte at the
 /// end, which would make every early write wasted. Stops when dropped.

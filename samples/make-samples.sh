@@ -16,7 +16,10 @@ for tool in ffmpeg ffprobe od awk; do
 done
 
 samples=(moov-at-end.mp4 faststart.mp4 quicktime.mov two-audio.mkv vp9-opus.webm mpeg-ts.ts
-    mpeg4-mp3.avi odd-size.mp4 10bit.mkv no-audio.mp4 tone-mp3.mp3 tone-wav.wav)
+    mpeg4-mp3.avi odd-size.mp4 10bit.mkv no-audio.mp4 tone-mp3.mp3 tone-wav.wav
+    dvb-mp2.ts mpeg2-ps.mpg ac3-surround.mkv eac3-audio.mp4 flac-audio.mkv tone-alac.m4a
+    opus-audio.mp4 hevc-8bit.mp4 hevc-10bit.mkv av1-video.mkv vp8-vorbis.webm mjpeg-pcm.avi
+    subs-srt.mkv subs-ass.mkv subs-mov-text.mp4 timecode.mov data-track.ts tone-cover.mp3)
 # Names earlier versions of this script wrote; removed so a re-run leaves exactly the set above.
 legacy=(clip.mov clip.webm clip.ts clip.avi tone.mp3 tone.wav tone.flac)
 rm -f -- "${samples[@]}" "${legacy[@]}"
@@ -57,6 +60,48 @@ ff "${v[@]}" "${a[@]}" "${x264[@]}" -pix_fmt yuv420p10le -profile:v high10 "${aa
 ff "${v[@]}" "${x264[@]}" -pix_fmt yuv420p -movflags +faststart "${exact[@]}" no-audio.mp4
 ff "${a[@]}" -c:a libmp3lame -b:a 96k "${exact[@]}" tone-mp3.mp3
 ff "${a[@]}" -c:a pcm_s16le "${exact[@]}" tone-wav.wav
+
+# The kinds of input the presets meet in the wild (see README.md here): broadcast and DVD audio,
+# surround, lossless, every video codec the presets make, subtitles, data tracks, cover art.
+st=(-f lavfi -t 2 -i "aevalsrc=sin(440*2*PI*t)|sin(660*2*PI*t):s=48000:c=stereo")
+c51=(-f lavfi -t 2 -i "aevalsrc=sin(220*2*PI*t)|sin(330*2*PI*t)|sin(440*2*PI*t)|0.1*sin(55*2*PI*t)|sin(550*2*PI*t)|sin(660*2*PI*t):s=48000:c=5.1")
+s48=(-f lavfi -t 2 -i "sine=frequency=440:sample_rate=48000")
+x265=(-c:v libx265 -preset ultrafast -crf 32 -x265-params log-level=error:pools=1:frame-threads=1)
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+ff "${v[@]}" "${st[@]}" "${x264[@]}" -pix_fmt yuv420p -c:a mp2 -b:a 128k "${exact[@]}" -f mpegts dvb-mp2.ts
+ff "${v[@]}" "${st[@]}" -c:v mpeg2video -q:v 12 -c:a mp2 -b:a 96k "${exact[@]}" -f vob mpeg2-ps.mpg
+ff "${v[@]}" "${c51[@]}" "${x264[@]}" -pix_fmt yuv420p -c:a ac3 -b:a 192k "${exact[@]}" ac3-surround.mkv
+ff "${v[@]}" "${st[@]}" "${x264[@]}" -pix_fmt yuv420p -c:a eac3 -b:a 96k -movflags +faststart \
+    "${exact[@]}" eac3-audio.mp4
+ff "${v[@]}" "${a[@]}" "${x264[@]}" -pix_fmt yuv420p -c:a flac "${exact[@]}" flac-audio.mkv
+ff "${a[@]}" -c:a alac "${exact[@]}" tone-alac.m4a
+ff "${v[@]}" "${s48[@]}" "${x264[@]}" -pix_fmt yuv420p -c:a libopus -b:a 48k -movflags +faststart \
+    "${exact[@]}" opus-audio.mp4
+ff "${v[@]}" "${a[@]}" "${x265[@]}" -pix_fmt yuv420p "${aac[@]}" "${exact[@]}" hevc-8bit.mp4
+ff "${v[@]}" "${x265[@]}" -pix_fmt yuv420p10le "${exact[@]}" hevc-10bit.mkv
+ff "${v[@]}" "${s48[@]}" -c:v libsvtav1 -preset 12 -crf 50 -pix_fmt yuv420p -c:a libopus -b:a 48k \
+    "${exact[@]}" av1-video.mkv 2>/dev/null
+ff "${v[@]}" "${a[@]}" -c:v libvpx -deadline realtime -cpu-used 8 -b:v 150k -threads 1 \
+    -c:a libvorbis -q:a 2 "${exact[@]}" vp8-vorbis.webm
+ff "${v[@]}" "${a[@]}" -vf scale=160:120 -c:v mjpeg -q:v 20 -pix_fmt yuvj420p -c:a pcm_s16le \
+    "${exact[@]}" -f avi mjpeg-pcm.avi
+printf '1\n00:00:00,000 --> 00:00:01,000\nHello\n\n2\n00:00:01,000 --> 00:00:02,000\nWorld\n' \
+    >"$scratch/subs.srt"
+for kind in srt ass mov_text; do
+    case $kind in mov_text) name=subs-mov-text.mp4 fast=(-movflags +faststart) ;; *) name=subs-$kind.mkv fast=() ;; esac
+    ff "${v[@]}" "${a[@]}" -i "$scratch/subs.srt" -map 0 -map 1 -map 2 "${x264[@]}" -pix_fmt yuv420p \
+        "${aac[@]}" -c:s "$kind" "${fast[@]}" "${exact[@]}" "$name"
+done
+ff "${v[@]}" "${a[@]}" "${x264[@]}" -pix_fmt yuv420p "${aac[@]}" -timecode 01:00:00:00 "${exact[@]}" \
+    -f mov timecode.mov
+# 2000 bytes of data as a private data stream of the TS, as KLV metadata travels.
+head -c 2000 /dev/zero | tr '\0' 'k' >"$scratch/blob.bin"
+ff "${v[@]}" "${a[@]}" -f data -i "$scratch/blob.bin" -map 0 -map 1 -map 2 "${x264[@]}" \
+    -pix_fmt yuv420p "${aac[@]}" -c:d copy "${exact[@]}" -f mpegts data-track.ts
+ff "${v[@]}" -frames:v 1 -vf scale=64:64 "${exact[@]}" "$scratch/cover.png"
+ff "${a[@]}" -i "$scratch/cover.png" -map 0 -map 1 -c:a libmp3lame -b:a 64k -c:v png \
+    -disposition:v attached_pic -id3v2_version 3 "${exact[@]}" tone-cover.mp3
 
 # ---- checks ---------------------------------------------------------------------------------
 status=0
@@ -131,9 +176,17 @@ pf=$(ffprobe -v error -select_streams v:0 -show_entries stream=pix_fmt,profile -
 [ "$(streams two-audio.mkv | awk '/^audio/ { print $NF }' | paste -sd, -)" = eng,fra ] \
     || fail "two-audio.mkv audio languages are not eng,fra"
 [ "$(count no-audio.mp4 audio)" = 0 ] || fail "no-audio.mp4 has audio"
-for f in tone-mp3.mp3 tone-wav.wav; do
+for f in tone-mp3.mp3 tone-wav.wav tone-alac.m4a; do
     [ "$(count "$f" video)" = 0 ] || fail "$f has video"
 done
+streams ac3-surround.mkv | grep -q '^audio ac3.* 6ch' || fail "ac3-surround.mkv has no 5.1 AC-3"
+streams dvb-mp2.ts | grep -q '^audio mp2' || fail "dvb-mp2.ts has no MP2 audio"
+for f in subs-srt.mkv subs-ass.mkv subs-mov-text.mp4; do
+    [ "$(count "$f" subtitle)" = 1 ] || fail "$f has no subtitle stream"
+done
+[ "$(count timecode.mov data)" = 1 ] || fail "timecode.mov has no timecode track"
+[ "$(count data-track.ts data)" = 1 ] || fail "data-track.ts has no data stream"
+[ "$(count tone-cover.mp3 video)" = 1 ] || fail "tone-cover.mp3 has no cover art"
 for f in "${samples[@]}"; do
     case $f in tone-*) ;; *) [ "$(count "$f" video)" = 1 ] || fail "$f does not have one video stream" ;; esac
 done

@@ -28,6 +28,10 @@ pub struct InputInfo {
     pub video: Vec<String>,
     /// Codec of each audio stream.
     pub audio: Vec<String>,
+    /// The other streams, in order, as (kind, codec): `subtitle`, `data`, `attachment`, and
+    /// `cover art` for attached pictures. A timecode or other data track whose codec ffmpeg
+    /// calls `none` is named by its tag (`tmcd`).
+    pub other: Vec<(String, String)>,
 }
 
 /// One `-progress` block.
@@ -60,6 +64,8 @@ pub struct StderrParser {
     pub ffmpeg_version: Option<String>,
     /// Why ffmpeg could not finish its output, when it said so ([`StderrParser::unfinished`]).
     unfinished: Option<String>,
+    /// Why the input does not fit the preset, when ffmpeg said so ([`StderrParser::refusal`]).
+    refusal: Option<String>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
@@ -159,11 +165,28 @@ impl StderrParser {
                 self.input.duration = parse_clock(rest.split(',').next().unwrap_or(""));
             } else if trimmed.starts_with("Stream #") {
                 if let Some(codec) = stream_codec(trimmed, "Video: ") {
-                    if !trimmed.contains("(attached pic)") {
+                    if trimmed.contains("(attached pic)") {
+                        self.input.other.push(("cover art".into(), codec));
+                    } else {
                         self.input.video.push(codec);
                     }
                 } else if let Some(codec) = stream_codec(trimmed, "Audio: ") {
                     self.input.audio.push(codec);
+                } else {
+                    for (kind, label) in [
+                        ("subtitle", "Subtitle: "),
+                        ("data", "Data: "),
+                        ("attachment", "Attachment: "),
+                    ] {
+                        if let Some(codec) = stream_codec(trimmed, label) {
+                            let codec = match codec.as_str() {
+                                "none" => stream_tag(trimmed, label).unwrap_or(codec),
+                                _ => codec,
+                            };
+                            self.input.other.push((kind.into(), codec));
+                            break;
+                        }
+                    }
                 }
             }
             return None;
@@ -183,6 +206,9 @@ impl StderrParser {
         {
             let cause = line.rsplit_once(": ").map_or(line.as_str(), |(_, c)| c);
             self.unfinished = Some(cause.to_string());
+        }
+        if self.refusal.is_none() {
+            self.refusal = refusal(&line);
         }
         if self.fresh.len() < 1000 {
             self.fresh.push(line.clone());
@@ -217,6 +243,14 @@ impl StderrParser {
         self.unfinished.as_deref()
     }
 
+    /// Why the input cannot be made into what the preset makes, when ffmpeg's failure says so:
+    /// the stream the preset needs is missing, or the output format cannot hold a stream the
+    /// preset copies. These are deliberate refusals, stated in the README's preset table, and
+    /// the message says what to do instead.
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusal.as_deref()
+    }
+
     /// The last meaningful lines, oldest first.
     pub fn tail(&self) -> Vec<String> {
         self.tail.iter().cloned().collect()
@@ -238,6 +272,44 @@ impl StderrParser {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// The refusal ffmpeg's message `line` states, if any ([`StderrParser::refusal`]).
+fn refusal(line: &str) -> Option<String> {
+    let line = line
+        .strip_prefix('[')
+        .and_then(|l| l.split_once("] "))
+        .map_or(line, |(_, rest)| rest);
+    if let Some(rest) = line.strip_prefix("Stream map '") {
+        let spec = rest.split('\'').next().unwrap_or("");
+        let kind = spec.split(':').nth(1).unwrap_or("");
+        if rest.contains("matches no streams") {
+            return Some(match kind {
+                "a" => "the input has no audio stream, and this preset makes audio".to_string(),
+                "V" => "the input has no video stream (cover art does not count), and this \
+                        preset makes pictures"
+                    .to_string(),
+                "v" => "the input has no video stream, and this preset makes pictures".to_string(),
+                _ => format!("the input has no stream that matches {spec}"),
+            });
+        }
+    }
+    let cannot_hold = |codec: &str| {
+        format!(
+            "the output format cannot hold {codec}, which this preset copies as it is; \
+             choose a preset that converts it (h264 makes H.264 + AAC)"
+        )
+    };
+    if let Some(rest) = line.strip_prefix("Could not find tag for codec ")
+        && line.contains("not currently supported in container")
+    {
+        return Some(cannot_hold(rest.split_whitespace().next().unwrap_or("it")));
+    }
+    if let Some((codec, _)) = line.split_once(" in MP4 support is experimental") {
+        let codec = codec.rsplit(' ').next().unwrap_or(codec);
+        return Some(cannot_hold(codec));
+    }
+    None
 }
 
 const PROGRESS_KEYS: &[&str] = &[
@@ -310,6 +382,17 @@ fn neutral_names(line: &str) -> String {
         }
     }
     out.replace(" ]", "]")
+}
+
+/// The tag in `Data: none (tmcd / 0x64636D74)`.
+fn stream_tag(line: &str, kind: &str) -> Option<String> {
+    let rest = &line[line.find(kind)? + kind.len()..];
+    let inner = rest.split_once('(')?.1;
+    let tag: String = inner
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    (!tag.is_empty()).then_some(tag)
 }
 
 fn stream_codec(line: &str, kind: &str) -> Option<String> {
@@ -547,6 +630,67 @@ video:58kB audio:18kB subtitle:0kB other streams:0kB global headers:0kB muxing o
         assert_eq!(
             neutral_names("Could not write header for output file #0"),
             "Could not write header for output file #0"
+        );
+    }
+
+    // Regression: each of these failed as "ffmpeg failed with exit code 1" and left the user to
+    // read ffmpeg's lines to learn that the input simply does not fit the preset.
+    #[test]
+    fn refusals_name_the_missing_stream_or_the_codec_the_format_cannot_hold() {
+        let said = |line: &str| {
+            let mut p = StderrParser::new();
+            p.feed(format!("{line}\n").as_bytes());
+            p.refusal().map(str::to_string)
+        };
+        let no_audio = said("Stream map '0:a:0' matches no streams.").expect("refusal");
+        assert!(no_audio.contains("no audio stream"), "{no_audio}");
+        let no_video = said("Stream map '0:V:0' matches no streams.").expect("refusal");
+        assert!(no_video.contains("no video stream") && no_video.contains("cover art"));
+        let pcm = said(
+            "[mp4 @ 0x5581] Could not find tag for codec pcm_s16le in stream #1, codec not \
+             currently supported in container",
+        )
+        .expect("refusal");
+        assert!(pcm.contains("cannot hold pcm_s16le"), "{pcm}");
+        let flac = said(
+            "[mp4 @ 0x5581] flac in MP4 support is experimental, add '-strict -2' if you want to use it.",
+        )
+        .expect("refusal");
+        assert!(flac.contains("cannot hold flac"), "{flac}");
+        assert_eq!(said("Conversion failed!"), None);
+        assert_eq!(said("[libx264 @ 0x1] width not divisible by 2"), None);
+    }
+
+    #[test]
+    fn input_dump_names_subtitles_data_attachments_and_cover_art() {
+        let mut p = StderrParser::new();
+        p.feed(
+            b"Input #0, matroska,webm, from 'pipe:0':\n  Duration: 00:00:02.02, start: 0.0, bitrate: N/A\n  \
+              Stream #0:0: Video: h264 (High), yuv420p, 320x240\n  \
+              Stream #0:1(eng): Audio: aac (LC), 44100 Hz, mono\n  \
+              Stream #0:2(eng): Subtitle: subrip\n  \
+              Stream #0:3[0x4](eng): Data: none (tmcd / 0x64636D74)\n  \
+              Stream #0:4[0x102]: Data: bin_data ([6][0][0][0] / 0x0006)\n  \
+              Stream #0:5: Attachment: ttf\n  \
+              Stream #0:6: Video: png, rgb24(pc), 64x64, 90k tbn (attached pic)\n",
+        );
+        assert_eq!(p.input.video, ["h264"]);
+        assert_eq!(p.input.audio, ["aac"]);
+        let other: Vec<(&str, &str)> = p
+            .input
+            .other
+            .iter()
+            .map(|(k, c)| (k.as_str(), c.as_str()))
+            .collect();
+        assert_eq!(
+            other,
+            [
+                ("subtitle", "subrip"),
+                ("data", "tmcd"),
+                ("data", "bin_data"),
+                ("attachment", "ttf"),
+                ("cover art", "png"),
+            ]
         );
     }
 

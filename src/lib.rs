@@ -23,10 +23,13 @@
 //! has stopped changing, keeps its queue in the [`state`] store, and runs the same
 //! [`schedule`] job path one file at a time; [`metrics`] serves what it does to Prometheus.
 //!
+//! [`codec`] says what a stream is, whatever its container calls it, for [`verify`].
+//!
 //! [`error`] maps what can stop a run to the documented exit codes.
 
 pub mod app;
 pub mod cli;
+pub mod codec;
 pub mod error;
 pub mod exec;
 pub mod ffmpeg;

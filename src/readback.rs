@@ -276,6 +276,7 @@ fn identify(codec: &Codec) -> (Option<String>, String, Option<Visual>) {
             "mp4a".to_string(),
             None,
         ),
+        Codec::Unknown(kind, _) if kind.to_string() == "alac" => named("alac", "alac", None),
         Codec::Unknown(kind, body) if kind.to_string() == "mp4v" => {
             let (name, visual) = mp4v(body);
             (name, "mp4v".to_string(), visual)
@@ -393,6 +394,10 @@ fn mpeg4_object(oti: u8, video: bool) -> Option<String> {
 
 fn fourcc(codec: &Codec) -> String {
     use mp4_atom::Encode;
+    // mp4-atom keeps a sample entry it does not know with its type, and refuses to encode it.
+    if let Codec::Unknown(kind, _) = codec {
+        return kind.to_string();
+    }
     let mut bytes = Vec::new();
     match codec.encode(&mut bytes) {
         Ok(()) if bytes.len() >= 8 => String::from_utf8_lossy(&bytes[4..8]).into_owned(),
@@ -460,6 +465,25 @@ mod tests {
             )
             .is_some()
         );
+    }
+
+    #[test]
+    fn alac_and_tracks_of_unknown_entries_keep_their_type() {
+        // mp4-atom leaves `alac` undecoded: named here, with the tag ffprobe reports.
+        let p = read_mp4(&sample("tone-alac.m4a")).expect("read back");
+        let a = p.audio().next().expect("audio");
+        assert_eq!(
+            (a.codec_name.as_str(), a.codec_tag_string.as_str()),
+            ("alac", "alac")
+        );
+        // A timecode track (make-samples.sh writes one into timecode.mov): data, tagged tmcd.
+        let p = read_mp4(&sample("timecode.mov")).expect("read back");
+        let tmcd = p
+            .streams
+            .iter()
+            .find(|s| s.codec_type == "data")
+            .expect("data track");
+        assert_eq!(tmcd.codec_tag_string, "tmcd");
     }
 
     #[test]

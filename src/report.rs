@@ -117,6 +117,8 @@ pub struct FileEntry {
     pub bytes_out: u64,
     /// What read the output back before it counted: `index` or `ffprobe`.
     pub checked_by: Option<&'static str>,
+    /// Input streams the preset did not carry into the output, e.g. `subtitle (subrip)`.
+    pub dropped: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -224,6 +226,7 @@ pub async fn run(
                         bytes_in: 0,
                         bytes_out: 0,
                         checked_by: None,
+                        dropped: vec![],
                     },
                 ));
             }
@@ -356,6 +359,7 @@ fn entry(r: &JobResult) -> FileEntry {
         bytes_in: r.bytes_in,
         bytes_out: r.bytes_out,
         checked_by: r.checked_by.map(|c| c.as_str()),
+        dropped: r.dropped.clone(),
     }
 }
 
@@ -452,8 +456,13 @@ pub fn done_line(r: &JobResult, word: &str) -> String {
         .filter(|_| r.seconds > 0.0)
         .map(|m| format!("  {:.1}x", m / r.seconds))
         .unwrap_or_default();
+    let dropped = if r.dropped.is_empty() {
+        String::new()
+    } else {
+        format!("  dropped: {}", r.dropped.join(", "))
+    };
     format!(
-        "{word} {} -> {}  {:.1} s  {} -> {}{speed}  {}{}",
+        "{word} {} -> {}  {:.1} s  {} -> {}{speed}  {}{}{dropped}",
         r.input.display(),
         r.output.display(),
         r.seconds,

@@ -78,6 +78,8 @@ pub struct JobResult {
     pub key: Option<String>,
     /// Why it was skipped or copied, when it was.
     pub note: Option<String>,
+    /// Input streams the preset did not carry ([`verify::dropped`]).
+    pub dropped: Vec<String>,
 }
 
 impl JobResult {
@@ -99,6 +101,7 @@ impl JobResult {
             media_seconds: None,
             key: None,
             note: None,
+            dropped: vec![],
         }
     }
 }
@@ -315,6 +318,7 @@ pub(crate) async fn run_one<B: Backend>(
             result.transfer = Some(p.transfer);
             result.checked_by = Some(p.checked_by);
             result.media_seconds = p.input.duration.or(p.decoded);
+            result.dropped = verify::dropped(&job.preset.check, &p.input, &p.probe);
             match recorder.done(&job, &p, seconds, &result.host) {
                 Ok(key) => result.key = Some(key),
                 Err(e) => {

@@ -6,8 +6,14 @@
 //! [`DURATION_TOLERANCE`] seconds. The read-back is the output's own index
 //! ([`crate::readback`]) when that states everything the check needs ([`needs_ffprobe`]), and
 //! ffprobe otherwise. The file's top-level structure is checked separately
-//! ([`crate::media::check_output_shape`]).
+//! ([`crate::media::check_output_shape`]). Codecs are compared by what a stream is
+//! ([`crate::codec`]), not by the name one reader gives it.
+//!
+//! Streams a preset does not carry (subtitles into MP4, data and timecode tracks, cover art,
+//! extra tracks a preset maps away) are dropped on purpose; [`dropped`] names them for the
+//! result line.
 
+use crate::codec::same_codec;
 use crate::ffmpeg::{InputInfo, Probe};
 use crate::preset::Check;
 
@@ -40,7 +46,7 @@ pub fn check(
             } else {
                 codec.as_str()
             };
-            if !want.is_empty() && v.codec_name != want {
+            if !want.is_empty() && !same_codec(want, &v.codec_name) {
                 return Err(format!("output video is {}, expected {want}", v.codec_name));
             }
             if let Some(tag) = &check.video_tag
@@ -89,7 +95,7 @@ pub fn check(
                 } else {
                     codec.as_str()
                 };
-                if !want.is_empty() && a.codec_name != want {
+                if !want.is_empty() && !same_codec(want, &a.codec_name) {
                     return Err(format!("output audio is {}, expected {want}", a.codec_name));
                 }
             }
@@ -119,6 +125,45 @@ pub fn check(
         ));
     }
     Ok(())
+}
+
+/// The input streams that did not reach the output, for the result line: `subtitle (subrip)`,
+/// `data (tmcd)`, `cover art (png)`, `audio (vorbis)`. Empty when everything was carried.
+///
+/// Streams are matched per kind and in order: an output with one video stream from an input
+/// with two dropped the second. That is what the presets' `-map` lines do (`0:V:0`, `0:a:0`).
+///
+/// The kinds a preset does not make at all (video for an audio preset, audio for a picture) are
+/// not listed: leaving them out is what the preset is for.
+pub fn dropped(check: &Check, input: &InputInfo, probe: &Probe) -> Vec<String> {
+    let mut out = Vec::new();
+    let makes_video = check.video.is_some();
+    let makes_audio = check.audio.is_some() && !check.image;
+    let kept_video = probe.video().count();
+    let kept_audio = probe.audio().count();
+    for codec in input.video.iter().skip(kept_video).filter(|_| makes_video) {
+        out.push(format!("video ({codec})"));
+    }
+    for codec in input.audio.iter().skip(kept_audio).filter(|_| makes_audio) {
+        out.push(format!("audio ({codec})"));
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for (kind, codec) in &input.other {
+        let kept = probe
+            .streams
+            .iter()
+            .filter(|s| match kind.as_str() {
+                "cover art" => s.codec_type == "video" && s.disposition.attached_pic != 0,
+                k => s.codec_type == k,
+            })
+            .count();
+        let earlier = seen.iter().filter(|k| **k == kind.as_str()).count();
+        seen.push(kind);
+        if earlier >= kept {
+            out.push(format!("{kind} ({codec})"));
+        }
+    }
+    out
 }
 
 /// Why `probe` cannot settle `check` on its own, when it cannot: a stream of unknown codec, or a
@@ -186,6 +231,7 @@ mod tests {
             duration: d,
             video: vec!["mpeg4".into()],
             audio: vec!["mp3".into()],
+            other: vec![],
         }
     }
 
@@ -291,6 +337,74 @@ mod tests {
         let mut jpeg = jpeg;
         jpeg.streams[0].pix_fmt = Some("yuvj420p".into());
         check(&c, &av_input(Some(60.0)), &jpeg, None).expect("image ok");
+    }
+
+    // Regression: a stream copy of MPEG-TS MP2 audio into MP4 was rejected as "output audio is
+    // mp3, expected mp2"; MP4 readers name layers I-III mp3.
+    #[test]
+    fn copy_of_mp2_into_mp4_passes() {
+        let c = crate::preset::load("copy").expect("copy").check;
+        let input = InputInfo {
+            duration: Some(2.0),
+            video: vec!["h264".into()],
+            audio: vec!["mp2".into()],
+            other: vec![],
+        };
+        let p = probe(
+            vec![
+                stream("video", "h264", 320, 240),
+                stream("audio", "mp3", 0, 0),
+            ],
+            2.0,
+        );
+        check(&c, &input, &p, None).expect("the same stream");
+        let p = probe(
+            vec![
+                stream("video", "h264", 320, 240),
+                stream("audio", "aac", 0, 0),
+            ],
+            2.0,
+        );
+        assert!(check(&c, &input, &p, None).is_err(), "another codec");
+    }
+
+    #[test]
+    fn dropped_names_what_the_preset_left_out_and_not_what_it_never_makes() {
+        let input = InputInfo {
+            duration: Some(2.0),
+            video: vec!["h264".into()],
+            audio: vec!["aac".into(), "vorbis".into()],
+            other: vec![
+                ("subtitle".into(), "subrip".into()),
+                ("data".into(), "tmcd".into()),
+                ("cover art".into(), "png".into()),
+            ],
+        };
+        let mut p = probe(
+            vec![
+                stream("video", "h264", 320, 240),
+                stream("audio", "aac", 0, 0),
+                stream("data", "", 0, 0),
+            ],
+            2.0,
+        );
+        assert_eq!(
+            dropped(&h264(), &input, &p),
+            ["audio (vorbis)", "subtitle (subrip)", "cover art (png)"]
+        );
+        let aac = crate::preset::load("aac").expect("aac").check;
+        p.streams.remove(0);
+        assert_eq!(
+            dropped(&aac, &input, &p),
+            ["audio (vorbis)", "subtitle (subrip)", "cover art (png)"],
+            "an audio preset does not report the video it never makes"
+        );
+        let thumb = crate::preset::load("thumbnail").expect("thumbnail").check;
+        let jpeg = probe(vec![stream("video", "mjpeg", 320, 240)], 0.0);
+        assert_eq!(
+            dropped(&thumb, &input, &jpeg),
+            ["subtitle (subrip)", "data (tmcd)", "cover art (png)"]
+        );
     }
 
     #[test]

@@ -1143,7 +1143,7 @@ pub(crate) fn outcome_error(code: i64, parser: &StderrParser) -> JobError {
     let tail = parser.tail();
     let stage = parser.mark("stage").unwrap_or("ffmpeg").to_string();
     match stage.as_str() {
-        "ffmpeg" => JobError::Ffmpeg { code, tail },
+        "ffmpeg" => JobError::ffmpeg(code, parser),
         "store" => JobError::Worker {
             stage: "storing the input".into(),
             code,

@@ -145,10 +145,10 @@ impl Backend for LocalBackend {
         })?;
         finish_stderr(&mut parser, job.id, ctx);
         if !status.success() {
-            return Err(JobError::Ffmpeg {
-                code: status.code().map_or(-1, i64::from),
-                tail: parser.tail(),
-            });
+            return Err(JobError::ffmpeg(
+                status.code().map_or(-1, i64::from),
+                &parser,
+            ));
         }
         let (probe, checked_by) = match super::read_back(&job.preset, &parser, out).await? {
             Some(probe) => (probe, Checker::Index),

@@ -215,6 +215,9 @@ pub enum JobError {
     Input(#[source] std::io::Error),
     #[error("ffmpeg failed with exit code {code}")]
     Ffmpeg { code: i64, tail: Vec<String> },
+    /// The input does not fit the preset, and ffmpeg said why ([`StderrParser::refusal`]).
+    #[error("not made: {reason}")]
+    Refused { reason: String, tail: Vec<String> },
     #[error("{stage} failed in the worker (exit code {code})")]
     Worker {
         stage: String,
@@ -249,10 +252,26 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// ffmpeg exited with `code`: a refusal when its messages say the input does not fit the
+    /// preset, else a plain failure.
+    pub(crate) fn ffmpeg(code: i64, parser: &StderrParser) -> JobError {
+        match parser.refusal() {
+            Some(reason) => JobError::Refused {
+                reason: reason.to_string(),
+                tail: parser.tail(),
+            },
+            None => JobError::Ffmpeg {
+                code,
+                tail: parser.tail(),
+            },
+        }
+    }
+
     /// ffmpeg's last meaningful lines, when it has any to say.
     pub fn tail(&self) -> &[String] {
         match self {
             JobError::Ffmpeg { tail, .. }
+            | JobError::Refused { tail, .. }
             | JobError::Worker { tail, .. }
             | JobError::Unfinished { tail, .. }
             | JobError::Verify { tail, .. } => tail,

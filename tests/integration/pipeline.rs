@@ -1204,3 +1204,162 @@ fn check_pix_fmt(path: &Path, expect_settled: bool) {
         assert!(v.pix_fmt.is_some(), "{}", path.display());
     }
 }
+
+/// The deliberate refusals the README's preset table states: (preset, sample, what the message
+/// says). Every other pair of a built-in preset and a sample must give a checked output.
+const REFUSALS: &[(&str, &str, &str)] = &[
+    ("copy", "flac-audio.mkv", "cannot hold flac"),
+    ("copy", "mjpeg-pcm.avi", "cannot hold pcm_s16le"),
+    ("copy", "quicktime.mov", "cannot hold pcm_s16le"),
+    ("copy", "tone-wav.wav", "cannot hold pcm_s16le"),
+    ("copy", "vp8-vorbis.webm", "cannot hold vp8"),
+    ("aac", "hevc-10bit.mkv", "no audio stream"),
+    ("aac", "no-audio.mp4", "no audio stream"),
+    ("mp3", "hevc-10bit.mkv", "no audio stream"),
+    ("mp3", "no-audio.mp4", "no audio stream"),
+    ("thumbnail", "tone-alac.m4a", "no video stream"),
+    ("thumbnail", "tone-cover.mp3", "no video stream"),
+    ("thumbnail", "tone-mp3.mp3", "no video stream"),
+    ("thumbnail", "tone-wav.wav", "no video stream"),
+];
+
+/// Every built-in preset on every sample, on the engine: each pair gives an output that host
+/// ffprobe reads with the preset's codecs, every audio track the preset keeps and the input's
+/// duration, or fails with the refusal the README states, and nothing else.
+#[test]
+fn every_preset_on_every_sample_gives_a_checked_output_or_a_stated_refusal() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut checked = 0;
+    let matrix: Vec<_> = PRESETS
+        .iter()
+        .chain([
+            &("h264", "mp4", Some("h264"), Some("aac")),
+            &("720p", "mp4", Some("h264"), Some("aac")),
+        ])
+        .collect();
+    for name in isc_transcode::preset::builtin_names() {
+        assert!(
+            matrix.iter().any(|p| p.0 == name),
+            "{name} is not in the matrix"
+        );
+    }
+    for (preset, ext, video, audio) in matrix {
+        let out = tmp.path().join(preset);
+        let o = run(bin().arg(samples()).arg("-o").arg(&out).args([
+            "--backend",
+            "docker",
+            "-p",
+            preset,
+            "--json",
+        ]));
+        let doc: Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{preset}: no JSON report ({e}): {}", stderr(&o)));
+        let files = doc["files"].as_array().expect("files");
+        assert_eq!(files.len(), sample_files().len(), "{preset}: every sample");
+        let refusals = REFUSALS.iter().filter(|r| r.0 == *preset).count();
+        assert_eq!(
+            o.status.code(),
+            Some(if refusals > 0 { 1 } else { 0 }),
+            "{preset}: {}",
+            stderr(&o)
+        );
+        for f in files {
+            let input = PathBuf::from(f["input"].as_str().expect("input"));
+            let name = input
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            let what = format!("{preset} on {name}");
+            if let Some((_, _, says)) = REFUSALS.iter().find(|r| r.0 == *preset && r.1 == name) {
+                assert_eq!(f["status"], "failed", "{what}: {f}");
+                let error = f["error"].as_str().unwrap_or("");
+                assert!(
+                    error.starts_with("not made: ") && error.contains(says),
+                    "{what}: {error}"
+                );
+                assert!(
+                    !out.join(format!("{}.{ext}", stem(&input))).exists(),
+                    "{what}"
+                );
+                continue;
+            }
+            assert_eq!(f["status"], "done", "{what}: {f}");
+            let output = PathBuf::from(f["output"].as_str().expect("output"));
+            let (pin, pout) = (probe(&input), probe(&output));
+            let (vin, vout) = (streams(&pin, "video"), streams(&pout, "video"));
+            let (ain, aout) = (streams(&pin, "audio"), streams(&pout, "audio"));
+            match video {
+                Some(codec) if !vin.is_empty() => {
+                    assert_eq!(vout.len(), 1, "{what}: one video stream");
+                    let got = vout[0]["codec_name"].as_str().unwrap_or("");
+                    let want = if *codec == "copy" || *preset == "copy" {
+                        vin[0]["codec_name"].as_str().unwrap_or("")
+                    } else {
+                        codec
+                    };
+                    assert!(
+                        isc_transcode::codec::same_codec(want, got),
+                        "{what}: video {got}, want {want}"
+                    );
+                }
+                _ => assert!(vout.is_empty(), "{what}: video it should not have"),
+            }
+            let kept = match *preset {
+                "thumbnail" => 0,
+                "aac" | "mp3" => ain.len().min(1),
+                _ => ain.len(),
+            };
+            assert_eq!(aout.len(), kept, "{what}: audio streams");
+            for (i, a) in aout.iter().enumerate() {
+                let got = a["codec_name"].as_str().unwrap_or("");
+                let want = match *preset {
+                    "copy" => ain[i]["codec_name"].as_str().unwrap_or(""),
+                    _ => audio.expect("audio codec"),
+                };
+                assert!(
+                    isc_transcode::codec::same_codec(want, got),
+                    "{what}: audio {got}, want {want}"
+                );
+            }
+            if *preset != "thumbnail" {
+                let (din, dout) = (duration(&pin), duration(&pout));
+                assert!(
+                    (din - dout).abs() <= 0.5,
+                    "{what}: {dout} s against {din} s"
+                );
+            }
+            checked += 1;
+        }
+        if !matches!(*preset, "thumbnail" | "aac" | "mp3") {
+            let dropped = |n: &str| {
+                files
+                    .iter()
+                    .find(|f| f["input"].as_str().is_some_and(|i| i.ends_with(n)))
+                    .map(|f| f["dropped"].clone())
+                    .unwrap_or_default()
+            };
+            assert_eq!(
+                dropped("subs-srt.mkv"),
+                serde_json::json!(["subtitle (subrip)"]),
+                "{preset}"
+            );
+            assert_eq!(
+                dropped("data-track.ts"),
+                serde_json::json!(["data (bin_data)"]),
+                "{preset}"
+            );
+            assert_eq!(
+                dropped("tone-cover.mp3"),
+                serde_json::json!(["cover art (png)"]),
+                "{preset}"
+            );
+            assert_eq!(dropped("faststart.mp4"), serde_json::json!([]), "{preset}");
+        }
+    }
+    assert!(
+        checked >= 9 * 28 - REFUSALS.len(),
+        "only {checked} outputs checked"
+    );
+}

@@ -384,10 +384,14 @@ fn neutral_names(line: &str) -> String {
     out.replace(" ]", "]")
 }
 
+/// What follows `label` (`Video: `, `Data: `) in a stream line.
+fn after<'a>(line: &'a str, label: &str) -> Option<&'a str> {
+    Some(&line[line.find(label)? + label.len()..])
+}
+
 /// The tag in `Data: none (tmcd / 0x64636D74)`.
 fn stream_tag(line: &str, kind: &str) -> Option<String> {
-    let rest = &line[line.find(kind)? + kind.len()..];
-    let inner = rest.split_once('(')?.1;
+    let inner = after(line, kind)?.split_once('(')?.1;
     let tag: String = inner
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric())
@@ -396,8 +400,7 @@ fn stream_tag(line: &str, kind: &str) -> Option<String> {
 }
 
 fn stream_codec(line: &str, kind: &str) -> Option<String> {
-    let rest = &line[line.find(kind)? + kind.len()..];
-    let codec: String = rest
+    let codec: String = after(line, kind)?
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
         .collect();

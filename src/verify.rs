@@ -147,8 +147,8 @@ pub fn dropped(check: &Check, input: &InputInfo, probe: &Probe) -> Vec<String> {
     for codec in input.audio.iter().skip(kept_audio).filter(|_| makes_audio) {
         out.push(format!("audio ({codec})"));
     }
-    let mut seen: Vec<&str> = Vec::new();
-    for (kind, codec) in &input.other {
+    for (i, (kind, codec)) in input.other.iter().enumerate() {
+        let earlier = input.other[..i].iter().filter(|(k, _)| k == kind).count();
         let kept = probe
             .streams
             .iter()
@@ -157,8 +157,6 @@ pub fn dropped(check: &Check, input: &InputInfo, probe: &Probe) -> Vec<String> {
                 k => s.codec_type == k,
             })
             .count();
-        let earlier = seen.iter().filter(|k| **k == kind.as_str()).count();
-        seen.push(kind);
         if earlier >= kept {
             out.push(format!("{kind} ({codec})"));
         }

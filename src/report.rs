@@ -640,4 +640,26 @@ mod tests {
             assert!(text.contains(field), "{field} in {text}");
         }
     }
+
+    #[test]
+    fn the_done_line_names_what_was_dropped_and_only_then() {
+        let job = crate::exec::JobSpec {
+            id: 0,
+            input: "in/subs.mkv".into(),
+            output: "out/subs.mp4".into(),
+            preset: std::sync::Arc::new(crate::preset::load("h264").expect("h264")),
+            size: 1000,
+            input_sha256: None,
+            index_reserve: None,
+        };
+        let mut r = JobResult::without_run(&job, Status::Done);
+        assert!(!done_line(&r, "done").contains("dropped"));
+        r.dropped = vec!["subtitle (subrip)".into(), "data (tmcd)".into()];
+        let line = done_line(&r, "done");
+        assert!(
+            line.ends_with("  dropped: subtitle (subrip), data (tmcd)"),
+            "{line}"
+        );
+        assert_eq!(entry(&r).dropped, r.dropped, "the JSON report says it too");
+    }
 }

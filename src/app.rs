@@ -651,18 +651,7 @@ async fn run_jobs(
     let engine = match args.backend {
         BackendChoice::Local => None,
         BackendChoice::Docker => Some(Engine::connect(&host).await?),
-        BackendChoice::Auto => match Engine::connect(&host).await {
-            Ok(engine) => Some(engine),
-            Err(e) => {
-                if LocalBackend::find().is_none() {
-                    return Err(AppError::NoBackend {
-                        docker: e.to_string(),
-                    });
-                }
-                say(format!("{e}; using local ffmpeg instead"));
-                None
-            }
-        },
+        BackendChoice::Auto => Some(Engine::connect(&host).await.map_err(AppError::no_engine)?),
     };
     let recorder = |provenance| -> Arc<dyn Recorder> {
         Arc::new(StateRecorder::new(

@@ -39,7 +39,6 @@ use crate::app::{self, StateRecorder};
 use crate::cli::{BackendChoice, LogFormat, OnSuccess, WatchArgs};
 use crate::error::{AppError, ExitCode};
 use crate::exec::docker::{Engine, default_host};
-use crate::exec::local::LocalBackend;
 use crate::exec::{Backend, JobCtx, JobSpec};
 use crate::metrics::{JobOutcome, Metrics};
 use crate::plan::{self, Action, PlanOptions};
@@ -329,14 +328,9 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
         BackendChoice::Docker => {
             Some(wait_for_engine(&host, &mut signals, &metrics, &engine_up).await)
         }
-        BackendChoice::Auto => match Engine::connect(&host).await {
-            Ok(e) => Some(Some(e)),
-            Err(e) if LocalBackend::find().is_some() => {
-                warn!(error = %e, "no Docker engine; using local ffmpeg instead");
-                None
-            }
-            Err(_) => Some(wait_for_engine(&host, &mut signals, &metrics, &engine_up).await),
-        },
+        BackendChoice::Auto => Some(Some(
+            Engine::connect(&host).await.map_err(AppError::no_engine)?,
+        )),
     };
     let shared = Shared {
         store: store.clone(),

@@ -118,6 +118,10 @@ pub enum Command {
         /// Remove every isc-transcode container on the engine, including those of live runs.
         #[arg(long)]
         all: bool,
+        /// Allow a `tcp://` engine that is not on loopback without TLS (see the run's
+        /// --insecure).
+        #[arg(long)]
+        insecure: bool,
     },
 }
 
@@ -178,10 +182,19 @@ pub struct RunArgs {
     pub image: String,
 
     /// Docker engine: unix:///path/to/docker.sock or tcp://host:port. For TLS set
-    /// DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem), as for the docker
-    /// CLI [default: unix:///var/run/docker.sock]. Example: `-H tcp://10.0.0.5:2376`
+    /// DOCKER_TLS_VERIFY=1 (any value but empty) and DOCKER_CERT_PATH (ca.pem, cert.pem,
+    /// key.pem), as for the docker CLI; the engine's certificate must chain to ca.pem, and the
+    /// system's CAs are not trusted for it. Without TLS only loopback is reached, unless
+    /// --insecure [default: unix:///var/run/docker.sock]. Example: `-H tcp://10.0.0.5:2376`
     #[arg(short = 'H', long, value_name = "URL", env = "DOCKER_HOST")]
     pub host: Option<String>,
+
+    /// Allow a `tcp://` engine that is not on loopback without TLS. Off by default: the engine
+    /// API runs containers as root, and without TLS anyone on the network path can read and
+    /// rewrite it, so such an address is refused before anything is sent. Prefer TLS
+    /// (DOCKER_TLS_VERIFY=1, DOCKER_CERT_PATH). Example: `-H tcp://10.0.0.5:2375 --insecure`
+    #[arg(long)]
+    pub insecure: bool,
 
     /// Where ffmpeg runs. `auto` (the default) and `docker` run it in containers on the engine
     /// of -H; with no engine answering, they stop (exit 2) and say how to start one. `local`

@@ -35,7 +35,11 @@ pub async fn run() -> Result<ExitCode, AppError> {
     match cli.command {
         Some(Command::Presets { name }) => show_presets(name.as_deref()),
         Some(Command::Status { out, failures }) => show_status(&out, failures),
-        Some(Command::Gc { host, all }) => gc(host, all).await,
+        Some(Command::Gc {
+            host,
+            all,
+            insecure,
+        }) => gc(host, all, insecure).await,
         Some(Command::Hash { files }) => Ok(hash_files(&files)),
         Some(Command::Watch(args)) => crate::watch::run(*args).await,
         None => transcode(cli.run).await,
@@ -121,9 +125,9 @@ fn hash_files(files: &[PathBuf]) -> ExitCode {
     code
 }
 
-async fn gc(host: Option<String>, all: bool) -> Result<ExitCode, AppError> {
+async fn gc(host: Option<String>, all: bool, insecure: bool) -> Result<ExitCode, AppError> {
     let host = host.unwrap_or_else(default_host);
-    let engine = Engine::connect(&host).await?;
+    let engine = Engine::connect(&host, insecure).await?;
     let n = engine.remove_labelled(all).await?;
     println!("removed {n} container(s) from {host}");
     if all {
@@ -650,19 +654,12 @@ async fn run_jobs(
     };
     let engine = match args.backend {
         BackendChoice::Local => None,
-        BackendChoice::Docker => Some(Engine::connect(&host).await?),
-        BackendChoice::Auto => match Engine::connect(&host).await {
-            Ok(engine) => Some(engine),
-            Err(e) => {
-                if LocalBackend::find().is_none() {
-                    return Err(AppError::NoBackend {
-                        docker: e.to_string(),
-                    });
-                }
-                say(format!("{e}; using local ffmpeg instead"));
-                None
-            }
-        },
+        BackendChoice::Docker => Some(Engine::connect(&host, args.insecure).await?),
+        BackendChoice::Auto => Some(
+            Engine::connect(&host, args.insecure)
+                .await
+                .map_err(AppError::no_engine)?,
+        ),
     };
     let recorder = |provenance| -> Arc<dyn Recorder> {
         Arc::new(StateRecorder::new(

@@ -118,6 +118,10 @@ pub enum Command {
         /// Remove every isc-transcode container on the engine, including those of live runs.
         #[arg(long)]
         all: bool,
+        /// Allow a `tcp://` engine that is not on loopback without TLS (see the run's
+        /// --insecure).
+        #[arg(long)]
+        insecure: bool,
     },
 }
 
@@ -135,7 +139,8 @@ pub enum TransferChoice {
 /// Where ffmpeg runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
-    /// Docker when an engine answers, otherwise this machine's ffmpeg (and say which).
+    /// A Docker engine; with none, exit (code 2) saying how to start one. Never this
+    /// machine's ffmpeg: that is only ever chosen by name.
     Auto,
     /// Always a Docker engine; fail if none answers.
     Docker,
@@ -177,13 +182,24 @@ pub struct RunArgs {
     pub image: String,
 
     /// Docker engine: unix:///path/to/docker.sock or tcp://host:port. For TLS set
-    /// DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem), as for the docker
-    /// CLI [default: unix:///var/run/docker.sock]. Example: `-H tcp://10.0.0.5:2376`
+    /// DOCKER_TLS_VERIFY=1 (any value but empty) and DOCKER_CERT_PATH (ca.pem, cert.pem,
+    /// key.pem), as for the docker CLI; the engine's certificate must chain to ca.pem, and the
+    /// system's CAs are not trusted for it. Without TLS only loopback is reached, unless
+    /// --insecure [default: unix:///var/run/docker.sock]. Example: `-H tcp://10.0.0.5:2376`
     #[arg(short = 'H', long, value_name = "URL", env = "DOCKER_HOST")]
     pub host: Option<String>,
 
-    /// Where ffmpeg runs. `auto` uses Docker when an engine answers and local ffmpeg otherwise,
-    /// and says which it chose.
+    /// Allow a `tcp://` engine that is not on loopback without TLS. Off by default: the engine
+    /// API runs containers as root, and without TLS anyone on the network path can read and
+    /// rewrite it, so such an address is refused before anything is sent. Prefer TLS
+    /// (DOCKER_TLS_VERIFY=1, DOCKER_CERT_PATH). Example: `-H tcp://10.0.0.5:2375 --insecure`
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// Where ffmpeg runs. `auto` (the default) and `docker` run it in containers on the engine
+    /// of -H; with no engine answering, they stop (exit 2) and say how to start one. `local`
+    /// runs this machine's ffmpeg and ffprobe on the inputs, with no container around them:
+    /// choose it only for media you trust. Example: `--backend local`
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 
@@ -285,8 +301,10 @@ const WATCH_DIRS: &str = "Folders to watch, recursively. A file under DIR goes t
     OUT/<path relative to DIR>/<stem>.<ext>. Example: `isc-transcode watch /srv/incoming`";
 const WATCH_VERBOSE: &str = "More detail in the log: -v each decision, -vv also ffmpeg's own \
     messages. RUST_LOG overrides, e.g. RUST_LOG=isc_transcode=debug";
-const WATCH_BACKEND: &str = "Where ffmpeg runs. `docker` waits, retrying with backoff, until the \
-    engine answers; `auto` uses local ffmpeg when no engine answers at start";
+const WATCH_BACKEND: &str = "Where ffmpeg runs. `docker` waits at start, retrying with backoff, \
+    until the engine answers; `auto` (the default) exits (code 2) when no engine answers at start, \
+    saying how to start one. Both keep files queued through a later outage. Neither ever falls \
+    back to this machine's ffmpeg: `local` runs it, with no container, on media you trust";
 
 /// A run option whose meaning is different for the daemon: say so in both help forms.
 fn retell(arg: clap::Arg, text: &'static str) -> clap::Arg {

@@ -39,10 +39,18 @@ pub enum AppError {
     },
     #[error("--backend local needs ffmpeg and ffprobe on PATH (Debian: apt-get install ffmpeg)")]
     NoLocalFfmpeg,
+    /// `--backend auto` found no engine. It never falls back to this machine's ffmpeg: the
+    /// media may be hostile, and the containers are what keeps it away from this machine.
     #[error(
-        "no way to run ffmpeg: {docker}, and there is no ffmpeg/ffprobe on PATH for the local backend"
+        "{source}\n\
+         --backend auto runs ffmpeg only in containers, never on this machine by itself. Start an \
+         engine (`sudo systemctl start docker`, or scripts/setup.sh), point -H or DOCKER_HOST at \
+         one, or choose --backend local to run this machine's ffmpeg on these files"
     )]
-    NoBackend { docker: String },
+    NoEngine {
+        #[source]
+        source: crate::exec::docker::EngineError,
+    },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
@@ -52,6 +60,18 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// What `--backend auto` says when no engine answers; other engine errors (a refused
+    /// transport, a missing image) stay as they are.
+    pub fn no_engine(e: crate::exec::docker::EngineError) -> AppError {
+        use crate::exec::docker::EngineError;
+        match e {
+            EngineError::Unreachable { .. } | EngineError::Connect { .. } => {
+                AppError::NoEngine { source: e }
+            }
+            e => AppError::Engine(e),
+        }
+    }
+
     pub fn exit_code(&self) -> ExitCode {
         match self {
             AppError::State(crate::state::StateError::Busy { .. }) => ExitCode::Busy,

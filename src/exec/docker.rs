@@ -43,6 +43,7 @@ use super::jobserver::{
     EXIT_NO_MOUNT, EarlyWriteback, Mode, Request, SERVER_SCRIPT, Session, WORKER_MAIN,
     settle_output,
 };
+use super::transport::{self, Endpoint, TlsEnv};
 use super::{Backend, JobCtx, JobError, JobSpec, Produced, Transfer};
 use crate::ffmpeg::StderrParser;
 use crate::media;
@@ -167,6 +168,8 @@ pub enum EngineError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
     #[error("no Docker engine answered at {host}: {reason}")]
     Unreachable { host: String, reason: String },
     #[error(
@@ -222,6 +225,10 @@ impl Engine {
     /// Connect to `host` (unix://, tcp://, https://), honouring `DOCKER_TLS_VERIFY` and
     /// `DOCKER_CERT_PATH` as the docker CLI does, and ping it.
     ///
+    /// The address is checked first ([`transport::endpoint`]): plain HTTP to anything but
+    /// loopback is refused unless `insecure`, and a TLS client trusts only `ca.pem`. Nothing is
+    /// sent anywhere before that check has passed.
+    ///
     /// There is no version negotiation: bollard 0.21 sends every request without an API
     /// version in its path (it joins an absolute path onto the versioned base URL, which drops
     /// the `/vX.Y` prefix), so the engine answers at its own API version whatever the client
@@ -229,11 +236,22 @@ impl Engine {
     /// run, for which dockerd runs `runc --version` and `docker-init --version`: about 8 ms here.
     /// [`tests::requests_carry_no_api_version`] pins that behaviour, and every integration test
     /// runs against an engine older (API 1.41) than bollard's default (1.53).
-    pub async fn connect(host: &str) -> Result<Engine, EngineError> {
-        let docker = Docker::connect_with_host(host).map_err(|source| EngineError::Connect {
+    pub async fn connect(host: &str, insecure: bool) -> Result<Engine, EngineError> {
+        let endpoint = transport::endpoint(host, &TlsEnv::from_env(), insecure)?;
+        let connect = |source| EngineError::Connect {
             host: host.to_string(),
             source,
-        })?;
+        };
+        let docker = match &endpoint {
+            Endpoint::Unix(url) => Docker::connect_with_host(url).map_err(connect)?,
+            Endpoint::Plain { .. } => Docker::connect_with_http(
+                &endpoint.url(),
+                transport::REQUEST_TIMEOUT_S,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(connect)?,
+            Endpoint::Tls { host, port, files } => transport::tls_client(host, *port, files)?,
+        };
         let unreachable = |reason: String| EngineError::Unreachable {
             host: host.to_string(),
             reason,

@@ -13,6 +13,7 @@
 pub mod docker;
 pub(crate) mod jobserver;
 pub mod local;
+pub mod transport;
 
 use crate::ffmpeg::{InputInfo, Probe, Progress, StderrParser};
 use crate::preset::Preset;

@@ -38,8 +38,7 @@ pub mod settle;
 use crate::app::{self, StateRecorder};
 use crate::cli::{BackendChoice, LogFormat, OnSuccess, WatchArgs};
 use crate::error::{AppError, ExitCode};
-use crate::exec::docker::{Engine, default_host};
-use crate::exec::local::LocalBackend;
+use crate::exec::docker::{Engine, EngineError, default_host};
 use crate::exec::{Backend, JobCtx, JobSpec};
 use crate::metrics::{JobOutcome, Metrics};
 use crate::plan::{self, Action, PlanOptions};
@@ -326,17 +325,14 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
     let say = |s: String| info!("{s}");
     let engine = match args.run.backend {
         BackendChoice::Local => None,
-        BackendChoice::Docker => {
-            Some(wait_for_engine(&host, &mut signals, &metrics, &engine_up).await)
-        }
-        BackendChoice::Auto => match Engine::connect(&host).await {
-            Ok(e) => Some(Some(e)),
-            Err(e) if LocalBackend::find().is_some() => {
-                warn!(error = %e, "no Docker engine; using local ffmpeg instead");
-                None
-            }
-            Err(_) => Some(wait_for_engine(&host, &mut signals, &metrics, &engine_up).await),
-        },
+        BackendChoice::Docker => Some(
+            wait_for_engine(&host, args.run.insecure, &mut signals, &metrics, &engine_up).await?,
+        ),
+        BackendChoice::Auto => Some(Some(
+            Engine::connect(&host, args.run.insecure)
+                .await
+                .map_err(AppError::no_engine)?,
+        )),
     };
     let shared = Shared {
         store: store.clone(),
@@ -383,23 +379,27 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
 }
 
 /// Connect to the engine, retrying with backoff until it answers. `None`: a signal came first.
+/// An address or TLS setup that the transport rules refuse is an error at once: waiting would
+/// not change it.
 async fn wait_for_engine(
     host: &str,
+    insecure: bool,
     signals: &mut Signals,
     metrics: &Metrics,
     up: &AtomicBool,
-) -> Option<Engine> {
+) -> Result<Option<Engine>, EngineError> {
     let mut backoff = PROBE_MIN;
     loop {
         let attempt = tokio::select! {
-            r = Engine::connect(host) => r,
-            () = signals.recv() => return None,
+            r = Engine::connect(host, insecure) => r,
+            () = signals.recv() => return Ok(None),
         };
         match attempt {
             Ok(e) => {
                 up.store(true, Ordering::Relaxed);
-                return Some(e);
+                return Ok(Some(e));
             }
+            Err(e @ EngineError::Transport(_)) => return Err(e),
             Err(e) => {
                 up.store(false, Ordering::Relaxed);
                 metrics.set_engine_up(host, false);
@@ -408,7 +408,7 @@ async fn wait_for_engine(
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = signals.recv() => return None,
+            () = signals.recv() => return Ok(None),
         }
         backoff = (backoff * 2).min(PROBE_MAX);
     }

@@ -658,23 +658,56 @@ fn missing_image_says_how_to_build_it() {
     assert!(err.contains("pulling"), "{err}");
 }
 
+// Regression: `--backend auto` with no engine silently ran the (possibly hostile) media through
+// this machine's ffmpeg, outside any container.
 #[test]
-fn auto_backend_says_which_it_chose() {
+fn auto_backend_never_falls_back_to_local_ffmpeg() {
     let tmp = tempfile::tempdir().expect("tempdir");
+    let nowhere = format!("unix://{}/no.sock", tmp.path().display());
+    let hint = "--backend auto runs ffmpeg only in containers, never on this machine by itself. \
+                Start an engine (`sudo systemctl start docker`, or scripts/setup.sh), point -H or \
+                DOCKER_HOST at one, or choose --backend local to run this machine's ffmpeg on \
+                these files";
+    for backend in [None, Some("auto")] {
+        let out = tmp.path().join("out");
+        let mut cmd = bin();
+        cmd.arg(samples().join("faststart.mp4"))
+            .arg("-o")
+            .arg(&out)
+            .args(["-p", "copy", "-H", &nowhere]);
+        if let Some(b) = backend {
+            cmd.args(["--backend", b]);
+        }
+        let o = run(&mut cmd);
+        assert_eq!(o.status.code(), Some(2), "{backend:?}");
+        let err = stderr(&o);
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_default();
+        assert!(line.contains(&nowhere), "{err}");
+        assert!(err.contains(hint), "{err}");
+        assert!(!out.join("faststart.mp4").exists());
+    }
+
+    // The daemon's `auto` is the same: it exits instead of watching with local ffmpeg.
+    let watched = tmp.path().join("in");
+    std::fs::create_dir(&watched).expect("mkdir");
     let o = run(bin()
-        .arg(samples().join("faststart.mp4"))
+        .arg("watch")
+        .arg(&watched)
         .arg("-o")
-        .arg(tmp.path().join("out"))
-        .args(["-p", "copy", "-H"])
-        .arg(format!("unix://{}/no.sock", tmp.path().display())));
-    assert_eq!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains("using local ffmpeg"), "{}", stderr(&o));
+        .arg(tmp.path().join("wout"))
+        .args(["--backend", "auto", "-H", &nowhere])
+        .stdin(std::process::Stdio::null()));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains(hint), "{}", stderr(&o));
+
     let o = run(bin()
         .arg(samples().join("faststart.mp4"))
         .arg("-o")
         .arg(tmp.path().join("out2"))
-        .args(["--backend", "docker", "-H"])
-        .arg(format!("unix://{}/no.sock", tmp.path().display())));
+        .args(["--backend", "docker", "-H", &nowhere]));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no.sock"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("using local"), "{}", stderr(&o));

@@ -673,6 +673,13 @@ async fn run_jobs(
             let count_cpus = args.jobs.is_none() && jobs.len() > 1;
             let (backend, provenance, cpus) =
                 setup_docker(engine, args, store, &say, count_cpus).await?;
+            // Fewer files than jobs at once: each job's share is bigger.
+            let backend = match (args.cpus, cpus) {
+                (None, Some(n)) => {
+                    backend.with_cpus(Limits::share(n, parallelism(args, cpus, jobs.len())))
+                }
+                _ => backend,
+            };
             Ok(execute(
                 backend,
                 jobs,
@@ -721,7 +728,9 @@ pub(crate) async fn setup_docker(
         engine.remove_labelled(false),
         engine.ensure_image(&args.image, say),
         async {
-            match count_cpus {
+            // One job's CPU share needs the count too, when `--jobs` runs several at once.
+            let share = args.cpus.is_none() && args.jobs.is_some_and(|j| j > 1);
+            match count_cpus || share {
                 true => engine.cpus().await.map(Some),
                 false => Ok(None),
             }
@@ -733,30 +742,29 @@ pub(crate) async fn setup_docker(
             "removed {removed} container(s) left on {host} by runs that are gone"
         ));
     }
+    let limits = Limits {
+        memory: args.memory,
+        pids: args.pids_limit,
+        cpus: args
+            .cpus
+            .or_else(|| cpus.and_then(|n| Limits::share(n, args.jobs.map_or(n, usize::from)))),
+    };
     // A speed-up only: without it jobs still run, each ffmpeg start just costs more.
-    let libs = match engine.library_mount(&args.image, &image).await {
+    let libs = match engine.library_mount(&args.image, &image, &limits).await {
         Ok(libs) => libs,
         Err(e) => {
             say(format!("not using a library volume: {e}"));
             None
         }
     };
-    let backend = DockerBackend::new(
-        engine,
-        args.image.clone(),
-        Limits {
-            memory: i64::try_from(args.memory).unwrap_or(i64::MAX),
-            pids: args.pids_limit,
-        },
-        run_id(),
-    )
-    .with_out_dir(&args.out)
-    .with_libraries(libs)
-    .with_transfer(match args.transfer {
-        TransferChoice::Auto => MountPolicy::Auto,
-        TransferChoice::Stream => MountPolicy::Never,
-        TransferChoice::Mount => MountPolicy::Always,
-    });
+    let backend = DockerBackend::new(engine, args.image.clone(), limits, run_id())
+        .with_out_dir(&args.out)
+        .with_libraries(libs)
+        .with_transfer(match args.transfer {
+            TransferChoice::Auto => MountPolicy::Auto,
+            TransferChoice::Stream => MountPolicy::Never,
+            TransferChoice::Mount => MountPolicy::Always,
+        });
     // Known from an earlier run, or taken from each job's ffmpeg banner.
     let version = store.ffmpeg_version(&image.id)?;
     let provenance = Provenance {
@@ -779,6 +787,17 @@ pub(crate) async fn setup_local() -> Result<(LocalBackend, Provenance, usize), A
     Ok((local, provenance, num_cpus_local()))
 }
 
+/// Jobs at once: `--jobs`, else the backend's CPU count; not more than there are jobs either
+/// way. A backend that was not asked for its count has one job, or `--jobs`.
+fn parallelism(args: &RunArgs, cpus: Option<usize>, jobs: usize) -> usize {
+    args.jobs
+        .map(usize::from)
+        .or(cpus)
+        .unwrap_or(1)
+        .min(jobs)
+        .max(1)
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site per backend, all plumbing"
@@ -794,15 +813,7 @@ async fn execute<B: Backend>(
     recorder: Arc<dyn Recorder>,
     deadline: Option<std::time::Instant>,
 ) -> schedule::BatchOutcome {
-    // `--jobs`, else the backend's CPU count; not more than there are jobs either way. A backend
-    // that was not asked for its count has one job, or `--jobs`.
-    let parallel = args
-        .jobs
-        .map(usize::from)
-        .or(cpus)
-        .unwrap_or(1)
-        .min(jobs.len())
-        .max(1);
+    let parallel = parallelism(args, cpus, jobs.len());
     if !opts.quiet {
         let _ = tx.send(Event::Note(format!(
             "{} file(s) to transcode with preset {} on {}, {} at once",

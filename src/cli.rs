@@ -213,13 +213,28 @@ pub struct RunArgs {
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
 
-    /// Memory limit of each job container, e.g. 512m, 2g.
-    #[arg(long, value_name = "SIZE", default_value = "4g", value_parser = parse_size)]
-    pub memory: u64,
+    /// Memory limit of each job container (memory and swap together), from 6m up, in binary
+    /// units: k, m, g, t. Example: `--memory 2g`
+    #[arg(long, value_name = "SIZE", default_value = "4g", value_parser = parse_memory)]
+    pub memory: i64,
 
-    /// Process limit of each job container.
-    #[arg(long, value_name = "N", default_value_t = 512)]
+    /// Process limit of each job container, from 16 up: ffmpeg's threads count. Example:
+    /// `--pids-limit 256`
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = parse_pids)]
     pub pids_limit: i64,
+
+    /// CPUs each job container may use, fractions allowed, at most 1024 [default: one job's
+    /// share of the engine: its CPU count divided by the jobs at once]. Example: `--cpus 1.5`
+    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    pub cpus: Option<f64>,
+
+    /// Stop a job that has run this long, however busy it looks, remove its container and count
+    /// it failed [default: 10m plus 20 times the input's duration, as this machine reads it from
+    /// an MP4's header or ffmpeg states it, and 10m when neither knows it; never more than 48h].
+    /// `--stall-timeout` catches a job that stops; this one catches a job that never ends.
+    /// Example: `--job-timeout 2h`
+    #[arg(long, value_name = "DURATION", value_parser = parse_job_timeout)]
+    pub job_timeout: Option<std::time::Duration>,
 
     /// How inputs reach a Docker engine. `auto` streams small files through the engine's API
     /// into warm worker containers, and bind-mounts (read-only, with a private output folder)
@@ -391,22 +406,72 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration like 90s, 45m or 1h30m: {e}"))
 }
 
-/// Parse a size such as `512m` or `4g` (binary units).
+/// Parse a size such as `512m` or `4g` (binary units), refusing what does not fit in 64 bits.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim().to_ascii_lowercase();
     let s = s.strip_suffix('b').unwrap_or(&s);
-    let (digits, shift) = match s.chars().last() {
-        Some('k') => (&s[..s.len() - 1], 10),
-        Some('m') => (&s[..s.len() - 1], 20),
-        Some('g') => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
+    let (digits, unit) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        Some('t') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 512m or 4g"))?;
-    n.checked_shl(shift)
-        .filter(|v| *v >= 6 << 20)
-        .ok_or_else(|| format!("{s:?} is out of range (at least 6m)"))
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a size like 512m or 4g"));
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{s:?} is too big to be a size"))
+}
+
+/// The smallest `--memory` the engine accepts.
+pub const MIN_MEMORY: u64 = 6 << 20;
+
+/// Parse `--memory`: a size of at least [`MIN_MEMORY`] that the engine's signed 64-bit field
+/// holds.
+pub fn parse_memory(s: &str) -> Result<i64, String> {
+    let bytes = parse_size(s)?;
+    if bytes < MIN_MEMORY {
+        return Err(format!("{s:?} is too small: at least 6m"));
+    }
+    i64::try_from(bytes).map_err(|_| format!("{s:?} is too big to be a memory limit"))
+}
+
+/// The fewest processes `--pids-limit` allows: below that, ffmpeg's threads alone fail.
+pub const MIN_PIDS: i64 = 16;
+
+/// Parse `--pids-limit`: a whole number of at least [`MIN_PIDS`].
+pub fn parse_pids(s: &str) -> Result<i64, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n >= MIN_PIDS => Ok(n),
+        Ok(_) => Err(format!("{s:?} is too small: at least {MIN_PIDS}")),
+        Err(_) => Err(format!("{s:?} is not a whole number of processes")),
+    }
+}
+
+/// Most CPUs `--cpus` takes: more than any engine has, small enough to stay exact in the
+/// engine's nano-CPU count.
+pub const MAX_CPUS: f64 = 1024.0;
+
+/// Parse `--cpus`: a number above 0 (at least a thousandth) and at most [`MAX_CPUS`].
+pub fn parse_cpus(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && (0.001..=MAX_CPUS).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("{s:?} is out of range: from 0.001 to {MAX_CPUS}")),
+        Err(_) => Err(format!("{s:?} is not a number of CPUs like 1 or 1.5")),
+    }
+}
+
+/// Parse `--job-timeout`: a duration of at least a second.
+pub fn parse_job_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is too short: at least 1s"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -423,8 +488,37 @@ mod tests {
     fn sizes() {
         assert_eq!(parse_size("4g"), Ok(4 << 30));
         assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert!(parse_size("12").is_err());
+        assert_eq!(parse_size("12"), Ok(12));
         assert!(parse_size("lots").is_err());
+        assert!(parse_size("g").is_err());
+        assert!(parse_size("+4g").is_err());
+    }
+
+    // Regression: `--memory 17179869185g` wrapped around to 1 GiB (2^34 + 1 shifted by 30).
+    #[test]
+    fn limits_refuse_zero_negatives_and_overflow() {
+        assert_eq!(parse_memory("4g"), Ok(4 << 30));
+        assert_eq!(parse_memory("6m"), Ok(6 << 20));
+        for bad in ["0", "-1g", "5m", "17179869185g", "8589934592g", "16777216t"] {
+            assert!(parse_memory(bad).is_err(), "{bad} accepted");
+        }
+        assert!(
+            parse_memory("17179869185g")
+                .expect_err("overflow")
+                .contains("too big")
+        );
+        assert_eq!(parse_pids("512"), Ok(512));
+        for bad in ["0", "-1", "15", "9223372036854775808", "ten"] {
+            assert!(parse_pids(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(parse_cpus("1.5"), Ok(1.5));
+        for bad in ["0", "-1", "NaN", "inf", "1025", "1e300"] {
+            assert!(parse_cpus(bad).is_err(), "{bad} accepted");
+        }
+        assert!(parse_job_timeout("500ms").is_err());
+        assert_eq!(parse_job_timeout("2h"), Ok(Duration::from_secs(7200)));
+        let cli = Cli::try_parse_from(["isc-transcode", "a.mp4", "--memory", "17179869185g"]);
+        assert!(cli.is_err(), "the flag takes the parser");
     }
 
     #[test]

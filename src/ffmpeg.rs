@@ -8,8 +8,14 @@
 //!   `progress=continue|end`);
 //! - error messages, of which the last few meaningful lines are kept for the failure report.
 //!
-//! The container-side job server adds lines of its own, prefixed `@isc:`, to pass back its
-//! stage, the output's size and, when asked, its ffprobe JSON over the same channel.
+//! The container-side job server adds lines of its own, `@isc:NONCE:...`, to pass back its
+//! stage, the output's size and, when asked, its ffprobe JSON over the same channel. The nonce is
+//! the job's ([`StderrParser::for_job`]): ffmpeg never sees it, so nothing an input makes ffmpeg
+//! print can pass for the server, and a line that starts like a mark without it is refused.
+//!
+//! Everything here comes from a worker, which is not trusted: every buffer has a limit, named
+//! below, and going past one is a [`StderrParser::violation`] that fails the job, never memory
+//! that grows with what the worker sends.
 //!
 //! ffprobe's JSON (`-of json -show_format -show_streams`) is parsed with serde.
 
@@ -18,6 +24,29 @@ use std::collections::VecDeque;
 
 /// Prefix of the lines that the container-side job server writes to stderr.
 pub const MARK: &str = "@isc:";
+
+/// Longest line kept for a failure report or echoed with `-vv`: ffmpeg's own messages are far
+/// shorter (a long one names a path and a codec, under 300 bytes); a longer line is cut.
+pub const MAX_LINE: usize = 4 << 10;
+
+/// Longest run of bytes without a line break that is held while waiting for its end; longer
+/// runs are read as a line of their own (and cut to [`MAX_LINE`] where kept).
+pub const MAX_PARTIAL: usize = 64 << 10;
+
+/// Most lines held for `-vv` between two reads of [`StderrParser::fresh`].
+pub const MAX_FRESH: usize = 1000;
+
+/// Most marks one job may send. The job server sends about five (its stages, the size, the
+/// end), so 64 leaves room for every stage and still bounds a worker that sends them in a loop.
+pub const MAX_MARKS: usize = 64;
+
+/// Most bytes of ffprobe JSON taken from a worker: ffprobe describes a file of a few streams in
+/// about 3 KB and one of 100 streams in about 150 KB.
+pub const MAX_PROBE_JSON: usize = 1 << 20;
+
+/// Most input streams taken from ffmpeg's input dump: more than any real file has (an MPEG-TS
+/// of a whole multiplex has a few dozen), few enough to hold.
+pub const MAX_STREAMS: usize = 1024;
 
 /// What the input dump told about the input.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -66,6 +95,10 @@ pub struct StderrParser {
     unfinished: Option<String>,
     /// Why the input does not fit the preset, when ffmpeg said so ([`StderrParser::refusal`]).
     refusal: Option<String>,
+    /// The nonce that every mark of this job carries ([`StderrParser::for_job`]).
+    nonce: Option<String>,
+    /// What the worker sent that no job server sends ([`StderrParser::violation`]).
+    violation: Option<String>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
@@ -89,8 +122,30 @@ pub struct Feed {
 }
 
 impl StderrParser {
+    /// A parser for ffmpeg run here: no marks are expected, `@isc:` lines are plain lines.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A parser for one job of the job server, whose marks carry `nonce`.
+    pub fn for_job(nonce: &str) -> Self {
+        StderrParser {
+            nonce: Some(nonce.to_string()),
+            ..Self::default()
+        }
+    }
+
+    /// What the worker sent that breaks the job server's protocol or one of this module's
+    /// limits: a mark without the job's nonce, too many marks, too much probe JSON, too many
+    /// streams. The job must fail with it: nothing the worker says after it is believed.
+    pub fn violation(&self) -> Option<&str> {
+        self.violation.as_deref()
+    }
+
+    fn violate(&mut self, why: String) {
+        if self.violation.is_none() {
+            self.violation = Some(why);
+        }
     }
 
     /// Feed raw bytes (any chunking); complete lines are parsed.
@@ -104,7 +159,7 @@ impl StderrParser {
                 feed.progress.push(p);
             }
         }
-        if self.partial.len() > 64 * 1024 {
+        if self.partial.len() > MAX_PARTIAL {
             let line = String::from_utf8_lossy(&self.partial).into_owned();
             self.partial.clear();
             self.line(&line);
@@ -129,12 +184,35 @@ impl StderrParser {
         if line.is_empty() {
             return None;
         }
-        if let Some(rest) = line.strip_prefix(MARK) {
+        if let Some(nonce) = &self.nonce
+            && let Some(rest) = line.strip_prefix(MARK)
+        {
+            let Some(rest) = rest
+                .strip_prefix(nonce.as_str())
+                .and_then(|r| r.strip_prefix(':'))
+            else {
+                let shown: String = line.chars().take(80).collect();
+                self.violate(format!(
+                    "a message that does not carry this job's nonce: {shown:?}"
+                ));
+                return None;
+            };
             if let Some(json) = rest.strip_prefix("probe:") {
+                if self.probe_json.len() + json.len() >= MAX_PROBE_JSON {
+                    self.violate(format!(
+                        "more than {} KiB of probe JSON",
+                        MAX_PROBE_JSON >> 10
+                    ));
+                    return None;
+                }
                 self.probe_json.push_str(json);
                 self.probe_json.push('\n');
             } else if let Some((k, v)) = rest.split_once('=') {
-                self.marks.push((k.to_string(), v.to_string()));
+                if self.marks.len() >= MAX_MARKS {
+                    self.violate(format!("more than {MAX_MARKS} marks in one job"));
+                    return None;
+                }
+                self.marks.push((k.to_string(), cut(v)));
             }
             return None;
         }
@@ -164,6 +242,14 @@ impl StderrParser {
             if let Some(rest) = trimmed.strip_prefix("Duration: ") {
                 self.input.duration = parse_clock(rest.split(',').next().unwrap_or(""));
             } else if trimmed.starts_with("Stream #") {
+                let streams =
+                    self.input.video.len() + self.input.audio.len() + self.input.other.len();
+                if streams >= MAX_STREAMS {
+                    self.violate(format!(
+                        "ffmpeg described more than {MAX_STREAMS} input streams"
+                    ));
+                    return None;
+                }
                 if let Some(codec) = stream_codec(trimmed, "Video: ") {
                     if trimmed.contains("(attached pic)") {
                         self.input.other.push(("cover art".into(), codec));
@@ -200,7 +286,7 @@ impl StderrParser {
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
-        let line = neutral_names(trimmed.trim_end());
+        let line = cut(&neutral_names(trimmed.trim_end()));
         if self.unfinished.is_none()
             && (line.starts_with("Error writing trailer") || line.starts_with("Error closing file"))
         {
@@ -210,7 +296,7 @@ impl StderrParser {
         if self.refusal.is_none() {
             self.refusal = refusal(&line);
         }
-        if self.fresh.len() < 1000 {
+        if self.fresh.len() < MAX_FRESH {
             self.fresh.push(line.clone());
         }
         self.tail.push_back(line);
@@ -272,6 +358,18 @@ impl StderrParser {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// `line`, cut to [`MAX_LINE`] bytes (on a character boundary) with `...` when it was longer.
+fn cut(line: &str) -> String {
+    if line.len() <= MAX_LINE {
+        return line.to_string();
+    }
+    let mut end = MAX_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &line[..end])
 }
 
 /// The refusal ffmpeg's message `line` states, if any ([`StderrParser::refusal`]).
@@ -607,13 +705,69 @@ video:58kB audio:18kB subtitle:0kB other streams:0kB global headers:0kB muxing o
 
     #[test]
     fn marks_and_probe_are_collected() {
-        let mut p = StderrParser::new();
-        p.feed(b"@isc:probe:{\"streams\":[{\"codec_type\":\"video\",\n@isc:probe:\"codec_name\":\"h264\",\"width\":2}],\n@isc:probe:\"format\":{\"duration\":\"2.5\"}}\n@isc:size=1234\n");
+        let mut p = StderrParser::for_job("n1");
+        p.feed(b"@isc:n1:probe:{\"streams\":[{\"codec_type\":\"video\",\n@isc:n1:probe:\"codec_name\":\"h264\",\"width\":2}],\n@isc:n1:probe:\"format\":{\"duration\":\"2.5\"}}\n@isc:n1:size=1234\n");
         assert_eq!(p.mark("size"), Some("1234"));
         let probe = p.probe().expect("some").expect("json");
         assert_eq!(probe.duration(), Some(2.5));
         assert_eq!(probe.video().count(), 1);
         assert!(p.tail().is_empty());
+        assert_eq!(p.violation(), None);
+    }
+
+    // Regression: marks were taken from any line that began `@isc:`, so a line ffmpeg printed
+    // (or a hostile ffmpeg wrote) could pass for the job server's stage, size or probe.
+    #[test]
+    fn a_mark_without_the_jobs_nonce_is_refused() {
+        for forged in [
+            "@isc:stage=probe",
+            "@isc:probe:{\"streams\":[]}",
+            "@isc:n2:send=n1 0",
+            "@isc:n1x:end=0",
+        ] {
+            let mut p = StderrParser::for_job("n1");
+            p.feed(format!("{forged}\n").as_bytes());
+            assert!(p.marks.is_empty() && p.probe().is_none(), "{forged} taken");
+            let why = p.violation().expect("refused");
+            assert!(why.contains("does not carry this job's nonce"), "{why}");
+        }
+        let mut local = StderrParser::new();
+        local.feed(b"@isc:stage=probe\n");
+        assert!(local.marks.is_empty() && local.violation().is_none());
+    }
+
+    #[test]
+    fn what_a_worker_sends_is_bounded() {
+        let mut p = StderrParser::for_job("n");
+        for i in 0..MAX_MARKS + 5 {
+            p.feed(format!("@isc:n:stage=s{i}\n").as_bytes());
+        }
+        assert_eq!(p.marks.len(), MAX_MARKS);
+        assert!(p.violation().expect("too many").contains("marks"));
+
+        let mut p = StderrParser::for_job("n");
+        let line = format!("@isc:n:probe:{}\n", "x".repeat(64 << 10));
+        for _ in 0..20 {
+            p.feed(line.as_bytes());
+        }
+        assert!(p.probe_json.len() < MAX_PROBE_JSON);
+        assert!(p.violation().expect("too much").contains("probe JSON"));
+
+        let mut p = StderrParser::new();
+        for _ in 0..100 {
+            p.feed("é".repeat(MAX_PARTIAL).as_bytes());
+            p.feed(b"\n");
+        }
+        assert!(p.tail().iter().all(|l| l.len() <= MAX_LINE + 3));
+        assert_eq!(p.tail().len(), TAIL_LINES);
+
+        let mut p = StderrParser::new();
+        p.feed(b"Input #0, mpegts, from 'pipe:0':\n");
+        for _ in 0..MAX_STREAMS + 1 {
+            p.feed(b"  Stream #0:0: Audio: mp2, 48000 Hz\n");
+        }
+        assert_eq!(p.input.audio.len(), MAX_STREAMS);
+        assert!(p.violation().expect("too many").contains("input streams"));
     }
 
     #[test]

@@ -142,12 +142,15 @@ pub enum MountPolicy {
     Always,
 }
 
-/// Resource limits for each job container.
+/// Resource limits for each job container, and for the setup containers
+/// ([`Engine::library_mount`]).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Bytes of memory (and memory+swap: no swap).
     pub memory: i64,
     pub pids: i64,
+    /// CPUs, when limited: `None` lets a container use the whole engine.
+    pub cpus: Option<f64>,
 }
 
 impl Default for Limits {
@@ -155,9 +158,40 @@ impl Default for Limits {
         Limits {
             memory: 4 << 30,
             pids: 512,
+            cpus: None,
         }
     }
 }
+
+impl Limits {
+    /// One job's share of an engine with `engine_cpus` CPUs running `parallel` jobs at once;
+    /// `None` when that share is the whole engine (a limit would change nothing).
+    pub fn share(engine_cpus: usize, parallel: usize) -> Option<f64> {
+        let (cpus, parallel) = (engine_cpus.max(1), parallel.max(1));
+        (parallel > 1).then(|| cpus as f64 / parallel as f64)
+    }
+
+    /// The limits as the engine takes them, on top of [`locked_down`].
+    fn host_config(&self) -> HostConfig {
+        HostConfig {
+            memory: Some(self.memory),
+            memory_swap: Some(self.memory),
+            pids_limit: Some(self.pids),
+            nano_cpus: self.cpus.map(|c| (c * 1e9).round() as i64),
+            ..locked_down()
+        }
+    }
+}
+
+/// Size of the tmpfs at `/tmp` in every container, and of the scratch folder `/work` of mounted
+/// jobs and setup containers, which hold nothing bigger than ffprobe's JSON: small, because a
+/// tmpfs lives in the container's memory.
+pub const TMPFS_SIZE: &str = "64m";
+
+/// How long a setup container ([`Engine::library_mount`]) may run: filling the library volume
+/// takes about 4 s here, so a minute is generous; one that takes longer is removed and the run
+/// goes on without the volume.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the engine could not be used at all.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +216,11 @@ pub enum EngineError {
         host: String,
         reason: String,
     },
+    #[error(
+        "a setup container on {host} ran longer than {} s and was removed",
+        limit.as_secs()
+    )]
+    SetupTimeout { host: String, limit: Duration },
     #[error("docker engine at {host}: {source}")]
     Api {
         host: String,
@@ -392,16 +431,20 @@ impl Engine {
         Ok(n)
     }
 
-    /// Run `cmd` in a one-off locked-down container and return what it printed (up to 64 KiB).
+    /// Run `cmd` in a one-off locked-down container, with `limits` and at most
+    /// [`SETUP_TIMEOUT`], and return what it printed (up to 64 KiB).
     async fn one_off(
         &self,
         image: &str,
         cmd: &[&str],
         mounts: Vec<Mount>,
+        limits: &Limits,
     ) -> Result<String, EngineError> {
         let config = ContainerCreateBody {
             image: Some(image.to_string()),
-            cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            entrypoint: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            cmd: Some(vec![]),
+            working_dir: Some("/work".to_string()),
             user: Some("65534:65534".to_string()),
             attach_stdout: Some(true),
             network_disabled: Some(true),
@@ -414,7 +457,8 @@ impl Engine {
             ])),
             host_config: Some(HostConfig {
                 mounts: (!mounts.is_empty()).then_some(mounts),
-                ..locked_down()
+                tmpfs: Some(scratch_tmpfs(Some((65534, 65534)))),
+                ..limits.host_config()
             }),
             ..Default::default()
         };
@@ -427,7 +471,7 @@ impl Engine {
             .await
             .map_err(|e| self.api(e))?
             .id;
-        let result = async {
+        let result = tokio::time::timeout(SETUP_TIMEOUT, async {
             let mut attach = self
                 .docker
                 .attach_container(
@@ -449,10 +493,16 @@ impl Engine {
                 }
             }
             Ok::<_, bollard::errors::Error>(String::from_utf8_lossy(&text).into_owned())
-        }
+        })
         .await;
         let _ = remove(&self.docker, &id).await;
-        result.map_err(|e| self.api(e))
+        match result {
+            Ok(r) => r.map_err(|e| self.api(e)),
+            Err(_) => Err(EngineError::SetupTimeout {
+                host: self.host.clone(),
+                limit: SETUP_TIMEOUT,
+            }),
+        }
     }
 
     /// A read-only mount of the image's `/usr` from a volume, for engines whose storage driver
@@ -475,6 +525,7 @@ impl Engine {
         &self,
         image: &str,
         worker: &WorkerImage,
+        limits: &Limits,
     ) -> Result<Option<UsrVolume>, EngineError> {
         let driver = match &worker.storage_driver {
             Some(d) => d.clone(),
@@ -512,7 +563,9 @@ impl Engine {
                 const FIND: &str = r#"f=$(command -v ffmpeg) || exit 1; echo "$f"
 d=$(ldd "$f" 2>/dev/null | sed -n 's|.*=> \(/[^ ]*\)/libavcodec\.so.*|\1|p' | head -n 1)
 [ -n "$d" ] && cd "$d" && pwd -P"#;
-                let found = self.one_off(image, &["sh", "-c", FIND], vec![]).await?;
+                let found = self
+                    .one_off(image, &["sh", "-c", FIND], vec![], limits)
+                    .await?;
                 let mut lines = found.lines().map(str::trim);
                 if !lines.next().is_some_and(|f| f.starts_with("/usr/")) {
                     return Ok(None);
@@ -546,6 +599,7 @@ d=$(ldd "$f" 2>/dev/null | sed -n 's|.*=> \(/[^ ]*\)/libavcodec\.so.*|\1|p' | he
                         image,
                         &["sh", "-c", "command -v ffmpeg"],
                         vec![mount.clone()],
+                        limits,
                     )
                     .await;
                 if !matches!(&filled, Ok(f) if f.trim().starts_with("/usr/")) {
@@ -604,11 +658,12 @@ d=$(ldd "$f" 2>/dev/null | sed -n 's|.*=> \(/[^ ]*\)/libavcodec\.so.*|\1|p' | he
 }
 
 /// The lock-down every container of this tool gets: no network, no capabilities, no privilege
-/// gain, no log driver (the engine's default json-file driver stores every byte a container
-/// prints, which costs 8x in throughput).
+/// gain, a read-only root file system, no log driver (the engine's default json-file driver
+/// stores every byte a container prints, which costs 8x in throughput).
 fn locked_down() -> HostConfig {
     HostConfig {
         network_mode: Some("none".to_string()),
+        readonly_rootfs: Some(true),
         cap_drop: Some(vec!["ALL".to_string()]),
         security_opt: Some(vec!["no-new-privileges".to_string()]),
         log_config: Some(HostConfigLogConfig {
@@ -617,6 +672,23 @@ fn locked_down() -> HostConfig {
         }),
         ..Default::default()
     }
+}
+
+/// The tmpfs folders of a container on its read-only root: `/tmp` always, and, with `owner`,
+/// the scratch folder `/work` too, owned by that `uid:gid` (mounted jobs and setup containers;
+/// a pooled worker's `/work` is a volume instead, since it holds spooled inputs).
+fn scratch_tmpfs(owner: Option<(u32, u32)>) -> HashMap<String, String> {
+    let mut tmpfs = HashMap::from([(
+        "/tmp".to_string(),
+        format!("rw,nosuid,nodev,noexec,size={TMPFS_SIZE},mode=1777"),
+    )]);
+    if let Some((uid, gid)) = owner {
+        tmpfs.insert(
+            "/work".to_string(),
+            format!("rw,nosuid,nodev,noexec,size={TMPFS_SIZE},mode=0700,uid={uid},gid={gid}"),
+        );
+    }
+    tmpfs
 }
 
 /// Force-remove a container; one that is already gone counts as removed.
@@ -633,6 +705,17 @@ async fn remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error>
             ..
         }) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// A pooled worker's scratch folder `/work`: an anonymous volume, on the engine's disk rather
+/// than in its memory, because spooled inputs and every output lie there; the engine fills it
+/// with the image's `/work` (owner and mode included) and removes it with the container.
+fn scratch_volume() -> Mount {
+    Mount {
+        target: Some("/work".to_string()),
+        typ: Some(MountType::VOLUME),
+        ..Default::default()
     }
 }
 
@@ -696,6 +779,12 @@ impl DockerBackend {
         self
     }
 
+    /// Limit each job container to `cpus` CPUs (`None`: no limit).
+    pub fn with_cpus(mut self, cpus: Option<f64>) -> Self {
+        self.limits.cpus = cpus;
+        self
+    }
+
     /// Choose when inputs are mounted rather than streamed.
     pub fn with_transfer(mut self, mount: MountPolicy) -> Self {
         self.mount = mount;
@@ -738,12 +827,16 @@ impl DockerBackend {
         ]);
         ContainerCreateBody {
             image: Some(self.image.clone()),
-            cmd: Some(
+            // The image's ENTRYPOINT never runs: a wrapper there would sit between the engine
+            // and the job server.
+            entrypoint: Some(
                 ["sh", "-c", WORKER_MAIN, "isc-worker", SERVER_SCRIPT]
                     .iter()
                     .map(|s| s.to_string())
                     .collect(),
             ),
+            cmd: Some(vec![]),
+            working_dir: Some("/work".to_string()),
             env: self
                 .libs
                 .as_ref()
@@ -757,12 +850,16 @@ impl DockerBackend {
             network_disabled: Some(true),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                memory: Some(self.limits.memory),
-                memory_swap: Some(self.limits.memory),
-                pids_limit: Some(self.limits.pids),
-                mounts: self.libs.as_ref().map(|libs| vec![libs.mount.clone()]),
+                mounts: Some(
+                    self.libs
+                        .iter()
+                        .map(|libs| libs.mount.clone())
+                        .chain([scratch_volume()])
+                        .collect(),
+                ),
+                tmpfs: Some(scratch_tmpfs(None)),
                 auto_remove: Some(true),
-                ..locked_down()
+                ..self.limits.host_config()
             }),
             ..Default::default()
         }
@@ -787,7 +884,7 @@ impl DockerBackend {
     /// `user`; pooled workers mount nothing.
     async fn start_worker(
         &self,
-        mounted: Option<(Vec<Mount>, String)>,
+        mounted: Option<(Vec<Mount>, (u32, u32))>,
     ) -> Result<Worker, JobError> {
         let slot = self
             .slots
@@ -796,10 +893,13 @@ impl DockerBackend {
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         let docker = &self.engine.docker;
         let mut config = self.container_config(slot);
-        if let Some((mounts, user)) = mounted {
-            config.user = Some(user);
+        if let Some((mounts, (uid, gid))) = mounted {
+            config.user = Some(format!("{uid}:{gid}"));
             if let Some(hc) = config.host_config.as_mut() {
-                hc.mounts.get_or_insert_with(Vec::new).extend(mounts);
+                let kept = hc.mounts.take().unwrap_or_default().into_iter();
+                let kept = kept.filter(|m| m.target.as_deref() != Some("/work"));
+                hc.mounts = Some(kept.chain(mounts).collect());
+                hc.tmpfs = Some(scratch_tmpfs(Some((uid, gid))));
             }
         }
         let id = docker.create_container(Some(opts), config).await?.id;
@@ -990,7 +1090,7 @@ impl DockerBackend {
             },
         ];
         let mut worker = tokio::select! {
-            w = self.start_worker(Some((mounts, format!("{uid}:{gid}")))) => match w {
+            w = self.start_worker(Some((mounts, (uid, gid)))) => match w {
                 Ok(w) => w,
                 // A bind source the engine cannot find answers 400: not this machine's files.
                 Err(JobError::Engine(bollard::errors::Error::DockerResponseServerError {

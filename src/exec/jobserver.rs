@@ -11,21 +11,27 @@
 //! client -> server   job NONCE MODE IN_EXT OUT_NAME TOKEN SIZE NARGS\n
 //!                    NARGS lines: ffmpeg's arguments, one per line
 //!                    SIZE bytes: the input (pipe and spool modes)
-//! server -> client   stderr: ffmpeg's messages and progress; @isc:stage=... marks
-//!                    stderr: @isc:send=NONCE N once ffmpeg succeeded; stdout: the N output bytes
-//!                            (in mount mode N is 0: the output lies in the mounted folder,
-//!                            where the client reads its size itself)
-//! client -> server   done\n          the output is checked here: next job
-//!                    probe\n         run ffprobe on the output; stderr: @isc:probe:... lines
-//! server -> client   stderr: @isc:end=NONCE CODE  after a failure (the server then exits) or
+//! server -> client   stderr: ffmpeg's messages and progress; @isc:NONCE:stage=... marks
+//!                    stderr: @isc:NONCE:send=N once ffmpeg succeeded; stdout: the N output
+//!                            bytes (in mount mode N is 0: the output lies in the mounted
+//!                            folder, where the client reads it itself)
+//! client -> server   done NONCE\n    the output is checked here: next job
+//!                    probe NONCE\n   run ffprobe on the output; stderr: @isc:NONCE:probe:...
+//! server -> client   stderr: @isc:NONCE:end=CODE  after a failure (the server then exits) or
 //!                            after a probe
 //! ```
 //!
 //! Lengths, not delimiters, frame the binary parts: the server reads exactly SIZE input bytes
 //! (`head -c`, which never reads ahead), and the client takes exactly N output bytes. stdout and
 //! stderr reach the client as separate streams whose relative order the engine does not keep,
-//! so a job is complete when both the announced size has arrived and the marks say so. The
-//! nonce, which ffmpeg never sees, ties the marks to the job.
+//! so a job is complete when both the announced size has arrived and the marks say so.
+//!
+//! Every message in either direction carries the job's nonce: 128 random bits from the
+//! operating system, new for each job, which ffmpeg never sees (it is in no argument and no
+//! environment variable). A mark without it, whatever ffmpeg or the input made ffmpeg print, is
+//! refused and fails the job ([`crate::ffmpeg::StderrParser::violation`]); an answer without it
+//! ends the server. What a worker sends is bounded: [`MAX_UNANNOUNCED`] output bytes before the
+//! size is announced, and the parser's limits on everything it holds.
 //!
 //! The server stays in step whatever ffmpeg does: an ffmpeg that stops reading early (`-t`, a
 //! thumbnail) has the rest of its input drained, and anything else going wrong (ffmpeg failing,
@@ -58,7 +64,7 @@ pub(crate) const SERVER_SCRIPT: &str = r#"
 set -u
 base=/work; [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
 d=
-fail() { echo "@isc:end=$nonce $1" >&2; exit "$1"; }
+fail() { echo "@isc:$nonce:end=$1" >&2; exit "$1"; }
 while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
   [ "$verb" = job ] || exit 64
   set --
@@ -69,46 +75,46 @@ while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
   done
   if [ "$mode" = mount ]; then
     t=; read -r t < /out/.isc-probe 2>/dev/null
-    [ "$t" = "$token" ] && [ -w /out ] || { echo "@isc:stage=mount" >&2; fail 75; }
+    [ "$t" = "$token" ] && [ -w /out ] || { echo "@isc:$nonce:stage=mount" >&2; fail 75; }
   fi
   if [ -z "$d" ]; then
-    cd "$base" || { echo "@isc:stage=scratch" >&2; fail 70; }
+    cd "$base" || { echo "@isc:$nonce:stage=scratch" >&2; fail 70; }
     d=$base
   fi
   case $mode in
     spool)
-      echo "@isc:stage=store" >&2
+      echo "@isc:$nonce:stage=store" >&2
       head -c "$size" > "in.$in_ext" || fail 71
-      echo "@isc:stage=ffmpeg" >&2
+      echo "@isc:$nonce:stage=ffmpeg" >&2
       ffmpeg "$@" </dev/null >&2 ;;
     pipe)
-      echo "@isc:stage=ffmpeg" >&2
+      echo "@isc:$nonce:stage=ffmpeg" >&2
       head -c "$size" | { ffmpeg "$@" >&2; r=$?; cat >/dev/null; exit $r; } ;;
     *)
-      echo "@isc:stage=ffmpeg" >&2
+      echo "@isc:$nonce:stage=ffmpeg" >&2
       ffmpeg "$@" </dev/null >&2 ;;
   esac
   rc=$?
   [ $rc -eq 0 ] || fail $rc
-  echo "@isc:stage=send" >&2
+  echo "@isc:$nonce:stage=send" >&2
   if [ "$mode" = mount ]; then
     [ -f "$out_name" ] || fail 73
-    echo "@isc:send=$nonce 0" >&2
+    echo "@isc:$nonce:send=0" >&2
   else
     n=$(wc -c < "$out_name") || fail 73
-    echo "@isc:send=$nonce $n" >&2
+    echo "@isc:$nonce:send=$n" >&2
     cat "$out_name" </dev/null || fail 73
   fi
   IFS= read -r answer || exit 0
   case $answer in
-    done) ;;
-    probe)
-      echo "@isc:stage=probe" >&2
+    "done $nonce") ;;
+    "probe $nonce")
+      echo "@isc:$nonce:stage=probe" >&2
       if ffprobe -v error -of json -show_format -show_streams "$out_name" > probe.json 2>&1 </dev/null; then
-        while IFS= read -r l; do printf '@isc:probe:%s\n' "$l"; done < probe.json >&2
-        echo "@isc:end=$nonce 0" >&2
+        while IFS= read -r l; do printf '@isc:%s:probe:%s\n' "$nonce" "$l"; done < probe.json >&2
+        echo "@isc:$nonce:end=0" >&2
       else
-        while IFS= read -r l; do printf '@isc:probe-error=%s\n' "$l"; done < probe.json >&2
+        while IFS= read -r l; do printf '@isc:%s:probe-error=%s\n' "$nonce" "$l"; done < probe.json >&2
         fail 72
       fi ;;
     *) exit 64 ;;
@@ -118,6 +124,14 @@ while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
   : > probe.json
 done
 "#;
+
+/// Most output bytes taken before the worker has announced the output's size. The engine
+/// forwards a container's stdout and stderr as they come, in no order between the two, so the
+/// first output bytes may overtake the announcement: by at most what the engine reads from the
+/// stdout pipe before it forwards the stderr line written before them (pipe buffers of 64 KiB,
+/// the engine's of 32 KiB). 64 MiB is far past that, and bounds a worker that floods stdout
+/// without ever announcing anything. The bytes go to the temporary output on disk, not memory.
+pub const MAX_UNANNOUNCED: u64 = 64 << 20;
 
 /// Exit code of a job whose mount proof failed.
 pub(crate) const EXIT_NO_MOUNT: i64 = 75;
@@ -231,14 +245,11 @@ impl Session {
     /// the worker.
     pub async fn serve(&mut self, req: Request<'_>, ctx: &JobCtx) -> Result<Served, JobError> {
         self.jobs += 1;
-        let nonce = format!(
-            "{:x}{:x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default(),
-            self.jobs
-        );
+        let nonce = super::random_hex(16).map_err(|e| JobError::Worker {
+            stage: format!("making the job's nonce ({e})"),
+            code: -1,
+            tail: vec![],
+        })?;
         let size = req.input.map_or(0, |(_, n)| n);
         let header = encode(&nonce, &req, size).map_err(|e| JobError::Worker {
             stage: format!("sending the job ({e})"),
@@ -280,7 +291,7 @@ impl Session {
             None => None,
         };
         let mut output_hash = req.sink.map(|_| Hasher::new());
-        let mut parser = StderrParser::new();
+        let mut parser = StderrParser::for_job(&nonce);
         let mut seen_marks = 0;
         let mut bytes_out = 0u64;
         let mut announced: Option<u64> = None;
@@ -303,9 +314,9 @@ impl Session {
                     s.flush().await.map_err(JobError::Output)?;
                 }
                 let settled = super::read_back(req.preset, &parser, req.output).await?;
-                let answer: &[u8] = match settled {
+                let answer = match settled {
                     Some(probe) => {
-                        self.answer(b"done\n").await?;
+                        self.answer(format!("done {nonce}\n").as_bytes()).await?;
                         finish_stderr(&mut parser, req.job_id, ctx);
                         return Ok(Served {
                             parser,
@@ -317,9 +328,9 @@ impl Session {
                             settling,
                         });
                     }
-                    None => b"probe\n",
+                    None => format!("probe {nonce}\n"),
                 };
-                self.answer(answer).await?;
+                self.answer(answer.as_bytes()).await?;
                 asked_probe = true;
                 continue;
             }
@@ -333,6 +344,12 @@ impl Session {
                                 tail: parser.tail(),
                             });
                         };
+                        if announced.is_none() && bytes_out > MAX_UNANNOUNCED {
+                            return Err(JobError::Untrusted(format!(
+                                "more than {} MiB of output before it announced its size",
+                                MAX_UNANNOUNCED >> 20
+                            )));
+                        }
                         if let Some(n) = announced.filter(|n| bytes_out > *n) {
                             return Err(JobError::Verify {
                                 reason: format!("the worker sent more than the {n} bytes it announced"),
@@ -345,20 +362,20 @@ impl Session {
                     }
                     Some(Ok(LogOutput::StdErr { message })) => {
                         pump_stderr(&mut parser, &message, req.job_id, ctx);
+                        if let Some(why) = parser.violation() {
+                            return Err(JobError::Untrusted(why.to_string()));
+                        }
                         for (key, value) in &parser.marks[seen_marks..] {
-                            let Some((n, rest)) = value.split_once(' ') else { continue };
-                            if n != nonce {
+                            if key != "send" && key != "end" {
                                 continue;
                             }
-                            let number = rest.trim().parse::<i64>().map_err(|_| JobError::Worker {
-                                stage: format!("reading its {key} mark {rest:?}"),
-                                code: -1,
-                                tail: vec![],
-                            })?;
+                            let number = value.trim().parse::<i64>().ok().filter(|n| key == "end" || *n >= 0);
+                            let Some(number) = number else {
+                                return Err(JobError::Untrusted(format!("a {key} mark of {value:?}")));
+                            };
                             match key.as_str() {
-                                "send" => announced = Some(number.max(0) as u64),
-                                "end" => ended = Some(number),
-                                _ => {}
+                                "send" => announced = Some(number as u64),
+                                _ => ended = Some(number),
                             }
                         }
                         seen_marks = parser.marks.len();
@@ -619,6 +636,27 @@ mod tests {
         let preset = Arc::new(crate::preset::load("copy").expect("copy preset"));
         let err = encode("n1", &request(&preset, vec!["a\nb".into()]), 0).expect_err("refused");
         assert!(err.contains("line break"), "{err}");
+    }
+
+    // Regression: the nonce was the clock and a counter, and only two of the server's marks
+    // carried it; the answers carried none.
+    #[test]
+    fn every_message_of_the_server_carries_the_nonce() {
+        for (i, _) in SERVER_SCRIPT.match_indices("@isc:") {
+            let rest = &SERVER_SCRIPT[i + 5..];
+            assert!(
+                rest.starts_with("$nonce:") || rest.starts_with("%s:"),
+                "a mark without the nonce: {}",
+                &SERVER_SCRIPT[i..i + 40]
+            );
+        }
+        assert!(SERVER_SCRIPT.contains(r#""done $nonce")"#));
+        assert!(SERVER_SCRIPT.contains(r#""probe $nonce")"#));
+        let a = super::super::random_hex(16).expect("random");
+        let b = super::super::random_hex(16).expect("random");
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -26,6 +26,22 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+/// `bytes` random bytes from the operating system (`getrandom(2)`), as lowercase hex: for the
+/// job server's nonces and the client's id, which must not be guessable from anything a worker
+/// or an input can see (a clock, a pid).
+pub(crate) fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    let mut filled = 0;
+    while filled < bytes {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Read and write buffer size for streaming media. Measured on the engine: 1 MiB buffers move
 /// data about twice as fast as tokio's default 8 KiB.
 pub const IO_BUFFER: usize = 1 << 20;
@@ -246,6 +262,10 @@ pub enum JobError {
     /// take it again.
     #[error("lost the worker container: {0}")]
     WorkerLost(String),
+    /// The worker sent what no job server sends, or more than a limit allows; nothing it says
+    /// after that is believed, and the worker is removed.
+    #[error("refused what the worker sent: {0}")]
+    Untrusted(String),
     #[error("interrupted")]
     Cancelled,
     #[error("stalled: no progress for {} s; stopped and its container removed", .0.as_secs())]

@@ -501,6 +501,8 @@ fn inspect_running_worker(dir: &Path, input: &Path, transfer: &str) -> Value {
             "1g",
             "--pids-limit",
             "200",
+            "--cpus",
+            "0.75",
             "--transfer",
             transfer,
         ])
@@ -549,7 +551,23 @@ fn containers_are_locked_down() {
         assert!(hc["SecurityOpt"].to_string().contains("no-new-privileges"));
         assert_eq!(hc["Memory"], 1i64 << 30);
         assert_eq!(hc["PidsLimit"], 200);
+        assert_eq!(hc["NanoCpus"], 750_000_000i64, "{transfer}");
         assert_eq!(hc["LogConfig"]["Type"], "none");
+        // The root is read-only: scratch is a small tmpfs (and, for a pooled worker, a volume
+        // of its own at /work); the image's ENTRYPOINT never runs.
+        assert_eq!(hc["ReadonlyRootfs"], true, "{transfer}");
+        let tmp = hc["Tmpfs"]["/tmp"].as_str().expect("a tmpfs at /tmp");
+        assert!(tmp.contains("size=64m") && tmp.contains("noexec"), "{tmp}");
+        if transfer == "auto" {
+            let work = hc["Tmpfs"]["/work"].as_str().expect("a tmpfs at /work");
+            assert!(work.contains("size=64m") && work.contains("mode=0700"), "{work}");
+        } else {
+            assert!(hc["Tmpfs"]["/work"].is_null(), "{hc}");
+        }
+        let entrypoint = c["Config"]["Entrypoint"].as_array().expect("entrypoint");
+        assert_eq!(entrypoint[0], "sh", "{entrypoint:?}");
+        assert_eq!(entrypoint[3], "isc-worker", "{entrypoint:?}");
+        assert!(c["Config"]["Cmd"].as_array().is_none_or(|c| c.is_empty()));
         if rustix::process::geteuid().is_root() {
             assert_eq!(c["Config"]["User"], "65534:65534", "{transfer}");
         } else {
@@ -576,6 +594,11 @@ fn containers_are_locked_down() {
                 Some("/usr") => {
                     assert_eq!(m["Type"], "volume", "{m}");
                     assert_eq!(m["RW"], false, "{m}");
+                }
+                Some("/work") if transfer == "stream" => {
+                    assert_eq!(m["Type"], "volume", "{m}");
+                    assert_eq!(m["RW"], true, "{m}");
+                    assert_eq!(m["Driver"], "local", "{m}");
                 }
                 Some("/in/input.mp4") if transfer == "auto" => {
                     assert_eq!(m["Type"], "bind", "{m}");

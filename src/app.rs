@@ -17,11 +17,12 @@ use crate::exec::docker::{DockerBackend, Engine, Limits, MountPolicy, default_ho
 use crate::exec::local::LocalBackend;
 use crate::exec::{Backend, JobSpec, Produced};
 use crate::hash;
+use crate::place::Replace;
 use crate::plan::{self, Action, HashEvent, Item, PlanOptions};
 use crate::preset::{self, Preset};
 use crate::report::{self, BatchInfo, Event, ReportOptions, human_bytes};
 use crate::scan::{self, ScanOptions};
-use crate::schedule::{self, JobResult, Recorder, Status, TEMP_PREFIX};
+use crate::schedule::{self, Job, JobResult, Recorder, Status, TEMP_PREFIX};
 use crate::state::{self, OutputRecord, Store};
 use clap::Parser;
 use std::collections::HashMap;
@@ -147,11 +148,18 @@ pub(crate) fn run_id() -> String {
 }
 
 /// Delete temporary outputs (`.isc-tmp-*`) under the output folder: only a killed run leaves
-/// them, and the caller holds the folder's lock, so none belongs to a live run.
+/// them, and the caller holds the folder's lock, so none belongs to a live run. A folder below
+/// that has a state folder of its own is another run's output folder, under another lock: its
+/// temporary files may be a live run's, so the walk never enters it. Links are not followed.
 pub(crate) fn remove_stale_temps(out: &Path) -> usize {
     walkdir::WalkDir::new(out)
         .into_iter()
-        .filter_entry(|e| e.file_name() != state::STATE_DIR)
+        .filter_entry(|e| {
+            e.file_name() != state::STATE_DIR
+                && !(e.depth() > 0
+                    && e.file_type().is_dir()
+                    && std::fs::symlink_metadata(e.path().join(state::STATE_DIR)).is_ok())
+        })
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
         .map(|e| (e.path().to_path_buf(), e.file_type().is_dir()))
@@ -303,12 +311,30 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
                 let _ = tx.send(Event::Finished(r));
             }
             Action::Copy { from, record } => {
-                let r = copy_job(&spec(id, it), from, record, &args.out, &store, &it.why);
+                let r = copy_job(
+                    &spec(id, it),
+                    from,
+                    record,
+                    &args.out,
+                    &store,
+                    &it.why,
+                    args.overwrite,
+                );
                 failed |= r.status == Status::Failed;
                 let _ = tx.send(Event::Finished(r));
             }
+            Action::Conflict => {
+                let job = spec(id, it);
+                let _ =
+                    store.record_failure(&job.input.display().to_string(), &preset.name, &it.why);
+                failed = true;
+                let _ = tx.send(Event::Finished(failed_result(&job, &it.why)));
+            }
             Action::Follow { .. } => {}
-            Action::Run => to_run.push(spec(id, it)),
+            Action::Run => to_run.push(Job {
+                spec: spec(id, it),
+                input_stat: it.stat,
+            }),
         }
     }
 
@@ -337,7 +363,15 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
                     recs.into_iter()
                         .find(|r| args.out.join(&r.output_path) == p.output)
                 }) {
-                Some(rec) => copy_job(&job, &p.output, &rec, &args.out, &store, &it.why),
+                Some(rec) => copy_job(
+                    &job,
+                    &p.output,
+                    &rec,
+                    &args.out,
+                    &store,
+                    &it.why,
+                    args.overwrite,
+                ),
                 None => failed_result(&job, "the identical input it follows was not recorded"),
             },
             Some(p) if p.status == Status::Failed => failed_result(
@@ -369,6 +403,7 @@ fn action_word(a: &Action) -> &'static str {
         Action::Skip => "skip",
         Action::Copy { .. } | Action::Follow { .. } => "copy",
         Action::Run => "run",
+        Action::Conflict => "fail",
     }
 }
 
@@ -391,6 +426,7 @@ fn plan_with_progress(
             force: args.force,
             verify: args.verify,
             read_only,
+            overwrite: args.overwrite,
         },
         &mut |e| match e {
             HashEvent::Start { path, size } if size > 64 << 20 && !opts.quiet => {
@@ -497,7 +533,9 @@ pub(crate) fn failed_result(job: &JobSpec, error: &str) -> JobResult {
     }
 }
 
-/// Give `job` a copy of an existing output of the same content.
+/// Give `job` a copy of an existing output of the same content, with the checks of a transcode:
+/// inside the output folder, through no link, over nothing this tool did not write unless
+/// `overwrite`.
 pub(crate) fn copy_job(
     job: &JobSpec,
     from: &Path,
@@ -505,14 +543,24 @@ pub(crate) fn copy_job(
     out: &Path,
     store: &Store,
     why: &str,
+    overwrite: bool,
 ) -> JobResult {
     let start = std::time::Instant::now();
-    if let Err(e) = plan::copy_output(from, &job.output) {
+    let replace = match plan::replaceable(store, out, &job.output, overwrite) {
+        Ok(r) => r,
+        Err(e) => return failed_result(job, &e.to_string()),
+    };
+    if let Err(e) = plan::copy_output(from, &job.output, out, replace) {
+        let _ = store.record_failure(
+            &job.input.display().to_string(),
+            &job.preset.name,
+            &e.to_string(),
+        );
         return failed_result(job, &format!("cannot copy {}: {e}", from.display()));
     }
     let record = OutputRecord {
         output_path: plan::relative(out, &job.output),
-        input_path: job.input.display().to_string(),
+        input_path: job.input.clone(),
         host: "copy".into(),
         seconds: start.elapsed().as_secs_f64(),
         transcoded: false,
@@ -547,15 +595,23 @@ pub(crate) struct StateRecorder {
     provenance: Provenance,
     /// Set once this run has stored the image's ffmpeg version: one write, not one per job.
     version_stored: std::sync::OnceLock<()>,
+    /// `--overwrite`: an output may replace whatever stands at its path.
+    overwrite: bool,
 }
 
 impl StateRecorder {
-    pub(crate) fn new(store: Arc<Store>, out: PathBuf, provenance: Provenance) -> StateRecorder {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        out: PathBuf,
+        provenance: Provenance,
+        overwrite: bool,
+    ) -> StateRecorder {
         StateRecorder {
             store,
             out,
             provenance,
             version_stored: std::sync::OnceLock::new(),
+            overwrite,
         }
     }
 }
@@ -565,6 +621,7 @@ impl Recorder for StateRecorder {
         &self,
         job: &JobSpec,
         produced: &Produced,
+        input: &state::FileStat,
         seconds: f64,
         host: &str,
     ) -> Result<String, String> {
@@ -575,19 +632,19 @@ impl Recorder for StateRecorder {
         {
             Some(sha) => sha,
             // ffmpeg stopped reading early (a thumbnail), so the stream did not see every byte.
-            None => {
-                hash::file(&job.input, |_| {}).map_err(|e| format!("cannot hash input: {e}"))?
-            }
+            None => match hash::file_stable(&job.input, |_| {}) {
+                Ok((sha, Some(st))) if st == *input => sha,
+                Ok(_) => {
+                    return Err("the input changed before its hash could be taken".into());
+                }
+                Err(e) => return Err(format!("cannot hash input: {e}")),
+            },
         };
-        if let Ok(meta) = std::fs::metadata(&job.input) {
-            let st = state::FileStat::of(&meta);
-            // Only cache what the hash describes: the file must not have changed meanwhile.
-            if st.size == job.size {
-                self.store
-                    .put_hash(&st, &input_sha256)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
+        // The dispatcher saw `input` before the first byte was read and again after the last:
+        // the hash describes the file with exactly that identity.
+        self.store
+            .put_hash(input, &input_sha256)
+            .map_err(|e| e.to_string())?;
         let key = hash::job_key(&input_sha256, &job.preset.fingerprint());
         // The version ffmpeg's banner named; remembered per image so that reports and later
         // runs know it without asking.
@@ -607,7 +664,7 @@ impl Recorder for StateRecorder {
             .record(&OutputRecord {
                 output_path: plan::relative(&self.out, &job.output),
                 key: key.clone(),
-                input_path: job.input.display().to_string(),
+                input_path: job.input.clone(),
                 input_sha256,
                 input_size: job.size,
                 output_size: produced.bytes_out,
@@ -630,6 +687,12 @@ impl Recorder for StateRecorder {
             self.store
                 .record_failure(&job.input.display().to_string(), &job.preset.name, error);
     }
+
+    fn replace(&self, job: &JobSpec) -> Replace {
+        // A store that cannot answer records nothing as ours.
+        plan::replaceable(&self.store, &self.out, &job.output, self.overwrite)
+            .unwrap_or(Replace::Nothing)
+    }
 }
 
 pub(crate) fn num_cpus_local() -> usize {
@@ -640,7 +703,7 @@ pub(crate) fn num_cpus_local() -> usize {
 
 /// Choose the backend, connect, and run the jobs that must run.
 async fn run_jobs(
-    jobs: Vec<JobSpec>,
+    jobs: Vec<Job>,
     args: &RunArgs,
     preset: &Preset,
     opts: ReportOptions,
@@ -666,6 +729,7 @@ async fn run_jobs(
             store.clone(),
             args.out.clone(),
             provenance,
+            args.overwrite,
         ))
     };
     match engine {
@@ -804,7 +868,7 @@ fn parallelism(args: &RunArgs, cpus: Option<usize>, jobs: usize) -> usize {
 )]
 async fn execute<B: Backend>(
     backend: B,
-    jobs: Vec<JobSpec>,
+    jobs: Vec<Job>,
     args: &RunArgs,
     preset: &Preset,
     opts: ReportOptions,

@@ -277,6 +277,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Replace files already at output paths that this tool did not write. By default such a
+    /// file (one the state store does not record as an output, or anything there that is not a
+    /// regular file, such as a link) is never touched: its input is reported as failed with
+    /// "output exists and was not made by isc-transcode", the others go on, and the exit code
+    /// is 1; --dry-run lists it. A link at an output path is replaced, never followed.
+    /// Example: `isc-transcode in/ -o web --overwrite` to redo a folder of older encodes.
+    #[arg(long)]
+    pub overwrite: bool,
+
     /// Re-hash recorded outputs before trusting them (slower; catches same-size corruption).
     #[arg(long)]
     pub verify: bool,

@@ -9,7 +9,12 @@
 //! Where a file is streamed anyway
 //! (uploading it to a container, receiving an output), [`Hasher`] is fed the same buffers, so no
 //! file is read twice for its hash.
+//!
+//! A hash only describes a file's identity (device, inode, size, mtime) when that identity was
+//! taken before the bytes were read and is the same after ([`file_stable`]): otherwise a file
+//! edited in place while it was read would be cached with content it no longer has.
 
+use crate::state::FileStat;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::Path;
@@ -79,8 +84,27 @@ impl std::ops::DerefMut for Block {
 }
 
 /// Hash a file, calling `progress` with the bytes read so far after each block.
-pub fn file(path: &Path, mut progress: impl FnMut(u64)) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+pub fn file(path: &Path, progress: impl FnMut(u64)) -> std::io::Result<String> {
+    let f = std::fs::File::open(path)?;
+    read_all(f, progress)
+}
+
+/// Hash a file and say which identity the hash belongs to: the file's (device, inode, size,
+/// mtime) taken on the open file before the first byte is read, and `None` when a second look
+/// after the last byte finds it different (the file was written meanwhile, so the hash may
+/// mix old and new bytes and describes neither). Only a `Some` may go into the stat cache.
+pub fn file_stable(
+    path: &Path,
+    progress: impl FnMut(u64),
+) -> std::io::Result<(String, Option<FileStat>)> {
+    let f = std::fs::File::open(path)?;
+    let before = FileStat::of(&f.metadata()?);
+    let sha = read_all(f.try_clone()?, progress)?;
+    let after = FileStat::of(&f.metadata()?);
+    Ok((sha, (before == after).then_some(before)))
+}
+
+fn read_all(mut f: std::fs::File, mut progress: impl FnMut(u64)) -> std::io::Result<String> {
     let mut buf = Block::new(BLOCK);
     let mut h = Hasher::new();
     let mut done = 0u64;
@@ -152,6 +176,29 @@ mod tests {
         assert_eq!(a, h.finish());
         assert_eq!(seen.last(), Some(&(data.len() as u64)));
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_file_written_while_it_is_hashed_has_no_identity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![1u8; 3 * BLOCK]).expect("w");
+        let before = FileStat::of(&std::fs::metadata(&p).expect("m"));
+        let (sha, st) = file_stable(&p, |_| {}).expect("hash");
+        assert_eq!(st, Some(before));
+        assert_eq!(sha, file(&p, |_| {}).expect("hash"));
+        // Same size, new bytes and mtime, written after the first block was read.
+        let mut touched = false;
+        let (_, st) = file_stable(&p, |done| {
+            if !touched && done >= BLOCK as u64 {
+                touched = true;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                std::fs::write(&p, vec![2u8; 3 * BLOCK]).expect("rewrite");
+            }
+        })
+        .expect("hash");
+        assert!(touched);
+        assert_eq!(st, None, "a changed file's hash must not be cached");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! 3. [`scan`] finds the inputs (walking folders, never the output folder) and maps each to its
 //!    output path, refusing collisions before any work starts.
 //! 4. [`schedule`] is the dispatcher: it owns the running jobs, the temporary outputs, signals,
-//!    and the rename that makes an output final.
+//!    and the rename that makes an output final, which [`place`] makes safe: inside the output
+//!    folder, through no link, over nothing this tool did not write.
 //! 5. [`exec`] holds the backends behind one small trait: [`exec::docker`] streams each input
 //!    into a container on a Docker engine and the output back; [`exec::local`] runs local
 //!    ffmpeg. [`media`] reads container layouts (where an MP4's index sits) to choose how the
@@ -36,6 +37,7 @@ pub mod ffmpeg;
 pub mod hash;
 pub mod media;
 pub mod metrics;
+pub mod place;
 pub mod plan;
 pub mod preset;
 pub mod readback;

@@ -15,8 +15,16 @@
 //!      that output (reflink, else hard link, else a copy), no transcode;
 //!    - the same key as an earlier input of this batch: wait for it and copy its output;
 //!    - otherwise: run.
+//! 4. Whatever is to be written, a file already at the output path that the store does not
+//!    record as this tool's output (or anything there but a regular file) makes the input a
+//!    conflict instead: reported as failed, never overwritten, unless `--overwrite`. The rename
+//!    that finishes each output checks again ([`crate::place`]).
+//!
+//! A hash goes into the stat cache only with the identity the file had before its bytes were
+//! read, and only if that identity is the same after ([`hash::file_stable`]).
 
 use crate::hash;
+use crate::place::{self, Replace};
 use crate::preset::Preset;
 use crate::scan::{Planned, ScanProblem};
 use crate::schedule::TEMP_PREFIX;
@@ -38,6 +46,8 @@ pub enum Action {
     Follow { primary: usize },
     /// Transcode.
     Run,
+    /// Something not made by this tool stands at the output path: fail, write nothing.
+    Conflict,
 }
 
 /// One input with its decision.
@@ -61,6 +71,8 @@ pub struct PlanOptions {
     pub verify: bool,
     /// Write nothing to the store (`--dry-run`).
     pub read_only: bool,
+    /// Replace whatever stands at an output path (`--overwrite`).
+    pub overwrite: bool,
 }
 
 /// Progress of the hashing phase.
@@ -125,7 +137,7 @@ pub fn plan(
             path: path.clone(),
             size,
         });
-        let result = hash::file(&path, |done| {
+        let result = hash::file_stable(&path, |done| {
             on_hash(HashEvent::Bytes {
                 path: path.clone(),
                 done,
@@ -133,11 +145,18 @@ pub fn plan(
         });
         on_hash(HashEvent::End { path: path.clone() });
         match result {
-            Ok(sha) => {
+            Ok((sha, Some(st))) if st == it.stat => {
                 if !opts.read_only {
                     store.put_hash(&it.stat, &sha)?;
                 }
                 it.sha256 = Some(sha);
+            }
+            Ok(_) => {
+                // Written while it was read: the hash describes neither version. Plan it with
+                // what it is now, and hash it as it streams.
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    it.stat = FileStat::of(&meta);
+                }
             }
             Err(e) => {
                 problems.push(ScanProblem {
@@ -187,7 +206,7 @@ pub fn plan(
                 from: out_dir.join(&src.output_path),
                 record: Box::new(src.clone()),
             };
-            items[i].why = format!("same content as {}", src.input_path);
+            items[i].why = format!("same content as {}", src.input_path.display());
             continue;
         }
         if let Some(&primary) = first_with_key.get(&key) {
@@ -205,7 +224,58 @@ pub fn plan(
             };
         }
     }
+    refuse_conflicts(&mut items, out_dir, store, opts)?;
     Ok((items, problems))
+}
+
+/// What may stand at `output` for this run to put an output there.
+pub fn replaceable(
+    store: &Store,
+    out_dir: &Path,
+    output: &Path,
+    overwrite: bool,
+) -> Result<Replace, StateError> {
+    if overwrite {
+        return Ok(Replace::Anything);
+    }
+    Ok(match store.output_at(&relative(out_dir, output))? {
+        Some(_) => Replace::Ours,
+        None => Replace::Nothing,
+    })
+}
+
+/// Turn every item that would write over a file this tool did not make into a conflict. The
+/// first item that was to copy a conflicting item's output runs in its place, and the others
+/// follow that one.
+fn refuse_conflicts(
+    items: &mut [Item],
+    out_dir: &Path,
+    store: &Store,
+    opts: PlanOptions,
+) -> Result<(), StateError> {
+    let mut stand_in: HashMap<usize, usize> = HashMap::new();
+    for i in 0..items.len() {
+        if let Action::Follow { primary } = items[i].action
+            && let Some(&s) = stand_in.get(&primary)
+        {
+            items[i].action = Action::Follow { primary: s };
+        }
+        if items[i].action == Action::Skip {
+            continue;
+        }
+        let output = items[i].planned.output.clone();
+        let replace = replaceable(store, out_dir, &output, opts.overwrite)?;
+        if let Some(message) = place::conflict(&output, replace) {
+            items[i].action = Action::Conflict;
+            items[i].why = message;
+        } else if let Action::Follow { primary } = items[i].action
+            && items[primary].action == Action::Conflict
+        {
+            items[i].action = Action::Run;
+            stand_in.insert(primary, i);
+        }
+    }
+    Ok(())
 }
 
 /// An output path as recorded: relative to the output folder.
@@ -239,13 +309,35 @@ fn output_state(out_dir: &Path, rec: &OutputRecord, verify: bool) -> OutputState
 }
 
 /// Put a copy of `from` at `to` atomically: a reflink where the filesystem can, else a hard link,
-/// else a byte copy, under a temporary name that is then renamed into place.
-pub fn copy_output(from: &Path, to: &Path) -> std::io::Result<()> {
-    let dir = to.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+/// else a byte copy, under a temporary name that is then renamed into place. Both must lie in
+/// the output folder `out_dir` and are reached through no link below it ([`place::open_dir`]);
+/// `replace` says what may stand at `to`.
+pub fn copy_output(
+    from: &Path,
+    to: &Path,
+    out_dir: &Path,
+    replace: Replace,
+) -> std::io::Result<()> {
+    let outside = |what: String| std::io::Error::other(place::PlaceError::Outside(what));
+    if !std::fs::symlink_metadata(from)?.file_type().is_file() {
+        return Err(outside(format!("{} is not a regular file", from.display())));
+    }
+    let (root, source) = (out_dir.canonicalize()?, from.canonicalize()?);
+    if !source.starts_with(&root) {
+        return Err(outside(format!(
+            "{} resolves to {}",
+            from.display(),
+            source.display()
+        )));
+    }
+    let dir = place::open_dir(out_dir, to.parent().unwrap_or(out_dir))?;
+    let name = place::file_name(to)?;
+    if let Some(conflict) = place::conflict(to, replace) {
+        return Err(std::io::Error::other(conflict));
+    }
     let linked = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
-        .make_in(dir, |p| {
+        .make_in(dir.path(), |p| {
             reflink_copy::reflink(from, p).or_else(|_| std::fs::hard_link(from, p))
         });
     let temp = match linked {
@@ -253,16 +345,21 @@ pub fn copy_output(from: &Path, to: &Path) -> std::io::Result<()> {
         Err(_) => {
             let t = tempfile::Builder::new()
                 .prefix(TEMP_PREFIX)
-                .tempfile_in(dir)?;
+                .tempfile_in(dir.path())?;
             std::fs::copy(from, t.path())?;
             t.as_file().sync_all()?;
             t.into_temp_path()
         }
     };
-    temp.persist(to).map_err(|e| e.error)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    let temp_name = place::file_name(&temp)?;
+    if !dir.holds_file(&temp_name) {
+        return Err(outside(format!(
+            "{} was replaced while in use",
+            dir.path().display()
+        )));
     }
+    dir.install(&temp_name, &name, replace)?;
+    let _ = temp.keep();
     Ok(())
 }
 
@@ -293,7 +390,7 @@ mod tests {
             .record(&OutputRecord {
                 output_path: relative(out, &item.planned.output),
                 key: hash::job_key(&sha, &crate::preset::load("copy").expect("p").fingerprint()),
-                input_path: item.planned.input.display().to_string(),
+                input_path: item.planned.input.clone(),
                 input_sha256: sha.clone(),
                 input_size: item.stat.size,
                 output_size: output_bytes.len() as u64,
@@ -319,6 +416,7 @@ mod tests {
                 Action::Run => "run".to_string(),
                 Action::Copy { .. } => "copy".to_string(),
                 Action::Follow { primary } => format!("follow {primary}"),
+                Action::Conflict => "conflict".to_string(),
             })
             .collect()
     }
@@ -482,19 +580,179 @@ mod tests {
         assert_eq!(actions(&forced), ["run"]);
     }
 
+    // Regression: a file at an output path that no record names was overwritten.
+    #[test]
+    fn a_file_the_tool_did_not_write_makes_a_conflict_unless_overwrite() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let out = t.path().join("out");
+        let store = Store::open(&out, false).expect("store");
+        let preset = crate::preset::load("copy").expect("preset");
+        let a = planned(t.path(), "a.mp4", b"aaaa");
+        let b = planned(t.path(), "b.mp4", b"bbbbb");
+        std::fs::write(&a.output, b"someone else's").expect("w");
+        std::os::unix::fs::symlink("/etc/hostname", &b.output).expect("ln");
+        let run = |opts| {
+            plan(
+                vec![a.clone(), b.clone()],
+                &preset,
+                &out,
+                &store,
+                opts,
+                &mut |_| {},
+            )
+            .expect("plan")
+            .0
+        };
+        let items = run(PlanOptions::default());
+        assert_eq!(actions(&items), ["conflict", "conflict"]);
+        assert!(
+            items[0]
+                .why
+                .contains("output exists and was not made by isc-transcode")
+                && items[0].why.contains("a.mp4"),
+            "{}",
+            items[0].why
+        );
+        let forced = run(PlanOptions {
+            overwrite: true,
+            ..Default::default()
+        });
+        assert_eq!(actions(&forced), ["run", "run"]);
+
+        // Recorded as this tool's output (for older content of the input): replaced.
+        std::fs::remove_file(&b.output).expect("rm");
+        record(&store, &out, &items[0], b"made here");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&a.input, b"AAAA").expect("edit");
+        let items = plan(
+            vec![a.clone()],
+            &preset,
+            &out,
+            &store,
+            PlanOptions::default(),
+            &mut |_| {},
+        )
+        .expect("plan")
+        .0;
+        assert_eq!(actions(&items), ["run"]);
+    }
+
+    // A duplicate whose primary cannot write its output runs in its place.
+    #[test]
+    fn a_follower_of_a_conflict_runs_instead() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let out = t.path().join("out");
+        let store = Store::open(&out, false).expect("store");
+        let preset = crate::preset::load("copy").expect("preset");
+        let a = planned(t.path(), "a.mp4", b"same");
+        let b = planned(t.path(), "b.mp4", b"same");
+        let c = planned(t.path(), "c.mp4", b"same");
+        std::fs::create_dir_all(&out).expect("mkdir");
+        std::fs::write(&a.output, b"theirs").expect("w");
+        let items = plan(
+            vec![a, b, c],
+            &preset,
+            &out,
+            &store,
+            PlanOptions::default(),
+            &mut |_| {},
+        )
+        .expect("plan")
+        .0;
+        assert_eq!(actions(&items), ["conflict", "run", "follow 1"]);
+    }
+
+    // Regression: a hash taken while the file was being written went into the stat cache.
+    #[test]
+    fn a_hash_of_a_file_written_meanwhile_is_not_cached() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let out = t.path().join("out");
+        let store = Store::open(&out, false).expect("store");
+        let preset = crate::preset::load("copy").expect("preset");
+        let big = vec![7u8; 3 << 20];
+        let a = planned(t.path(), "a.mp4", &big);
+        let b = planned(t.path(), "b.mp4", &big);
+        let mut edited = false;
+        let input = a.input.clone();
+        let items = plan(
+            vec![a, b],
+            &preset,
+            &out,
+            &store,
+            PlanOptions::default(),
+            &mut |e| {
+                if let HashEvent::Bytes { path, done } = e
+                    && path == input
+                    && done >= 1 << 20
+                    && !edited
+                {
+                    edited = true;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    std::fs::write(&input, vec![8u8; 3 << 20]).expect("edit in place");
+                }
+            },
+        )
+        .expect("plan")
+        .0;
+        assert!(edited);
+        let now = FileStat::of(&std::fs::metadata(&items[0].planned.input).expect("m"));
+        assert_eq!(items[0].sha256, None, "hashed again while it streams");
+        assert_eq!(items[0].stat, now, "planned with what it is now");
+        assert_eq!(store.cached_hash(&now).expect("q"), None);
+        assert!(items[1].sha256.is_some());
+    }
+
     #[test]
     fn copy_output_is_atomic_and_equal() {
         let t = tempfile::tempdir().expect("tempdir");
         let from = t.path().join("a.mp4");
         std::fs::write(&from, b"payload").expect("w");
         let to = t.path().join("sub/b.mp4");
-        copy_output(&from, &to).expect("copy");
+        copy_output(&from, &to, t.path(), Replace::Nothing).expect("copy");
         assert_eq!(std::fs::read(&to).expect("r"), b"payload");
+        let err = copy_output(&from, &to, t.path(), Replace::Nothing).expect_err("taken");
+        assert!(
+            err.to_string().contains("was not made by isc-transcode"),
+            "{err}"
+        );
         let leftovers: Vec<_> = std::fs::read_dir(t.path().join("sub"))
             .expect("ls")
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    // Regression: a copy went through a symlinked sub-folder of out/ to wherever it pointed.
+    #[test]
+    fn copy_output_writes_through_no_link() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let out = t.path().join("out");
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir_all(&out).expect("mkdir");
+        std::fs::create_dir_all(&elsewhere).expect("mkdir");
+        let from = out.join("a.mp4");
+        std::fs::write(&from, b"payload").expect("w");
+        std::os::unix::fs::symlink(&elsewhere, out.join("sub")).expect("ln");
+        let err = copy_output(&from, &out.join("sub/b.mp4"), &out, Replace::Anything)
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("outside the output folder"),
+            "{err}"
+        );
+        std::fs::write(elsewhere.join("secret.mp4"), b"secret").expect("w");
+        let err = copy_output(
+            &out.join("sub/secret.mp4"),
+            &out.join("c.mp4"),
+            &out,
+            Replace::Nothing,
+        )
+        .expect_err("refused");
+        assert!(
+            err.to_string().contains("outside the output folder"),
+            "{err}"
+        );
+        assert!(!out.join("c.mp4").exists());
+        assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 1);
     }
 }

@@ -6,7 +6,11 @@
 //!   a half-written file never sits at a final path, and the rename is atomic (same folder);
 //! - the output counts as done only after its shape and its probe pass the preset's checks,
 //!   and it is synced before the rename and the folder after it;
-//! - nothing is written outside the output folder, even through a symlinked subfolder;
+//! - nothing is written outside the output folder, even through a symlinked subfolder, and
+//!   nothing the tool did not write is replaced ([`crate::place`]);
+//! - an input that changes while its job reads it (its device, inode, size or mtime is not what
+//!   the plan saw) fails the job: its output is not put in place and nothing is recorded, so a
+//!   hash is never remembered for bytes the file no longer holds;
 //! - a failure is recorded for that file and the batch goes on.
 //!
 //! Signals: the first SIGINT/SIGTERM stops starting jobs and cancels the running ones (each
@@ -16,8 +20,10 @@
 //! Workers never print: they send events, and the reporter owns the terminal.
 
 use crate::exec::{Backend, Checker, JobCtx, JobError, JobSpec, Produced, Transfer};
+use crate::place::{self, Replace};
 use crate::preset::Preset;
 use crate::report::Event;
+use crate::state::FileStat;
 use crate::{media, verify};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -106,18 +112,45 @@ impl JobResult {
     }
 }
 
+/// A job with the identity its input had when it was planned (before any byte was read).
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub spec: JobSpec,
+    pub input_stat: FileStat,
+}
+
 /// Told about each output once it is in place, before it counts as done, and about failures.
 pub trait Recorder: Send + Sync + 'static {
-    /// The output is renamed into place and synced. Returns the job key it was recorded under.
+    /// The output is renamed into place and synced; `input` is the input's identity, the same
+    /// before its bytes were read and after. Returns the job key it was recorded under.
     fn done(
         &self,
         job: &JobSpec,
         produced: &Produced,
+        input: &FileStat,
         seconds: f64,
         host: &str,
     ) -> Result<String, String>;
 
     fn failed(&self, job: &JobSpec, error: &str);
+
+    /// What may stand at the job's output path for its output to replace it.
+    fn replace(&self, job: &JobSpec) -> Replace;
+}
+
+/// The identity of the file at `path` now, if it is a file.
+pub fn file_stat(path: &Path) -> Option<FileStat> {
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| FileStat::of(&m))
+}
+
+fn changed(when: &str) -> JobError {
+    JobError::Input(std::io::Error::other(format!(
+        "the file changed {when} (its size or modification time is not what it was when it was \
+         planned); nothing was recorded: run again to transcode what it holds now"
+    )))
 }
 
 /// How the batch ended.
@@ -145,7 +178,7 @@ pub struct BatchOptions {
 /// Run every job, at most `opts.parallel` at once.
 pub async fn run_batch<B: Backend>(
     backend: Arc<B>,
-    jobs: Vec<JobSpec>,
+    jobs: Vec<Job>,
     out_dir: &Path,
     opts: BatchOptions,
     events: UnboundedSender<Event>,
@@ -220,7 +253,7 @@ pub async fn run_batch<B: Backend>(
     // Remove the idle workers before saying how it went: nothing of this run stays behind.
     backend.finish().await;
     for job in pending {
-        let result = JobResult::without_run(&job, Status::NotStarted);
+        let result = JobResult::without_run(&job.spec, Status::NotStarted);
         let _ = events.send(Event::Finished(result.clone()));
         results.push(result);
     }
@@ -279,7 +312,7 @@ async fn stop<B: Backend>(
 
 pub(crate) async fn run_one<B: Backend>(
     backend: &B,
-    job: JobSpec,
+    job: Job,
     out_root: &Path,
     ctx: &JobCtx,
     host: String,
@@ -288,7 +321,12 @@ pub(crate) async fn run_one<B: Backend>(
 ) -> JobResult {
     let start = Instant::now();
     ctx.touch();
-    let work = produce(backend, &job, out_root, ctx);
+    let Job {
+        spec: job,
+        input_stat,
+    } = job;
+    let replace = recorder.replace(&job);
+    let work = produce(backend, &job, &input_stat, replace, out_root, ctx);
     tokio::pin!(work);
     let mut stalled = None;
     let outcome = loop {
@@ -319,7 +357,7 @@ pub(crate) async fn run_one<B: Backend>(
             result.checked_by = Some(p.checked_by);
             result.media_seconds = p.input.duration.or(p.decoded);
             result.dropped = verify::dropped(&job.preset.check, &p.input, &p.probe);
-            match recorder.done(&job, &p, seconds, &result.host) {
+            match recorder.done(&job, &p, &input_stat, seconds, &result.host) {
                 Ok(key) => result.key = Some(key),
                 Err(e) => {
                     result.status = Status::Failed;
@@ -364,10 +402,13 @@ async fn index_reserve(job: &JobSpec) -> Option<u64> {
         .flatten()
 }
 
-/// Run the job into a temp file, check it, and move it into place.
+/// Run the job into a temp file, check it, and move it into place. `input_stat` is the input's
+/// identity as planned; `replace` says what may stand at the output path.
 async fn produce<B: Backend>(
     backend: &B,
     job: &JobSpec,
+    input_stat: &FileStat,
+    replace: Replace,
     out_root: &Path,
     ctx: &JobCtx,
 ) -> Result<Produced, JobError> {
@@ -376,15 +417,13 @@ async fn produce<B: Backend>(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| out_root.to_path_buf());
-    std::fs::create_dir_all(&parent).map_err(JobError::Output)?;
-    let canon_root = out_root.canonicalize().map_err(JobError::Output)?;
-    let canon_parent = parent.canonicalize().map_err(JobError::Output)?;
-    if !canon_parent.starts_with(&canon_root) {
-        return Err(JobError::Output(std::io::Error::other(format!(
-            "refusing to write outside the output folder: {} resolves to {}",
-            parent.display(),
-            canon_parent.display()
-        ))));
+    let name = place::file_name(&job.output).map_err(|e| JobError::Output(e.into()))?;
+    let dir = place::open_dir(out_root, &parent).map_err(|e| JobError::Output(e.into()))?;
+    if let Some(conflict) = place::conflict(&job.output, replace) {
+        return Err(JobError::Output(std::io::Error::other(conflict)));
+    }
+    if file_stat(&job.input).as_ref() != Some(input_stat) {
+        return Err(changed("after this run planned it"));
     }
     if job.size == 0 {
         return Err(JobError::Input(std::io::Error::other(
@@ -396,8 +435,15 @@ async fn produce<B: Backend>(
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .prefix(TEMP_PREFIX)
         .suffix(&format!(".{}", job.preset.extension))
-        .tempfile_in(&parent)
+        .tempfile_in(dir.path())
         .map_err(JobError::Output)?;
+    let temp_name = place::file_name(temp.path()).map_err(|e| JobError::Output(e.into()))?;
+    if !dir.holds_file(&temp_name) {
+        return Err(JobError::Output(std::io::Error::other(format!(
+            "refusing to write outside the output folder: {} was replaced while in use",
+            dir.path().display()
+        ))));
+    }
 
     let reserved;
     let job = match index_reserve(job).await {
@@ -462,11 +508,14 @@ async fn produce<B: Backend>(
     std::fs::File::open(temp.path())
         .and_then(|f| f.sync_all())
         .map_err(JobError::Output)?;
-    temp.persist(&job.output)
-        .map_err(|e| JobError::Output(e.error))?;
-    if let Ok(dir) = std::fs::File::open(&parent) {
-        let _ = dir.sync_all();
+    if file_stat(&job.input).as_ref() != Some(input_stat) {
+        return Err(changed("while it was transcoded"));
     }
+    let temp = temp.into_temp_path();
+    dir.install(&temp_name, &name, replace)
+        .map_err(|e| JobError::Output(e.into()))?;
+    // In place under its final name: the temporary name is gone, nothing to delete.
+    let _ = temp.keep();
     Ok(produced)
 }
 
@@ -493,7 +542,8 @@ mod tests {
         };
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let ctx = JobCtx::new(tx, CancellationToken::new(), false);
-        let produced = produce(&local, &job, dir.path(), &ctx)
+        let stat = file_stat(&input).expect("stat");
+        let produced = produce(&local, &job, &stat, Replace::Nothing, dir.path(), &ctx)
             .await
             .expect("made the usual way");
         assert_eq!(

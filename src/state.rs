@@ -22,7 +22,9 @@
 //! runs never work on the same folder at once.
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::ffi::OsStr;
 use std::io::{Read, Seek, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -94,7 +96,32 @@ const MIGRATIONS: &[&str] = &[
         updated_at         INTEGER NOT NULL
     );
     ",
+    // 3: paths as the bytes the filesystem holds (BLOBs), not as text: a name that is not
+    // UTF-8 was stored lossily before, so it never matched itself again (and two such names
+    // could fold into one row). Text rows become the same bytes.
+    "
+    UPDATE outputs SET output_path = CAST(output_path AS BLOB), input_path = CAST(input_path AS BLOB);
+    UPDATE watch_queue SET input_path = CAST(input_path AS BLOB);
+    ",
 ];
+
+/// A path as the bytes the filesystem holds: how the store keeps and compares every path.
+fn path_bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
+
+/// A path column, whether an older database stored it as text or this one as bytes.
+fn path_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<PathBuf> {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(i)? {
+        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(PathBuf::from(OsStr::from_bytes(b))),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            i,
+            "path".into(),
+            other.data_type(),
+        )),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -165,7 +192,7 @@ pub struct OutputRecord {
     /// Relative to the output folder.
     pub output_path: PathBuf,
     pub key: String,
-    pub input_path: String,
+    pub input_path: PathBuf,
     pub input_sha256: String,
     pub input_size: u64,
     pub output_size: u64,
@@ -437,17 +464,33 @@ impl Store {
 
     /// Every output recorded for a job key.
     pub fn outputs_for_key(&self, key: &str) -> Result<Vec<OutputRecord>, StateError> {
+        self.outputs_where("key=?1 ORDER BY recorded_at DESC", key.to_string().into())
+    }
+
+    /// The record of the output at this path (relative to the output folder), whatever made
+    /// it: what tells a file this tool wrote from one it must never overwrite.
+    pub fn output_at(&self, output_path: &Path) -> Result<Option<OutputRecord>, StateError> {
+        Ok(self
+            .outputs_where("output_path=?1", path_bytes(output_path).to_vec().into())?
+            .pop())
+    }
+
+    fn outputs_where(
+        &self,
+        cond: &str,
+        arg: rusqlite::types::Value,
+    ) -> Result<Vec<OutputRecord>, StateError> {
         self.with(|c| {
-            let mut s = c.prepare(
+            let mut s = c.prepare(&format!(
                 "SELECT output_path, key, input_path, input_sha256, input_size, output_size, output_sha256,
                         preset_name, preset_fingerprint, image, image_id, ffmpeg_version, host, seconds, transcoded
-                 FROM outputs WHERE key=?1 ORDER BY recorded_at DESC",
-            )?;
-            let rows = s.query_map(params![key], |r| {
+                 FROM outputs WHERE {cond}"
+            ))?;
+            let rows = s.query_map(params![arg], |r| {
                 Ok(OutputRecord {
-                    output_path: PathBuf::from(r.get::<_, String>(0)?),
+                    output_path: path_column(r, 0)?,
                     key: r.get(1)?,
-                    input_path: r.get(2)?,
+                    input_path: path_column(r, 2)?,
                     input_sha256: r.get(3)?,
                     input_size: r.get::<_, i64>(4)? as u64,
                     output_size: r.get::<_, i64>(5)? as u64,
@@ -475,9 +518,9 @@ impl Store {
                     ffmpeg_version, host, seconds, recorded_at, transcoded)
                  VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)",
                 params![
-                    rec.output_path.to_string_lossy(),
+                    path_bytes(&rec.output_path),
                     rec.key,
-                    rec.input_path,
+                    path_bytes(&rec.input_path),
                     rec.input_sha256,
                     rec.input_size as i64,
                     rec.output_size as i64,
@@ -542,7 +585,7 @@ impl Store {
                  ON CONFLICT(input_path) DO UPDATE SET preset_fingerprint=?2, dev=?3, ino=?4,
                     size=?5, mtime_ns=?6, state=?7, attempts=?8, last_error=?9, updated_at=?10",
                 params![
-                    e.input_path.to_string_lossy(),
+                    path_bytes(&e.input_path),
                     e.preset_fingerprint,
                     e.stat.dev as i64,
                     e.stat.ino as i64,
@@ -563,7 +606,7 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "DELETE FROM watch_queue WHERE input_path=?1",
-                params![input.to_string_lossy()],
+                params![path_bytes(input)],
             )
             .map(|_| ())
         })
@@ -579,7 +622,7 @@ impl Store {
             )?;
             let rows = s.query_map([], |r| {
                 Ok(QueueEntry {
-                    input_path: PathBuf::from(r.get::<_, String>(0)?),
+                    input_path: path_column(r, 0)?,
                     preset_fingerprint: r.get(1)?,
                     stat: FileStat {
                         dev: r.get::<_, i64>(2)? as u64,
@@ -656,7 +699,7 @@ mod tests {
         OutputRecord {
             output_path: PathBuf::from(path),
             key: key.into(),
-            input_path: "in/a.mp4".into(),
+            input_path: PathBuf::from("in/a.mp4"),
             input_sha256: "aa".into(),
             input_size: 1234,
             output_size: 99,
@@ -799,6 +842,67 @@ mod tests {
         s.queue_put(&e).expect("update");
         drop(s);
         let s = Store::open(dir.path(), false).expect("reopen");
+        assert_eq!(s.queue_all().expect("all"), vec![e.clone()]);
+        s.queue_remove(&e.input_path).expect("rm");
+        assert!(s.queue_all().expect("all").is_empty());
+    }
+
+    // Regression: paths were stored as lossy text, so a name that is not UTF-8 never matched
+    // itself again, and two such names could share one row.
+    #[test]
+    fn paths_are_kept_as_bytes_and_old_text_rows_still_match() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let one = PathBuf::from(OsStr::from_bytes(b"caf\xe9.mp4"));
+        let two = PathBuf::from(OsStr::from_bytes(b"caf\xff.mp4"));
+        {
+            // A version-2 database with a text row, as an older isc-transcode wrote it.
+            let path = Store::path_for(dir.path());
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            let c = Connection::open(&path).expect("c");
+            c.execute_batch(MIGRATIONS[0]).expect("v1");
+            c.execute_batch(MIGRATIONS[1]).expect("v2");
+            c.pragma_update(None, "user_version", 2).expect("v");
+            c.execute(
+                "INSERT INTO outputs VALUES ('old.mp4','k0','in/old.mp4','aa',1,2,'bb','h264','fp',
+                    NULL,NULL,NULL,'local',1.0,0,1)",
+                [],
+            )
+            .expect("old row");
+        }
+        let s = Store::open(dir.path(), false).expect("migrates");
+        assert_eq!(
+            s.output_at(Path::new("old.mp4"))
+                .expect("q")
+                .map(|r| r.input_path),
+            Some(PathBuf::from("in/old.mp4"))
+        );
+        let mut a = rec("x", "k1");
+        a.output_path = one.clone();
+        a.input_path = PathBuf::from("in").join(&one);
+        let mut b = rec("x", "k2");
+        b.output_path = two.clone();
+        s.record(&a).expect("a");
+        s.record(&b).expect("b");
+        assert_eq!(s.output_at(&one).expect("q"), Some(a.clone()));
+        assert_eq!(
+            s.output_at(&two).expect("q").map(|r| r.key),
+            Some("k2".into())
+        );
+        assert_eq!(s.outputs_for_key("k1").expect("q"), vec![a]);
+        let e = QueueEntry {
+            input_path: PathBuf::from("/in").join(&two),
+            preset_fingerprint: "fp".into(),
+            stat: FileStat {
+                dev: 1,
+                ino: 2,
+                size: 3,
+                mtime_ns: 4,
+            },
+            state: QueueState::Queued,
+            attempts: 0,
+            last_error: None,
+        };
+        s.queue_put(&e).expect("put");
         assert_eq!(s.queue_all().expect("all"), vec![e.clone()]);
         s.queue_remove(&e.input_path).expect("rm");
         assert!(s.queue_all().expect("all").is_empty());

@@ -188,6 +188,7 @@ impl Config {
                 force: run.force,
                 verify: run.verify,
                 read_only: false,
+                overwrite: run.overwrite,
             },
             stall_timeout: run.stall_timeout,
             echo_ffmpeg: run.verbose >= 2,
@@ -353,6 +354,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
                 store.clone(),
                 cfg.out.clone(),
                 provenance,
+                args.run.overwrite,
             ));
             Daemon::new(cfg, backend, Some(engine), recorder, cpus, shared)
                 .run(signals, changes)
@@ -364,6 +366,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
                 store.clone(),
                 cfg.out.clone(),
                 provenance,
+                args.run.overwrite,
             ));
             Daemon::new(cfg, backend, None, recorder, cpus, shared)
                 .run(signals, changes)
@@ -1270,16 +1273,17 @@ async fn job_inner<B: Backend>(env: &JobEnv<B>, acc: &Accepted, id: usize, ctx: 
             };
         }
         Action::Copy { from, record } => {
-            let (spec, from, record, out, store, why) = (
+            let (spec, from, record, out, store, why, overwrite) = (
                 spec.clone(),
                 from.clone(),
                 record.clone(),
                 cfg.out.clone(),
                 env.shared.store.clone(),
                 item.why.clone(),
+                cfg.plan.overwrite,
             );
             let copied = tokio::task::spawn_blocking(move || {
-                app::copy_job(&spec, &from, &record, &out, &store, &why)
+                app::copy_job(&spec, &from, &record, &out, &store, &why, overwrite)
             })
             .await;
             match copied {
@@ -1291,6 +1295,12 @@ async fn job_inner<B: Backend>(env: &JobEnv<B>, acc: &Accepted, id: usize, ctx: 
                     };
                 }
             }
+        }
+        Action::Conflict => {
+            return End::Failed {
+                error: item.why.clone(),
+                seconds: 0.0,
+            };
         }
         Action::Run | Action::Follow { .. } => {
             info!(
@@ -1305,7 +1315,10 @@ async fn job_inner<B: Backend>(env: &JobEnv<B>, acc: &Accepted, id: usize, ctx: 
             );
             let r = schedule::run_one(
                 &*env.backend,
-                spec,
+                schedule::Job {
+                    spec,
+                    input_stat: acc.stat,
+                },
                 &cfg.out,
                 ctx,
                 env.host.clone(),
@@ -1356,13 +1369,15 @@ async fn job_inner<B: Backend>(env: &JobEnv<B>, acc: &Accepted, id: usize, ctx: 
     }
 }
 
-/// `--on-success`: what was done with the input, for the log.
+/// `--on-success`: what was done with the input, for the log. The input is acted on only if it
+/// is still the file that was accepted, looked at again just before.
 async fn dispose(cfg: &Config, acc: &Accepted) -> Option<String> {
     let input = acc.file.path.clone();
+    let expected = acc.stat;
     let action = match &cfg.on_success {
         OnSuccess::Keep => return None,
         OnSuccess::Delete => tokio::task::spawn_blocking(move || {
-            on_success::delete(&input).map(|()| "deleted the input".to_string())
+            on_success::delete(&input, &expected).map(|()| "deleted the input".to_string())
         }),
         OnSuccess::Move(dir) => {
             let rel = acc
@@ -1372,7 +1387,7 @@ async fn dispose(cfg: &Config, acc: &Accepted) -> Option<String> {
                 .unwrap_or(&acc.file.path);
             let dest = dir.join(rel);
             tokio::task::spawn_blocking(move || {
-                on_success::move_no_clobber(&input, &dest)
+                on_success::move_no_clobber(&input, &dest, &expected)
                     .map(|to| format!("moved the input to {}", to.display()))
             })
         }

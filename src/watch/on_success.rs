@@ -2,7 +2,8 @@
 //!
 //! The daemon calls this only after the output has passed its checks, been renamed into place,
 //! synced and recorded, and after checking that the input is still the file that was
-//! transcoded. Never after a failure.
+//! transcoded. Never after a failure. Both actions look at the input once more just before
+//! they touch it ([`unchanged`]): a file written after its job finished is left where it is.
 //!
 //! A move never overwrites anything: the destination name is claimed atomically
 //! (`renameat2(RENAME_NOREPLACE)`, or a hard link where that flag is not supported), and a name
@@ -10,6 +11,7 @@
 //! copied to a hidden temporary name next to the destination, synced, linked to its final name
 //! (again without overwriting), and only then removed at the source.
 
+use crate::state::FileStat;
 use rustix::fs::{CWD, RenameFlags, renameat_with};
 use rustix::io::Errno;
 use std::ffi::OsString;
@@ -19,16 +21,30 @@ use std::path::{Path, PathBuf};
 /// How many suffixed names to try before giving up on a destination.
 const MAX_SUFFIX: u32 = 1000;
 
-/// Delete an input.
-pub fn delete(input: &Path) -> io::Result<()> {
+/// Fail unless `input` still has the identity `expected` (the one its job read it with).
+pub fn unchanged(input: &Path, expected: &FileStat) -> io::Result<()> {
+    let now = std::fs::symlink_metadata(input)?;
+    if now.file_type().is_file() && FileStat::of(&now) == *expected {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{} changed after its job read it; left in place",
+        input.display()
+    )))
+}
+
+/// Delete an input, if it is still the file that was transcoded.
+pub fn delete(input: &Path, expected: &FileStat) -> io::Result<()> {
+    unchanged(input, expected)?;
     std::fs::remove_file(input)?;
     sync_parent(input);
     Ok(())
 }
 
-/// Move `input` to `dest` (a file path) or, when taken, to the first free `dest (N)`. Returns
-/// where it went.
-pub fn move_no_clobber(input: &Path, dest: &Path) -> io::Result<PathBuf> {
+/// Move `input` to `dest` (a file path) or, when taken, to the first free `dest (N)`, if it is
+/// still the file that was transcoded. Returns where it went.
+pub fn move_no_clobber(input: &Path, dest: &Path, expected: &FileStat) -> io::Result<PathBuf> {
+    unchanged(input, expected)?;
     let parent = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     for n in 0..MAX_SUFFIX {
@@ -142,6 +158,31 @@ fn sync_parent(path: &Path) {
 mod tests {
     use super::*;
 
+    fn stat(p: &Path) -> FileStat {
+        FileStat::of(&std::fs::metadata(p).expect("stat"))
+    }
+
+    #[test]
+    fn a_file_changed_after_its_job_is_neither_deleted_nor_moved() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = tmp.path().join("a.mp4");
+        std::fs::write(&src, b"transcoded bytes").expect("w");
+        let read_as = stat(&src);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&src, b"other bytes here").expect("same size, new mtime");
+        let err = delete(&src, &read_as).expect_err("refused");
+        assert!(
+            err.to_string().contains("changed after its job read it"),
+            "{err}"
+        );
+        let dest = tmp.path().join("done/a.mp4");
+        assert!(move_no_clobber(&src, &dest, &read_as).is_err());
+        assert_eq!(std::fs::read(&src).expect("r"), b"other bytes here");
+        assert!(!dest.exists());
+        delete(&src, &stat(&src)).expect("unchanged since: deleted");
+        assert!(!src.exists());
+    }
+
     #[test]
     fn numbered_names() {
         assert_eq!(
@@ -166,7 +207,7 @@ mod tests {
         std::fs::create_dir_all(dest.parent().expect("p")).expect("mkdir");
         std::fs::write(&dest, b"already there").expect("w");
         std::fs::write(&src, b"new").expect("w");
-        let went = move_no_clobber(&src, &dest).expect("move");
+        let went = move_no_clobber(&src, &dest, &stat(&src)).expect("move");
         assert_eq!(went, tmp.path().join("done/sub/a (1).mp4"));
         assert_eq!(std::fs::read(&dest).expect("r"), b"already there");
         assert_eq!(std::fs::read(&went).expect("r"), b"new");
@@ -204,7 +245,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let src = tmp.path().join("a.mp4");
         std::fs::write(&src, b"bytes").expect("w");
-        let went = move_no_clobber(&src, &shm.path().join("x/a.mp4")).expect("move");
+        let went = move_no_clobber(&src, &shm.path().join("x/a.mp4"), &stat(&src)).expect("move");
         assert_eq!(std::fs::read(&went).expect("r"), b"bytes");
         assert!(!src.exists());
     }

@@ -1,0 +1,346 @@
+//! Putting a finished output at its final path: inside the output folder, through no link,
+//! and over nothing this tool did not write.
+//!
+//! Anyone who can write into `out/` may plant things there while a run works: a file of their
+//! own at a path an output is about to take, a symbolic link at that path, or a sub-folder
+//! replaced by a link to somewhere else. Paths are checked once and then used again later, so
+//! checks by path alone leave a window. Here:
+//! - the folder an output goes to is opened component by component from the output folder with
+//!   `O_NOFOLLOW` ([`open_dir`]): a link anywhere below `out/` is refused, never followed, and
+//!   the descriptor pins the folder that was checked;
+//! - the final rename happens on that descriptor and never replaces an entry unless the state
+//!   store records it as this tool's output ([`Replace`]): `renameat2(RENAME_NOREPLACE)`, or a
+//!   hard link where the filesystem lacks that flag, so a file that appears at the path between
+//!   the plan and the rename is still never overwritten;
+//! - replacing a recorded output swaps the new file in (`RENAME_EXCHANGE`) and then checks that
+//!   what came out is the very file that was judged replaceable (same device and inode), putting
+//!   it back otherwise. Without `RENAME_EXCHANGE` a plain rename follows a fresh check.
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+/// What may stand at an output path for the rename to go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Nothing: the path is not recorded as an output of this tool.
+    Nothing,
+    /// A regular file: the state store records the path as this tool's output.
+    Ours,
+    /// Anything but a folder (`--overwrite`). A link is replaced, never followed.
+    Anything,
+}
+
+/// Why an output could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("{}", foreign_message(.0))]
+    Foreign(PathBuf),
+    #[error("refusing to write outside the output folder: {}", .0)]
+    Outside(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<PlaceError> for std::io::Error {
+    fn from(e: PlaceError) -> std::io::Error {
+        match e {
+            PlaceError::Io { source, .. } => source,
+            other => std::io::Error::other(other),
+        }
+    }
+}
+
+/// What the user reads when a file of someone else's stands at an output path.
+pub fn foreign_message(path: &Path) -> String {
+    format!(
+        "output exists and was not made by isc-transcode: {} (--overwrite replaces it)",
+        path.display()
+    )
+}
+
+/// Whether a file already at `output` stops an output from being put there: `Some(message)`
+/// when something stands there that `replace` does not allow. Looks without following a link.
+pub fn conflict(output: &Path, replace: Replace) -> Option<String> {
+    let meta = std::fs::symlink_metadata(output).ok()?;
+    let allowed = match replace {
+        Replace::Nothing => false,
+        Replace::Ours => meta.file_type().is_file(),
+        Replace::Anything => !meta.file_type().is_dir(),
+    };
+    (!allowed).then(|| foreign_message(output))
+}
+
+/// A folder below the output folder, opened without following any link.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn io_err(path: &Path, e: Errno) -> PlaceError {
+    PlaceError::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+/// Open `dir`, which must lie below `root` (the output folder, which may itself be reached
+/// through a link the user gave), creating missing folders on the way. Every component below
+/// `root` is opened with `O_NOFOLLOW`: a symbolic link there is refused, never followed.
+pub fn open_dir(root: &Path, dir: &Path) -> Result<Dir, PlaceError> {
+    let rel = dir.strip_prefix(root).map_err(|_| {
+        PlaceError::Outside(format!("{} is not below {}", dir.display(), root.display()))
+    })?;
+    let flags = OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::RDONLY;
+    let mut fd = rustix::fs::open(root, flags, Mode::empty()).map_err(|e| io_err(root, e))?;
+    let mut path = root.to_path_buf();
+    for comp in rel.components() {
+        let Component::Normal(name) = comp else {
+            return Err(PlaceError::Outside(format!(
+                "{} leaves the output folder",
+                dir.display()
+            )));
+        };
+        path.push(name);
+        match rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o777)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(io_err(&path, e)),
+        }
+        fd = match rustix::fs::openat(&fd, name, flags | OFlags::NOFOLLOW, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                return Err(PlaceError::Outside(format!(
+                    "{} is a symbolic link or not a folder",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(io_err(&path, e)),
+        };
+    }
+    Ok(Dir { fd, path })
+}
+
+impl Dir {
+    /// The folder's path (as opened; for messages and for creating files by path).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether `name` in this folder is a regular file (not a link): a file created by path is
+    /// checked this way to have landed in the folder that was opened.
+    pub fn holds_file(&self, name: &OsStr) -> bool {
+        rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+    }
+
+    /// Rename `temp` to `name`, both in this folder, if `replace` allows what stands at `name`;
+    /// then sync the folder.
+    pub fn install(&self, temp: &OsStr, name: &OsStr, replace: Replace) -> Result<(), PlaceError> {
+        let target = self.path.join(name);
+        let err = |e: Errno| io_err(&target, e);
+        match replace {
+            Replace::Anything => {
+                rustix::fs::renameat(&self.fd, temp, &self.fd, name).map_err(err)?;
+            }
+            Replace::Nothing => self.no_replace(temp, name, &target)?,
+            Replace::Ours => match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Err(Errno::NOENT) => self.no_replace(temp, name, &target)?,
+                Err(e) => return Err(err(e)),
+                Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
+                    return Err(PlaceError::Foreign(target));
+                }
+                Ok(st) => self.swap_in(temp, name, &target, (st.st_dev, st.st_ino))?,
+            },
+        }
+        let _ = rustix::fs::fsync(&self.fd);
+        Ok(())
+    }
+
+    fn no_replace(&self, temp: &OsStr, name: &OsStr, target: &Path) -> Result<(), PlaceError> {
+        match rustix::fs::renameat_with(&self.fd, temp, &self.fd, name, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) => Err(PlaceError::Foreign(target.to_path_buf())),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                match rustix::fs::linkat(&self.fd, temp, &self.fd, name, AtFlags::empty()) {
+                    Ok(()) => {
+                        let _ = rustix::fs::unlinkat(&self.fd, temp, AtFlags::empty());
+                        Ok(())
+                    }
+                    Err(Errno::EXIST) => Err(PlaceError::Foreign(target.to_path_buf())),
+                    Err(e) => Err(io_err(target, e)),
+                }
+            }
+            Err(e) => Err(io_err(target, e)),
+        }
+    }
+
+    /// Replace the recorded output (device and inode `judged`) with `temp`.
+    fn swap_in(
+        &self,
+        temp: &OsStr,
+        name: &OsStr,
+        target: &Path,
+        judged: (u64, u64),
+    ) -> Result<(), PlaceError> {
+        match rustix::fs::renameat_with(&self.fd, temp, &self.fd, name, RenameFlags::EXCHANGE) {
+            Ok(()) => {}
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                return rustix::fs::renameat(&self.fd, temp, &self.fd, name)
+                    .map_err(|e| io_err(target, e));
+            }
+            Err(Errno::NOENT) => return self.no_replace(temp, name, target),
+            Err(e) => return Err(io_err(target, e)),
+        }
+        let out = rustix::fs::statat(&self.fd, temp, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_err(target, e))?;
+        if (out.st_dev, out.st_ino) == judged {
+            rustix::fs::unlinkat(&self.fd, temp, AtFlags::empty())
+                .map_err(|e| io_err(target, e))?;
+            return Ok(());
+        }
+        // Someone put another file there after it was judged: give it back its place.
+        rustix::fs::renameat_with(&self.fd, temp, &self.fd, name, RenameFlags::EXCHANGE)
+            .map_err(|e| io_err(target, e))?;
+        Err(PlaceError::Foreign(target.to_path_buf()))
+    }
+}
+
+/// The file name part of an output path, as the rename needs it.
+pub fn file_name(path: &Path) -> Result<OsString, PlaceError> {
+    path.file_name()
+        .map(OsStr::to_os_string)
+        .ok_or_else(|| PlaceError::Outside(format!("{} names no file", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let out = t.path().join("out");
+        std::fs::create_dir(&out).expect("mkdir");
+        (t, out)
+    }
+
+    #[test]
+    fn a_link_below_the_output_folder_is_refused_and_nothing_is_made_behind_it() {
+        let (t, out) = setup();
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, out.join("sub")).expect("link");
+        let err = open_dir(&out, &out.join("sub/deeper")).expect_err("refused");
+        assert!(matches!(err, PlaceError::Outside(_)), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 0);
+        assert!(open_dir(&out, &t.path().join("x")).is_err(), "not below");
+        assert!(open_dir(&out, &out.join("a/../../x")).is_err(), "no ..");
+        let d = open_dir(&out, &out.join("a/b")).expect("made");
+        assert!(out.join("a/b").is_dir());
+        assert_eq!(d.path(), out.join("a/b"));
+    }
+
+    #[test]
+    fn install_never_replaces_a_file_it_may_not() {
+        let (_t, out) = setup();
+        let d = open_dir(&out, &out).expect("open");
+        std::fs::write(out.join("theirs.mp4"), b"theirs").expect("w");
+        std::fs::write(out.join(".tmp1"), b"new").expect("w");
+        let err = d
+            .install(
+                OsStr::new(".tmp1"),
+                OsStr::new("theirs.mp4"),
+                Replace::Nothing,
+            )
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("was not made by isc-transcode"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(out.join("theirs.mp4")).expect("r"), b"theirs");
+        // A link at the path is not "ours" even when the path is recorded.
+        std::os::unix::fs::symlink("/etc/hostname", out.join("link.mp4")).expect("ln");
+        assert!(
+            d.install(OsStr::new(".tmp1"), OsStr::new("link.mp4"), Replace::Ours)
+                .is_err()
+        );
+        assert!(
+            std::fs::symlink_metadata(out.join("link.mp4"))
+                .expect("still a link")
+                .file_type()
+                .is_symlink()
+        );
+        d.install(
+            OsStr::new(".tmp1"),
+            OsStr::new("free.mp4"),
+            Replace::Nothing,
+        )
+        .expect("free name");
+        assert_eq!(std::fs::read(out.join("free.mp4")).expect("r"), b"new");
+        std::fs::write(out.join(".tmp2"), b"newer").expect("w");
+        d.install(OsStr::new(".tmp2"), OsStr::new("free.mp4"), Replace::Ours)
+            .expect("ours");
+        assert_eq!(std::fs::read(out.join("free.mp4")).expect("r"), b"newer");
+        assert!(!out.join(".tmp2").exists(), "the old file is gone");
+        std::fs::write(out.join(".tmp3"), b"forced").expect("w");
+        d.install(
+            OsStr::new(".tmp3"),
+            OsStr::new("link.mp4"),
+            Replace::Anything,
+        )
+        .expect("--overwrite");
+        assert_eq!(std::fs::read(out.join("link.mp4")).expect("r"), b"forced");
+        assert!(
+            !std::fs::read("/etc/hostname")
+                .expect("r")
+                .starts_with(b"forced")
+        );
+    }
+
+    #[test]
+    fn a_file_swapped_in_after_the_judgement_is_put_back() {
+        let (_t, out) = setup();
+        let d = open_dir(&out, &out).expect("open");
+        std::fs::write(out.join("a.mp4"), b"ours").expect("w");
+        let m = std::fs::metadata(out.join("a.mp4")).expect("m");
+        let judged = (
+            std::os::unix::fs::MetadataExt::dev(&m),
+            std::os::unix::fs::MetadataExt::ino(&m),
+        );
+        // Kept aside, so that its inode cannot be reused by the file put in its place.
+        std::fs::rename(out.join("a.mp4"), out.join("aside")).expect("mv");
+        std::fs::write(out.join("other"), b"theirs").expect("w");
+        std::fs::rename(out.join("other"), out.join("a.mp4")).expect("mv");
+        std::fs::write(out.join(".tmp"), b"new").expect("w");
+        let err = d
+            .swap_in(
+                OsStr::new(".tmp"),
+                OsStr::new("a.mp4"),
+                &out.join("a.mp4"),
+                judged,
+            )
+            .expect_err("refused");
+        assert!(matches!(err, PlaceError::Foreign(_)), "{err}");
+        assert_eq!(std::fs::read(out.join("a.mp4")).expect("r"), b"theirs");
+        assert_eq!(std::fs::read(out.join(".tmp")).expect("r"), b"new");
+    }
+
+    #[test]
+    fn conflicts_are_judged_without_following_links() {
+        let (_t, out) = setup();
+        assert_eq!(conflict(&out.join("none.mp4"), Replace::Nothing), None);
+        std::fs::write(out.join("a.mp4"), b"x").expect("w");
+        assert!(conflict(&out.join("a.mp4"), Replace::Nothing).is_some());
+        assert_eq!(conflict(&out.join("a.mp4"), Replace::Ours), None);
+        std::os::unix::fs::symlink(out.join("a.mp4"), out.join("l.mp4")).expect("ln");
+        assert!(conflict(&out.join("l.mp4"), Replace::Ours).is_some());
+        assert_eq!(conflict(&out.join("l.mp4"), Replace::Anything), None);
+    }
+}

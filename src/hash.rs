@@ -80,7 +80,7 @@ impl std::ops::DerefMut for Block {
 
 /// Hash a file, calling `progress` with the bytes read so far after each block.
 pub fn file(path: &Path, mut progress: impl FnMut(u64)) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    let mut f = crate::fsopen::open_regular(path)?;
     let mut buf = Block::new(BLOCK);
     let mut h = Hasher::new();
     let mut done = 0u64;

@@ -197,6 +197,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
 
+    /// Follow symlinks found in input folders that lead outside the folder. Without it such a
+    /// link is skipped with a message naming it and its target, so that whoever can write into
+    /// an input folder cannot make a run read files elsewhere. Links named on the command line
+    /// are always followed. [default: off] Example: `--follow` for media linked in from other
+    /// disks
+    #[arg(long)]
+    pub follow: bool,
+
     /// Memory limit of each job container, e.g. 512m, 2g.
     #[arg(long, value_name = "SIZE", default_value = "4g", value_parser = parse_size)]
     pub memory: u64,
@@ -303,6 +311,7 @@ fn retell(arg: clap::Arg, text: &'static str) -> clap::Arg {
     mut_arg("json", |a| a.hide(true)),
     mut_arg("dry_run", |a| a.hide(true)),
     mut_arg("max_runtime", |a| a.hide(true)),
+    mut_arg("follow", |a| a.hide(true)),
 )]
 pub struct WatchArgs {
     #[command(flatten)]

@@ -3,8 +3,11 @@
 //! files, and a flood of idle connections to the daemon's `/metrics`.
 
 use crate::util::*;
+use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -102,4 +105,256 @@ fn a_path_swapped_for_a_fifo_fails_alone_and_nothing_hangs() {
     assert!(out.join("a.mp4").is_file() && out.join("c.mp4").is_file());
     assert!(!out.join("b.mp4").exists());
     assert!(stdout.contains("2 done, 0 skipped, 1 failed"), "{stdout}");
+}
+
+// Regression: a symlink planted in an input folder made a run read, and publish into `out/`, a
+// file outside the folder (here one standing for another user's private media).
+#[test]
+fn symlinks_out_of_an_input_folder_are_skipped_unless_follow() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let private = tmp.path().join("private");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::create_dir_all(&private).expect("mkdir");
+    std::fs::copy(samples().join("faststart.mp4"), input.join("a.mp4")).expect("cp");
+    distinct_copy(
+        &samples().join("faststart.mp4"),
+        &private.join("key.mp4"),
+        7,
+    );
+    symlink(private.join("key.mp4"), input.join("stolen.mp4")).expect("ln");
+    let out = tmp.path().join("out");
+    let o = run(bin()
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .args(["-p", "copy", "--backend", "docker"]));
+    assert_eq!(o.status.code(), Some(0), "a skipped link is not a failure");
+    let real = private.canonicalize().expect("canon").join("key.mp4");
+    let expected = format!(
+        "skipped {:?}: symlink to {real:?}, outside the input folder {input:?}; skipped (--follow takes it)",
+        input.join("stolen.mp4")
+    );
+    assert!(
+        stderr(&o).lines().any(|l| l == expected),
+        "want {expected}\n{}",
+        stderr(&o)
+    );
+    assert_eq!(files_under(&out), [PathBuf::from("a.mp4")]);
+
+    // Named on the command line, or with --follow, it is taken.
+    let o = run(bin().arg(&input).arg("-o").arg(&out).args([
+        "-p",
+        "copy",
+        "--backend",
+        "docker",
+        "--follow",
+    ]));
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        files_under(&out),
+        [PathBuf::from("a.mp4"), PathBuf::from("stolen.mp4")]
+    );
+    assert!(
+        std::fs::metadata(out.join("stolen.mp4"))
+            .expect("out")
+            .len()
+            > 100_000
+    );
+}
+
+/// Names chosen to forge a line of the report, recolour the terminal, and reverse what is read.
+fn hostile_names() -> (std::ffi::OsString, std::ffi::OsString) {
+    let forged =
+        std::ffi::OsString::from("a\ndone    fine.mp4 -> fine.mp4  0.1 s\r\u{1b}[2K\u{202e}.mp4");
+    let colour = std::ffi::OsString::from_vec(b"b\x1b[32mgreen\x1b[0m\x07\xff.mp4".to_vec());
+    (forged, colour)
+}
+
+/// Whether text holds a control character other than the line break between lines.
+fn has_controls(text: &str) -> bool {
+    text.chars()
+        .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}')
+}
+
+// Regression: a newline or ESC in a file name went to the terminal as it was, so a file could
+// forge a `done` line for itself or another file, or recolour and clear the screen.
+#[test]
+fn names_with_control_characters_are_escaped_and_json_keeps_them() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let (forged, colour) = hostile_names();
+    std::fs::copy(samples().join("faststart.mp4"), input.join(&forged)).expect("cp");
+    std::fs::write(input.join(&colour), b"not media at all".repeat(64)).expect("w");
+    let out = tmp.path().join("out");
+    let o = run(bin().arg(&input).arg("-o").arg(&out).args([
+        "-p",
+        "copy",
+        "--backend",
+        "docker",
+        "-v",
+    ]));
+    assert_eq!(o.status.code(), Some(1), "the non-media file fails");
+    let (so, se) = (stdout(&o), stderr(&o));
+    assert!(!has_controls(&so), "stdout: {so:?}");
+    assert!(!has_controls(&se), "stderr: {se:?}");
+    let done: Vec<&str> = so.lines().filter(|l| l.starts_with("done")).collect();
+    assert_eq!(done.len(), 1, "one file done, one line: {so}");
+    assert!(
+        done[0].contains("in/a\\ndone    fine.mp4 -> fine.mp4  0.1 s\\r\\x1b[2K\\u{202e}.mp4 ->"),
+        "{}",
+        done[0]
+    );
+    let failed: Vec<&str> = se.lines().filter(|l| l.starts_with("failed")).collect();
+    assert_eq!(failed.len(), 1, "{se}");
+    assert!(
+        failed[0].contains("in/b\\x1b[32mgreen\\x1b[0m\\x07\\xff.mp4: "),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        se.lines().all(|l| !l.starts_with("done")),
+        "no forged line: {se}"
+    );
+    // The output keeps the real name on disk.
+    assert!(out.join(Path::new(&forged).with_extension("mp4")).is_file());
+
+    // The JSON report is valid JSON and carries the real (UTF-8) name.
+    let o = run(bin().arg(&input).arg("-o").arg(&out).args([
+        "-p",
+        "copy",
+        "--backend",
+        "docker",
+        "--json",
+    ]));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("valid JSON on stdout");
+    let files = doc["files"].as_array().expect("files");
+    assert!(
+        files.iter().any(
+            |f| f["input"] == input.join(&forged).to_str().expect("utf-8")
+                && f["status"] == "skipped"
+        ),
+        "{doc}"
+    );
+    assert!(!has_controls(&stderr(&o)), "{:?}", stderr(&o));
+
+    // The plan of a dry run too.
+    let o = run(bin()
+        .arg(&input)
+        .arg("-o")
+        .arg(tmp.path().join("out2"))
+        .args(["-p", "copy", "--dry-run"]));
+    assert!(!has_controls(&stdout(&o)), "{:?}", stdout(&o));
+    assert_eq!(
+        stdout(&o).lines().filter(|l| l.starts_with("run")).count(),
+        2,
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// Start `isc-transcode watch` with its log (text) in a file; returns the child and the log path.
+fn start_watch(input: &Path, out: &Path, extra: &[&str]) -> (Child, PathBuf) {
+    let log = out.with_extension("log");
+    let child = bin()
+        .arg("watch")
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .args(["--backend", "docker", "-p", "copy", "--settle", "0.5"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start watch");
+    (child, log)
+}
+
+fn wait_log(log: &Path, what: &str, limit: Duration, cond: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if cond(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}; log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop(child: &mut Child) -> Option<i32> {
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    wait_or_kill(child, Duration::from_secs(60), "the daemon").code()
+}
+
+// Regression: the daemon followed symlinks planted in its folders (by the walk and by the
+// inotify watches) and took the files they led to; and its text log wrote names as they were,
+// so a newline in one forged a log line and an ESC recoloured the terminal.
+#[test]
+fn the_daemon_never_follows_a_link_out_and_its_text_log_escapes_names() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let private = tmp.path().join("private");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::create_dir_all(private.join("deep")).expect("mkdir");
+    distinct_copy(
+        &samples().join("faststart.mp4"),
+        &private.join("key.mp4"),
+        1,
+    );
+    distinct_copy(
+        &samples().join("faststart.mp4"),
+        &private.join("deep/c.mp4"),
+        2,
+    );
+    // Found by the first scan ...
+    symlink(private.join("key.mp4"), input.join("stolen.mp4")).expect("ln");
+    let (mut child, log) = start_watch(&input, &out, &["--log-format", "text"]);
+    wait_log(&log, "the initial scan", Duration::from_secs(30), |t| {
+        t.contains("initial scan done")
+    });
+    // ... and by events: a link to a file, a link to a folder, and a real file with a name
+    // that tries to forge a log line.
+    symlink(private.join("key.mp4"), input.join("stolen2.mp4")).expect("ln");
+    symlink(private.join("deep"), input.join("elsewhere")).expect("ln");
+    let (forged, _) = hostile_names();
+    std::fs::copy(samples().join("faststart.mp4"), input.join(&forged)).expect("cp");
+    let text = wait_log(&log, "the real file done", Duration::from_secs(60), |t| {
+        t.contains("job done") && t.matches("symlink out of the watched folders").count() >= 3
+    });
+    assert_eq!(stop(&mut child), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap_or(text);
+    eprintln!("{text}");
+    assert!(!has_controls(&text), "{text:?}");
+    assert!(
+        text.lines().all(|l| l.starts_with("20")),
+        "every line is a record of its own: {text}"
+    );
+    assert!(text.contains("a\\ndone    fine.mp4"), "{text}");
+    for link in ["stolen.mp4", "stolen2.mp4", "elsewhere"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("symlink out of the watched folders")
+                    && l.contains(&format!("path={}", input.join(link).display()))),
+            "{link}: {text}"
+        );
+    }
+    assert_eq!(text.matches("job started").count(), 1, "{text}");
+    assert_eq!(
+        files_under(&out),
+        [Path::new(&forged).with_extension("mp4")],
+        "nothing from outside the folder"
+    );
 }

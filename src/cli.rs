@@ -331,8 +331,11 @@ pub struct WatchArgs {
     pub on_success: OnSuccess,
 
     /// Serve Prometheus metrics at http://ADDR/metrics and a liveness check at /healthz
-    /// (503 while the engine is down). Example: `--metrics 127.0.0.1:9464`
-    #[arg(long, value_name = "ADDR")]
+    /// (503 while the engine is down). A port alone listens on loopback only; give an address
+    /// to listen elsewhere (`0.0.0.0:9464`: every interface, for a scraper on another host). At
+    /// most 64 connections are served at once and idle ones are closed after 10 s.
+    /// [default: off] Example: `--metrics 9464` (http://127.0.0.1:9464/metrics)
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = crate::metrics::parse_listen_addr)]
     pub metrics: Option<SocketAddr>,
 
     /// Scan the folders again this often, to catch files whose events were lost (inotify queue
@@ -462,5 +465,24 @@ mod tests {
         assert!(parse_on_success("trash").is_err());
         assert_eq!(parse_seconds("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_seconds("-1").is_err());
+    }
+
+    #[test]
+    fn metrics_take_a_port_on_loopback_or_an_address() {
+        let parse = |a: &str| {
+            let cli = Cli::try_parse_from(["isc-transcode", "watch", "in", "--metrics", a])
+                .map_err(|e| e.to_string())?;
+            match cli.command {
+                Some(Command::Watch(w)) => Ok(w.metrics),
+                _ => Err("not watch".to_string()),
+            }
+        };
+        let addr = |s: &str| Some(s.parse::<SocketAddr>().expect("addr"));
+        assert_eq!(parse("9464"), Ok(addr("127.0.0.1:9464")));
+        assert_eq!(parse("0.0.0.0:9464"), Ok(addr("0.0.0.0:9464")));
+        assert_eq!(parse("[::1]:9464"), Ok(addr("[::1]:9464")));
+        let err = parse("everywhere").expect_err("refused");
+        assert!(err.contains("is not a port (9464, on loopback)"), "{err}");
+        assert!(parse("70000").is_err());
     }
 }

@@ -358,3 +358,116 @@ fn the_daemon_never_follows_a_link_out_and_its_text_log_escapes_names() {
         "nothing from outside the folder"
     );
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+// Regression: `/metrics` accepted every connection and kept idle ones for as long as the
+// client liked, so a flood of connections took one descriptor each from the daemon, which its
+// jobs need; and an address was required, with nothing saying to keep it on loopback.
+#[test]
+fn a_flood_of_idle_metrics_connections_starves_nothing() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let (mut child, log) = start_watch(
+        &input,
+        &out,
+        &["--log-format", "json", "--metrics", "0", "-j", "1"],
+    );
+    let text = wait_log(&log, "the listener", Duration::from_secs(30), |t| {
+        t.contains("initial scan done")
+    });
+    let addr = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["message"] == "serving /metrics and /healthz")
+        .and_then(|r| r["addr"].as_str().map(str::to_string))
+        .expect("the bound address is logged");
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "a port alone is loopback: {addr}"
+    );
+    let before = open_fds(child.id());
+
+    let flooding = Instant::now();
+    let flood: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("flood connect"))
+        .collect();
+    assert!(
+        flooding.elapsed() < Duration::from_secs(5),
+        "the accept queue holds the flood: {:?}",
+        flooding.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 0..3 {
+        distinct_copy(
+            &samples().join("faststart.mp4"),
+            &input.join(format!("clip{n}.mp4")),
+            n,
+        );
+    }
+    let mut most = 0;
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        most = most.max(open_fds(child.id()));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("\"job done\"").count() >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "files not done under the flood:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        most <= before + 64 + 16,
+        "the flood held {most} descriptors (before: {before}); at most 64 connections are served"
+    );
+    drop(flood);
+
+    // Once the flood is gone, /metrics answers again, within the idle timeout at worst.
+    let end = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        match get(&addr, "/metrics") {
+            Ok((200, body)) => break body,
+            other => assert!(Instant::now() < end, "/metrics did not answer: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        body.lines()
+            .any(|l| l == "isc_transcode_jobs_total{status=\"done\"} 3"),
+        "{body}"
+    );
+    assert_eq!(stop(&mut child), Some(0));
+    assert_eq!(files_under(&out).len(), 3);
+}

@@ -193,6 +193,7 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
         out_ext: preset.extension.clone(),
         include: args.include.clone(),
         exclude: args.exclude.clone(),
+        follow: args.follow,
     };
     let inputs = args.inputs.clone();
     let scanned = tokio::task::spawn_blocking(move || scan::scan(&inputs, &scan_opts))
@@ -211,6 +212,11 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
                 format!(", {} unusable", scanned.problems.len())
             }
         );
+    }
+    if !args.quiet {
+        for s in &scanned.skipped {
+            eprintln!("skipped {s}");
+        }
     }
     let mut problems = scanned.problems;
     if scanned.jobs.is_empty() {
@@ -510,8 +516,19 @@ async fn dry_run(
     } else {
         for s in &steps {
             match &s.output {
-                Some(o) => println!("{:<5} {} -> {}  ({})", s.action, s.input, o, s.reason),
-                None => println!("{:<5} {}  ({})", s.action, s.input, s.reason),
+                Some(o) => println!(
+                    "{:<5} {} -> {}  ({})",
+                    s.action,
+                    report::escape(&s.input),
+                    report::escape(o),
+                    report::escape(&s.reason)
+                ),
+                None => println!(
+                    "{:<5} {}  ({})",
+                    s.action,
+                    report::escape(&s.input),
+                    report::escape(&s.reason)
+                ),
             }
         }
         let count = |a: &str| steps.iter().filter(|s| s.action == a).count();

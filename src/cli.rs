@@ -213,6 +213,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
 
+    /// Follow symlinks found in input folders that lead outside the folder. Without it such a
+    /// link is skipped with a message naming it and its target, so that whoever can write into
+    /// an input folder cannot make a run read files elsewhere. Links named on the command line
+    /// are always followed. [default: off] Example: `--follow` for media linked in from other
+    /// disks
+    #[arg(long)]
+    pub follow: bool,
+
     /// Memory limit of each job container (memory and swap together), from 6m up, in binary
     /// units: k, m, g, t. Example: `--memory 2g`
     #[arg(long, value_name = "SIZE", default_value = "4g", value_parser = parse_memory)]
@@ -345,6 +353,7 @@ fn retell(arg: clap::Arg, text: &'static str) -> clap::Arg {
     mut_arg("json", |a| a.hide(true)),
     mut_arg("dry_run", |a| a.hide(true)),
     mut_arg("max_runtime", |a| a.hide(true)),
+    mut_arg("follow", |a| a.hide(true)),
 )]
 pub struct WatchArgs {
     #[command(flatten)]
@@ -364,8 +373,11 @@ pub struct WatchArgs {
     pub on_success: OnSuccess,
 
     /// Serve Prometheus metrics at http://ADDR/metrics and a liveness check at /healthz
-    /// (503 while the engine is down). Example: `--metrics 127.0.0.1:9464`
-    #[arg(long, value_name = "ADDR")]
+    /// (503 while the engine is down). A port alone listens on loopback only; give an address
+    /// to listen elsewhere (`0.0.0.0:9464`: every interface, for a scraper on another host). At
+    /// most 64 connections are served at once and idle ones are closed after 10 s.
+    /// [default: off] Example: `--metrics 9464` (http://127.0.0.1:9464/metrics)
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = crate::metrics::parse_listen_addr)]
     pub metrics: Option<SocketAddr>,
 
     /// Scan the folders again this often, to catch files whose events were lost (inotify queue
@@ -574,5 +586,24 @@ mod tests {
         assert!(parse_on_success("trash").is_err());
         assert_eq!(parse_seconds("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_seconds("-1").is_err());
+    }
+
+    #[test]
+    fn metrics_take_a_port_on_loopback_or_an_address() {
+        let parse = |a: &str| {
+            let cli = Cli::try_parse_from(["isc-transcode", "watch", "in", "--metrics", a])
+                .map_err(|e| e.to_string())?;
+            match cli.command {
+                Some(Command::Watch(w)) => Ok(w.metrics),
+                _ => Err("not watch".to_string()),
+            }
+        };
+        let addr = |s: &str| Some(s.parse::<SocketAddr>().expect("addr"));
+        assert_eq!(parse("9464"), Ok(addr("127.0.0.1:9464")));
+        assert_eq!(parse("0.0.0.0:9464"), Ok(addr("0.0.0.0:9464")));
+        assert_eq!(parse("[::1]:9464"), Ok(addr("[::1]:9464")));
+        let err = parse("everywhere").expect_err("refused");
+        assert!(err.contains("is not a port (9464, on loopback)"), "{err}");
+        assert!(parse("70000").is_err());
     }
 }

@@ -85,7 +85,7 @@ impl std::ops::DerefMut for Block {
 
 /// Hash a file, calling `progress` with the bytes read so far after each block.
 pub fn file(path: &Path, progress: impl FnMut(u64)) -> std::io::Result<String> {
-    let f = std::fs::File::open(path)?;
+    let f = crate::fsopen::open_regular(path)?;
     read_all(f, progress)
 }
 
@@ -97,7 +97,7 @@ pub fn file_stable(
     path: &Path,
     progress: impl FnMut(u64),
 ) -> std::io::Result<(String, Option<FileStat>)> {
-    let f = std::fs::File::open(path)?;
+    let f = crate::fsopen::open_regular(path)?;
     let before = FileStat::of(&f.metadata()?);
     let sha = read_all(f.try_clone()?, progress)?;
     let after = FileStat::of(&f.metadata()?);

@@ -26,6 +26,8 @@
 //!
 //! [`codec`] says what a stream is, whatever its container calls it, for [`verify`].
 //!
+//! [`fsopen`] is the one way an input is opened: never blocking, only a regular file.
+//!
 //! [`error`] maps what can stop a run to the documented exit codes.
 
 pub mod app;
@@ -34,6 +36,7 @@ pub mod codec;
 pub mod error;
 pub mod exec;
 pub mod ffmpeg;
+pub mod fsopen;
 pub mod hash;
 pub mod media;
 pub mod metrics;

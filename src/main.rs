@@ -5,7 +5,14 @@ fn main() {
         Ok(rt) => match rt.block_on(isc_transcode::app::run()) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("error: {e}");
+                // Line by line: some errors list several files, one a line, and a name in them
+                // must not add lines or colours of its own.
+                let text = e.to_string();
+                let lines: Vec<_> = text
+                    .split('\n')
+                    .map(isc_transcode::report::escape)
+                    .collect();
+                eprintln!("error: {}", lines.join("\n"));
                 e.exit_code()
             }
         },

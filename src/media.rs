@@ -138,7 +138,7 @@ fn position(boxes: &[BoxHeader], kind: &[u8; 4]) -> Option<usize> {
 
 /// Classify a file by its first bytes and, for MP4, by its top-level boxes.
 pub fn sniff(path: &Path) -> io::Result<Layout> {
-    let mut f = File::open(path)?;
+    let mut f = crate::fsopen::open_regular(path)?;
     let mut head = [0u8; 12];
     let n = read_up_to(&mut f, &mut head)?;
     if n >= 4 && head[..4] == [0x1A, 0x45, 0xDF, 0xA3] {

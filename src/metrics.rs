@@ -26,6 +26,16 @@
 //! (systemd, Docker, Kubernetes), which reports 503 while the engine is down so an
 //! orchestrator can tell a daemon that cannot do work from one that can.
 //!
+//! **The listener is exposed to whoever can reach it**, so it must not become a way to hurt the
+//! daemon. It binds to loopback unless the operator gives an address (`--metrics 9464` is
+//! `127.0.0.1:9464`; `--metrics 0.0.0.0:9464` is every interface, on purpose). At most
+//! [`MAX_CONNECTIONS`] connections are served at once; the rest wait in the kernel's accept
+//! queue, which costs the daemon no file descriptor, so a flood of connections cannot take the
+//! descriptors that jobs need (inputs, outputs, the engine's sockets) nor its memory. A
+//! connection that sends no complete request within [`HEADER_READ_TIMEOUT`], or lives longer
+//! than [`CONNECTION_LIFETIME`] (a client that never reads its response), is closed, so idle
+//! connections free their slot and a scraper gets its turn; Prometheus simply reconnects.
+//!
 //! The exposition is OpenMetrics text, because that is what `prometheus-client`'s text encoder
 //! writes (it ends with `# EOF`), and the response carries the OpenMetrics content type so
 //! Prometheus parses it with the matching parser.
@@ -49,7 +59,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -68,8 +78,59 @@ const DURATION_BUCKET_FACTOR: f64 = 2.0;
 const DURATION_BUCKET_COUNT: u16 = 16;
 
 /// A client that opens a connection and never finishes its request headers would otherwise
-/// hold a task forever.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// hold a task, a descriptor and a connection slot forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once. A scraper needs one, an operator's curl another; 64 leaves room
+/// for several of each while bounding the descriptors a flood can take (the daemon's own jobs
+/// need a handful each).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Connections the kernel holds for the server while every slot is taken. The usual 128 is
+/// soon full under a flood, and then every new connection, a scraper's too, waits for SYN
+/// retries (1 s, 3 s, 7 s, ...); queued connections cost the daemon nothing.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// The longest a connection is kept, whatever it does: a response is microseconds of work,
+/// and keep-alive scrapers reconnect.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Where `--metrics` listens when it is given a port alone: loopback, reachable only from this
+/// machine.
+pub const DEFAULT_IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// `--metrics`: a port alone (`9464`: loopback only) or an address and port
+/// (`127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:9464` to listen on every interface).
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::new(DEFAULT_IP, port));
+    }
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "{s:?} is not a port (9464, on loopback) or an address and port \
+             (127.0.0.1:9464; 0.0.0.0:9464 for every interface)"
+        )
+    })
+}
+
+/// How much the server lets its clients hold: [`MAX_CONNECTIONS`], [`HEADER_READ_TIMEOUT`] and
+/// [`CONNECTION_LIFETIME`] unless a test needs them small.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connections: usize,
+    pub header_timeout: Duration,
+    pub lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_READ_TIMEOUT,
+            lifetime: CONNECTION_LIFETIME,
+        }
+    }
+}
 
 /// How long a cancelled server waits for in-flight responses before dropping them. Scrapes
 /// are answered from memory in microseconds, so this is only reached by a stuck client, and
@@ -306,10 +367,29 @@ pub async fn serve(
     healthy: Arc<dyn Fn() -> bool + Send + Sync>,
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), MetricsError> {
+    serve_with(addr, metrics, healthy, cancel, Limits::default()).await
+}
+
+/// [`serve`] with other [`Limits`].
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    healthy: Arc<dyn Fn() -> bool + Send + Sync>,
+    cancel: CancellationToken,
+    limits: Limits,
+) -> Result<(SocketAddr, JoinHandle<()>), MetricsError> {
     let bind_err = |source| MetricsError::Bind { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(bind_err)?;
+    socket.set_reuseaddr(true).map_err(bind_err)?;
+    socket.bind(addr).map_err(bind_err)?;
+    let listener = socket.listen(ACCEPT_BACKLOG).map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
-    let handle = tokio::spawn(accept_loop(listener, metrics, healthy, cancel));
+    let handle = tokio::spawn(accept_loop(listener, metrics, healthy, cancel, limits));
     Ok((local, handle))
 }
 
@@ -318,12 +398,22 @@ async fn accept_loop(
     metrics: Arc<Metrics>,
     healthy: Arc<dyn Fn() -> bool + Send + Sync>,
     cancel: CancellationToken,
+    limits: Limits,
 ) {
     // Connections live in a set owned by this task so that shutdown can wait for them (and
     // abort stragglers by dropping the set) instead of leaving them running after the daemon
     // believes the server is gone.
     let mut connections = JoinSet::new();
     loop {
+        // A slot first, then accept: while every slot is taken, new connections wait in the
+        // kernel's queue instead of holding descriptors here.
+        if connections.len() >= limits.connections.max(1) {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = connections.join_next() => {}
+            }
+            continue;
+        }
         tokio::select! {
             () = cancel.cancelled() => break,
             // Reap finished connections so the set does not grow for the life of the daemon.
@@ -333,7 +423,10 @@ async fn accept_loop(
                     let metrics = Arc::clone(&metrics);
                     let healthy = Arc::clone(&healthy);
                     let cancel = cancel.clone();
-                    connections.spawn(serve_connection(stream, metrics, healthy, cancel));
+                    let conn = serve_connection(stream, metrics, healthy, cancel, limits.header_timeout);
+                    connections.spawn(async move {
+                        let _ = tokio::time::timeout(limits.lifetime, conn).await;
+                    });
                 }
                 // Per-connection failures (a client resetting before accept completes) and
                 // resource exhaustion both clear up on their own; the server must outlive them.
@@ -353,6 +446,7 @@ async fn serve_connection(
     metrics: Arc<Metrics>,
     healthy: Arc<dyn Fn() -> bool + Send + Sync>,
     cancel: CancellationToken,
+    header_timeout: Duration,
 ) {
     let service = service_fn(move |req| {
         let response = respond(&req, &metrics, healthy.as_ref());
@@ -361,7 +455,7 @@ async fn serve_connection(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     // Errors are a client hanging up or sending garbage; there is nobody to report them to.
@@ -766,5 +860,115 @@ mod tests {
             .await
             .expect("server stops within a second")
             .expect("server task did not panic");
+    }
+
+    /// A GET on a fresh connection: the time it took to be answered (`None`: not within
+    /// `within`).
+    async fn answered_within(addr: SocketAddr, within: Duration) -> Option<Duration> {
+        let start = std::time::Instant::now();
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        match tokio::time::timeout(within, stream.read_to_end(&mut raw)).await {
+            Ok(Ok(_)) => {
+                assert!(raw.starts_with(b"HTTP/1.1 200"), "{raw:?}");
+                Some(start.elapsed())
+            }
+            Ok(Err(e)) => panic!("read: {e}"),
+            Err(_) => None,
+        }
+    }
+
+    async fn limited(limits: Limits) -> (SocketAddr, CancellationToken) {
+        let cancel = CancellationToken::new();
+        let (addr, _handle) = serve_with(
+            loopback_any_port(),
+            Arc::new(Metrics::new()),
+            Arc::new(|| true),
+            cancel.clone(),
+            limits,
+        )
+        .await
+        .expect("serve");
+        (addr, cancel)
+    }
+
+    #[test]
+    fn a_port_alone_means_loopback() {
+        assert_eq!(
+            parse_listen_addr("9464"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert_eq!(
+            parse_listen_addr("0.0.0.0:1"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 1)))
+        );
+        assert!(parse_listen_addr("host:9464").is_err());
+        assert_eq!(Limits::default().connections, MAX_CONNECTIONS);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_wait_until_idle_ones_time_out() {
+        let (addr, cancel) = limited(Limits {
+            connections: 2,
+            header_timeout: Duration::from_secs(1),
+            lifetime: Duration::from_secs(60),
+        })
+        .await;
+        let idle_a = TcpStream::connect(addr).await.expect("idle");
+        let idle_b = TcpStream::connect(addr).await.expect("idle");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            answered_within(addr, Duration::from_millis(500)).await,
+            None,
+            "a third connection is not served while two idle ones hold the slots"
+        );
+        let waited = answered_within(addr, Duration::from_secs(5))
+            .await
+            .expect("served once the idle ones timed out");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        drop((idle_a, idle_b));
+
+        // Connections that end free their slot at once.
+        let gone: Vec<TcpStream> =
+            futures_util::future::join_all((0..2).map(|_| TcpStream::connect(addr)))
+                .await
+                .into_iter()
+                .map(|c| c.expect("connect"))
+                .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(gone);
+        assert!(
+            answered_within(addr, Duration::from_millis(500))
+                .await
+                .is_some(),
+            "closed connections gave their slots back"
+        );
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_outlives_its_lifetime_is_closed() {
+        let (addr, cancel) = limited(Limits {
+            connections: 1,
+            header_timeout: Duration::from_secs(30),
+            lifetime: Duration::from_millis(300),
+        })
+        .await;
+        let mut hog = TcpStream::connect(addr).await.expect("hog");
+        // A request started but never finished: only the lifetime ends it.
+        hog.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waited = answered_within(addr, Duration::from_secs(5))
+            .await
+            .expect("served after the hog's lifetime");
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(IO_TIMEOUT, hog.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the hog was closed");
+        cancel.cancel();
     }
 }

@@ -18,6 +18,15 @@
 //!
 //! Failures always go to stderr: one line naming the input and the cause, then ffmpeg's last
 //! meaningful lines, each prefixed with the input's path.
+//!
+//! **Names are escaped** ([`shown`], [`escape`]) wherever they reach a terminal or a log: a file
+//! name is chosen by whoever put the file there, and a newline in it could forge a `done` line
+//! for a file that failed, an ESC sequence could recolour or rewrite the screen, a carriage
+//! return overwrite what came before, a bidi override reverse what the eye reads. Control
+//! characters show as `\n`, `\x1b`, `\u{202e}`; bytes that are not UTF-8 as `\xe9`, so two
+//! names never look alike on screen when they differ on disk. The same goes for everything
+//! that may carry such a name or other bytes the tool did not write: error texts, notes,
+//! ffmpeg's own lines. The JSON report keeps the real name: serde escapes it.
 
 use crate::exec::JobEvent;
 use crate::ffmpeg::Progress;
@@ -25,9 +34,12 @@ use crate::scan::ScanProblem;
 use crate::schedule::{JobResult, Status};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -190,16 +202,19 @@ pub async fn run(
 
     while let Some(event) = rx.recv().await {
         match event {
-            Event::Note(text) => note(&bars, &text),
+            Event::Note(text) => note(&bars, &escape(&text)),
             Event::Detail(text) => {
                 if opts.verbose >= 1 {
-                    note(&bars, &text)
+                    note(&bars, &escape(&text))
                 }
             }
             Event::JobLog { id, line } => {
                 if opts.verbose >= 2 {
-                    let name = info.names.get(&id).map(|p| p.display().to_string());
-                    note(&bars, &format!("  {}: {line}", name.unwrap_or_default()));
+                    let name = info.names.get(&id).map(|p| shown(p));
+                    note(
+                        &bars,
+                        &format!("  {}: {}", name.unwrap_or_default(), escape(&line)),
+                    );
                 }
             }
             Event::Problem(p) => {
@@ -209,8 +224,8 @@ pub async fn run(
                         std::io::stderr(),
                         "{}  {}: {}",
                         paint(opts, "failed", 31),
-                        p.path.display(),
-                        p.reason
+                        shown(&p.path),
+                        escape(&p.reason)
                     );
                 });
                 entries.push((
@@ -232,12 +247,13 @@ pub async fn run(
             }
             Event::Job(JobEvent::Started { id, host, transfer }) => {
                 if opts.verbose >= 1 {
-                    let name = info.names.get(&id).map(|p| p.display().to_string());
+                    let name = info.names.get(&id).map(|p| shown(p));
                     note(
                         &bars,
                         &format!(
-                            "started {} on {host} ({})",
+                            "started {} on {} ({})",
                             name.unwrap_or_default(),
+                            escape(&host),
                             transfer.as_str()
                         ),
                     );
@@ -247,7 +263,11 @@ pub async fn run(
                     let bar = b.multi.insert_before(&b.overall, ProgressBar::new(1000));
                     bar.set_style(job_style.clone());
                     bar.set_prefix(short_name(info.names.get(&id)));
-                    bar.set_message(format!("starting  {host} ({})", transfer.as_str()));
+                    bar.set_message(format!(
+                        "starting  {} ({})",
+                        escape(&host),
+                        transfer.as_str()
+                    ));
                     b.jobs.insert(id, bar);
                 }
             }
@@ -268,7 +288,7 @@ pub async fn run(
                             bar.set_position(*p);
                         }
                         let host = hosts.get(&id).map(String::as_str).unwrap_or("");
-                        bar.set_message(format!("{msg}  {host}"));
+                        bar.set_message(format!("{msg}  {}", escape(host)));
                     }
                     if let Some(p) = last_pct.get(&id) {
                         b.fraction.insert(id, *p as f64 / 1000.0);
@@ -414,9 +434,9 @@ fn print_result(bars: &Option<Bars>, r: &JobResult, opts: ReportOptions) {
                     &format!(
                         "{} {} -> {}  ({})",
                         paint(opts, "skipped", 2),
-                        r.input.display(),
-                        r.output.display(),
-                        r.note.as_deref().unwrap_or("done before")
+                        shown(&r.input),
+                        shown(&r.output),
+                        escape(r.note.as_deref().unwrap_or("done before"))
                     ),
                 );
             }
@@ -427,16 +447,16 @@ fn print_result(bars: &Option<Bars>, r: &JobResult, opts: ReportOptions) {
                 err,
                 "{} {}: {}",
                 paint(opts, "failed", 31),
-                r.input.display(),
-                r.error.as_deref().unwrap_or("unknown error")
+                shown(&r.input),
+                escape(r.error.as_deref().unwrap_or("unknown error"))
             );
             for line in &r.tail {
-                let _ = writeln!(err, "  {}: {line}", r.input.display());
+                let _ = writeln!(err, "  {}: {}", shown(&r.input), escape(line));
             }
         }
         Status::NotStarted => {
             if !opts.quiet {
-                let _ = writeln!(std::io::stderr(), "not started  {}", r.input.display());
+                let _ = writeln!(std::io::stderr(), "not started  {}", shown(&r.input));
             }
         }
     });
@@ -446,9 +466,10 @@ fn print_result(bars: &Option<Bars>, r: &JobResult, opts: ReportOptions) {
 pub fn done_line(r: &JobResult, word: &str) -> String {
     if let Some(note) = &r.note {
         return format!(
-            "{word} {} -> {}  ({note}, no transcode)",
-            r.input.display(),
-            r.output.display()
+            "{word} {} -> {}  ({}, no transcode)",
+            shown(&r.input),
+            shown(&r.output),
+            escape(note)
         );
     }
     let speed = r
@@ -459,16 +480,16 @@ pub fn done_line(r: &JobResult, word: &str) -> String {
     let dropped = if r.dropped.is_empty() {
         String::new()
     } else {
-        format!("  dropped: {}", r.dropped.join(", "))
+        format!("  dropped: {}", escape(&r.dropped.join(", ")))
     };
     format!(
         "{word} {} -> {}  {:.1} s  {} -> {}{speed}  {}{}{dropped}",
-        r.input.display(),
-        r.output.display(),
+        shown(&r.input),
+        shown(&r.output),
         r.seconds,
         human_bytes(r.bytes_in),
         human_bytes(r.bytes_out),
-        r.host,
+        escape(&r.host),
         r.transfer
             .map(|t| format!(" ({})", t.as_str()))
             .unwrap_or_default()
@@ -524,13 +545,58 @@ pub fn progress_line(p: &Progress, duration: Option<f64>) -> (Option<u64>, Strin
 }
 
 fn short_name(p: Option<&PathBuf>) -> String {
-    p.map(|p| {
-        p.file_name()
-            .unwrap_or(p.as_os_str())
-            .to_string_lossy()
-            .into_owned()
-    })
-    .unwrap_or_default()
+    p.map(|p| shown(p.file_name().map(Path::new).unwrap_or(p)))
+        .unwrap_or_default()
+}
+
+/// Whether a character must not reach a terminal as itself: C0 and C1 controls and DEL (line
+/// breaks, ESC, CSI, BEL, backspace) and the invisible marks that reorder or hide text
+/// (bidi overrides and isolates, zero-width joiners, the BOM).
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            | '\u{2028}' | '\u{2029}' | '\u{feff}')
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    let _ = match c {
+        '\n' => write!(out, "\\n"),
+        '\r' => write!(out, "\\r"),
+        '\t' => write!(out, "\\t"),
+        c if (c as u32) < 0x80 => write!(out, "\\x{:02x}", c as u32),
+        c => write!(out, "\\u{{{:x}}}", c as u32),
+    };
+}
+
+/// Text made safe for one line of a terminal or a log: every control character and invisible
+/// reordering mark shown as an escape (`\n`, `\x1b`, `\u{202e}`), the rest as it is.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A path as shown on a terminal or in a log: like [`escape`], and bytes that are not UTF-8
+/// shown as `\xNN` rather than all as the same replacement character.
+pub fn shown(path: &Path) -> String {
+    let mut out = String::with_capacity(path.as_os_str().len());
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(&escape(chunk.valid()));
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -545,6 +611,50 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Fields of the daemon's text log, escaped like everything else that reaches a terminal: the
+/// log names files that others named, and a newline or ESC in one must not forge a log line or
+/// a colour. (The JSON log needs none of this: the encoder escapes.) Same layout as the
+/// default: the message, then `name=value` pairs.
+pub struct LogFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for LogFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut v = LogVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct LogVisitor<'w> {
+    writer: tracing_subscriber::fmt::format::Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for LogVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        let sep = if self.first { "" } else { " " };
+        self.first = false;
+        let text = format!("{value:?}");
+        self.result = if field.name() == "message" {
+            write!(self.writer, "{sep}{}", escape(&text))
+        } else {
+            write!(self.writer, "{sep}{}={}", field.name(), escape(&text))
+        };
     }
 }
 
@@ -661,5 +771,44 @@ mod tests {
             "{line}"
         );
         assert_eq!(entry(&r).dropped, r.dropped, "the JSON report says it too");
+    }
+
+    #[test]
+    fn names_cannot_forge_lines_or_colours() {
+        use std::ffi::OsStr;
+        let evil = Path::new("in/a\ndone    x.mp4 -> out/x.mp4\x1b[32m\r\u{202e}4pm.exe");
+        let s = shown(evil);
+        assert!(!s.chars().any(|c| c.is_control()), "{s}");
+        assert_eq!(
+            s,
+            "in/a\\ndone    x.mp4 -> out/x.mp4\\x1b[32m\\r\\u{202e}4pm.exe"
+        );
+        let odd = Path::new(OsStr::from_bytes(b"caf\xe9 \xff.mp4"));
+        assert_eq!(shown(odd), "caf\\xe9 \\xff.mp4");
+        assert_eq!(shown(Path::new("plain/é clip.mp4")), "plain/é clip.mp4");
+        assert!(matches!(escape("nothing odd"), Cow::Borrowed(_)));
+        assert_eq!(escape("tab\there\u{9b}"), "tab\\there\\u{9b}");
+    }
+
+    #[test]
+    fn every_plain_line_escapes_the_name_and_the_error() {
+        let job = crate::exec::JobSpec {
+            id: 0,
+            input: "in/a\nfailed  b.mp4\x1b[2J.mp4".into(),
+            output: "out/a\n.mp4".into(),
+            preset: std::sync::Arc::new(crate::preset::load("copy").expect("p")),
+            size: 10,
+            input_sha256: None,
+            index_reserve: None,
+        };
+        let r = JobResult::without_run(&job, Status::Done);
+        let line = done_line(&r, "done");
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(!line.contains('\x1b'), "{line}");
+        assert!(line.contains("in/a\\nfailed  b.mp4\\x1b[2J.mp4"), "{line}");
+        // The JSON report keeps the real name, escaped by serde.
+        let text = serde_json::to_string(&entry(&r)).expect("json");
+        let back: serde_json::Value = serde_json::from_str(&text).expect("valid json");
+        assert_eq!(back["input"], "in/a\nfailed  b.mp4\x1b[2J.mp4");
     }
 }

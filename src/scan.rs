@@ -3,10 +3,17 @@
 //! is found before the first container starts.
 //!
 //! Rules, and why:
-//! - Folders are walked recursively with walkdir, following symlinks (people keep media on other
-//!   disks and link it in), in file-name order so that a batch runs, reports and numbers its
-//!   jobs the same way every time. A symlink loop is reported by walkdir as an error; it becomes
-//!   a [`ScanProblem`] naming the link and the walk goes on, so a loop never hangs a scan.
+//! - Folders are walked recursively with walkdir, in file-name order so that a batch runs,
+//!   reports and numbers its jobs the same way every time. A symlink loop is reported by walkdir
+//!   as an error; it becomes a [`ScanProblem`] naming the link and the walk goes on, so a loop
+//!   never hangs a scan.
+//! - Symlinks named on the command line are followed: the user named them. Inside a walked
+//!   folder, a link is followed while it stays inside that folder (resolved), and a link that
+//!   leaves it is skipped with a message naming the link and where it points, unless
+//!   `--follow`: whoever can write into a folder being transcoded (an upload area, a shared
+//!   drop) must not be able to make the tool read, and publish into `out/`, files elsewhere
+//!   that only the user running it can read (`~/.ssh`, another project's media). People who
+//!   keep media on other disks and link it in say so with `--follow`.
 //! - Files found in folders are taken by media extension, case-insensitively (cameras write
 //!   `CLIP0001.MP4`). Files named directly are taken whatever their extension: the user asked for
 //!   them, and ffmpeg, not the name, decides what a file is.
@@ -62,6 +69,8 @@ pub struct ScanOptions {
     pub include: Vec<String>,
     /// Globs.
     pub exclude: Vec<String>,
+    /// Follow symlinks in walked folders that lead outside the folder (`--follow`).
+    pub follow: bool,
 }
 
 /// One input and where its output goes.
@@ -97,6 +106,8 @@ pub struct ScanResult {
     /// In command-line order, then file-name order within each folder.
     pub jobs: Vec<Planned>,
     pub problems: Vec<ScanProblem>,
+    /// Left out on purpose (a symlink out of its input folder): said, not counted as failed.
+    pub skipped: Vec<ScanProblem>,
 }
 
 /// Two inputs that would write the same output.
@@ -259,11 +270,18 @@ impl Scanner<'_> {
 
     fn walk(&mut self, root: &Path) {
         let out_id = self.out_id;
-        let walker = WalkDir::new(root)
+        // Links are judged against the folder as it really is; a root that cannot be resolved
+        // was already reported when it was looked at.
+        let real_root = (!self.opts.follow)
+            .then(|| root.canonicalize().ok())
+            .flatten();
+        let filter = self.filter;
+        let mut escaped = Vec::new();
+        let mut walker = WalkDir::new(root)
             .follow_links(true)
             .sort_by_file_name()
             .into_iter()
-            .filter_entry(move |e| {
+            .filter_entry(|e| {
                 if e.depth() > 0 && is_hidden(e.file_name()) {
                     return false;
                 }
@@ -271,9 +289,32 @@ impl Scanner<'_> {
                 // may be, directly or through a symlink, and then is not descended into.
                 let is_out = e.file_type().is_dir()
                     && out_id.is_some_and(|out| e.metadata().is_ok_and(|m| file_id(&m) == out));
-                !is_out
+                if is_out {
+                    return false;
+                }
+                match (&real_root, e.depth() > 0 && e.path_is_symlink()) {
+                    (Some(real_root), true) => match leaves(e.path(), real_root) {
+                        Some(target) => {
+                            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+                            let worth_saying = e.file_type().is_dir()
+                                || (is_media_path(e.path()) && filter.takes(rel));
+                            if worth_saying {
+                                escaped.push(ScanProblem {
+                                    path: e.path().to_path_buf(),
+                                    reason: format!(
+                                        "symlink to {target:?}, outside the input folder {root:?}; \
+                                         skipped (--follow takes it)"
+                                    ),
+                                });
+                            }
+                            false
+                        }
+                        None => true,
+                    },
+                    _ => true,
+                }
             });
-        for item in walker {
+        for item in walker.by_ref() {
             let entry = match item {
                 Ok(entry) => entry,
                 Err(err) => {
@@ -304,6 +345,8 @@ impl Scanner<'_> {
                 }
             }
         }
+        drop(walker);
+        self.result.skipped.append(&mut escaped);
     }
 
     /// The problem to report for a walk error, if any. Errors skip `filter_entry`, so the rules
@@ -372,6 +415,13 @@ impl Scanner<'_> {
 /// sleeping disks, fetches from network mounts, and shows up in inotify watches).
 fn readable(path: &Path) -> std::io::Result<()> {
     rustix::fs::access(path, rustix::fs::Access::READ_OK).map_err(std::io::Error::from)
+}
+
+/// Where the symlink `link` leads when that is outside `real_root` (canonical). A link that
+/// cannot be resolved is not judged here: the walk reports it as broken or a loop.
+fn leaves(link: &Path, real_root: &Path) -> Option<PathBuf> {
+    let target = link.canonicalize().ok()?;
+    (!target.starts_with(real_root)).then_some(target)
 }
 
 fn file_id(meta: &Metadata) -> (u64, u64) {
@@ -523,6 +573,7 @@ mod tests {
             out_ext: "mp4".into(),
             include: vec![],
             exclude: vec![],
+            follow: false,
         }
     }
 
@@ -987,5 +1038,70 @@ mod tests {
         assert_eq!(io_reason(&e), "permission denied");
         let e = std::io::Error::other("Odd");
         assert_eq!(io_reason(&e), "odd");
+    }
+
+    #[test]
+    fn symlinks_out_of_the_folder_are_skipped_unless_follow() {
+        let t = TempDir::new().expect("tempdir");
+        let d = t.path().join("in");
+        let secret = t.path().join("private");
+        touch(&d.join("a.mp4"));
+        touch(&d.join("real/b.mp4"));
+        touch(&secret.join("key.mp4"));
+        touch(&secret.join("deep/c.mp4"));
+        touch(&secret.join("notes.txt"));
+        symlink(secret.join("key.mp4"), d.join("stolen.mp4")).expect("symlink");
+        symlink(&secret, d.join("elsewhere")).expect("symlink");
+        symlink(secret.join("notes.txt"), d.join("notes.txt")).expect("symlink");
+        // Links that stay inside the folder are followed as before (taken once, by inode).
+        symlink("real/b.mp4", d.join("z-inside.mp4")).expect("symlink");
+        symlink("real", d.join("z-real")).expect("symlink");
+        let out = t.path().join("out");
+        let r = scan(std::slice::from_ref(&d), &opts(&out)).expect("scan");
+        assert_eq!(inputs(&r), [d.join("a.mp4"), d.join("real/b.mp4")]);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        let skipped: Vec<String> = r.skipped.iter().map(|p| p.to_string()).collect();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert_eq!(r.skipped[0].path, d.join("elsewhere"));
+        assert_eq!(r.skipped[1].path, d.join("stolen.mp4"));
+        let real_secret = secret.canonicalize().expect("canon");
+        assert!(
+            skipped[1].contains(&format!("symlink to {:?}", real_secret.join("key.mp4")))
+                && skipped[1].contains("outside the input folder")
+                && skipped[1].contains("--follow"),
+            "{}",
+            skipped[1]
+        );
+
+        // Named on the command line, a link is followed: the user asked for it.
+        let r = scan(&[d.join("stolen.mp4")], &opts(&out)).expect("scan");
+        assert_eq!(inputs(&r), [d.join("stolen.mp4")]);
+
+        let mut o = opts(&out);
+        o.follow = true;
+        let r = scan(std::slice::from_ref(&d), &o).expect("scan");
+        assert_eq!(
+            inputs(&r),
+            [
+                d.join("a.mp4"),
+                d.join("elsewhere/deep/c.mp4"),
+                d.join("elsewhere/key.mp4"),
+                d.join("real/b.mp4"),
+            ]
+        );
+        assert!(r.skipped.is_empty());
+    }
+
+    #[test]
+    fn a_root_named_through_a_symlink_is_its_target() {
+        let t = TempDir::new().expect("tempdir");
+        let real = t.path().join("media");
+        touch(&real.join("a.mp4"));
+        symlink("a.mp4", real.join("b.mp4")).expect("symlink");
+        symlink(&real, t.path().join("link")).expect("symlink");
+        let out = t.path().join("out");
+        let r = scan(&[t.path().join("link")], &opts(&out)).expect("scan");
+        assert_eq!(inputs(&r), [t.path().join("link/a.mp4")]);
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
     }
 }

@@ -1039,6 +1039,9 @@ impl DockerBackend {
             .input
             .canonicalize()
             .map_err(|e| format!("{}: {e}", job.input.display()))?;
+        if let Err(e) = crate::fsopen::open_regular(&input) {
+            return Ok(Err(JobError::Input(e)));
+        }
         let parent = out.parent().unwrap_or(Path::new("."));
         let root = rustix::process::geteuid().is_root();
         let (uid, gid) = worker_user();

@@ -507,7 +507,9 @@ fn encode(nonce: &str, req: &Request<'_>, size: u64) -> Result<Vec<u8>, String> 
 /// is read once, whatever it is for.
 async fn feed(mut stdin: WorkerInput, path: PathBuf, size: u64, hash: bool, ctx: JobCtx) -> Fed {
     let result = async {
-        let file = tokio::fs::File::open(&path).await.map_err(Feed::Read)?;
+        let file = crate::fsopen::open_regular_async(&path)
+            .await
+            .map_err(Feed::Read)?;
         let mut file = file.take(size);
         let mut hasher = hash.then(Hasher::new);
         let mut buf = vec![0u8; IO_BUFFER];

@@ -53,7 +53,7 @@ fn open(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
             .truncate(true)
             .open(path)
     } else {
-        std::fs::File::open(path)
+        crate::fsopen::open_regular(path)
     }
 }
 

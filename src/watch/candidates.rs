@@ -10,6 +10,13 @@
 //! Paths are compared in their canonical form (the roots are canonicalized once), because
 //! inotify reports paths under the root as it was given, and the output folder may be reached
 //! through a symlink.
+//!
+//! The daemon never follows a symlink out of its folders, with no flag to make it: a watched
+//! folder is typically writable by others (an upload area, a camera share), and a link planted
+//! there must not make the daemon read (and publish into `out/`, or delete with
+//! `--on-success delete`) a file elsewhere. So [`Candidates::file`] resolves the path and
+//! refuses one that lands outside every watched folder, and [`Candidates::walk`] does not enter
+//! or take links that leave them. Links that stay inside are followed as before.
 
 use crate::scan::{self, Filter, ScanError};
 use crate::state::FileStat;
@@ -17,6 +24,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use tracing::info;
 
 /// Suffixes of names that mean "still being written" (compared case-insensitively).
 pub const TEMP_SUFFIXES: &[&str] = &[".part", ".partial", ".tmp", ".crdownload", ".download"];
@@ -105,8 +113,32 @@ impl Candidates {
         Some((root, rel))
     }
 
-    /// Whether `path` (a file, by its name) is an input, and under which root.
+    /// Whether `path` is an input, and under which root: by its name, and only when it does not
+    /// resolve (through a symlink) to somewhere outside the watched folders.
     pub fn file(&self, path: &Path) -> Option<Candidate> {
+        let c = self.named(path)?;
+        match self.escapes(path) {
+            Some(target) => {
+                info!(
+                    path = %path.display(),
+                    target = %target.display(),
+                    "symlink out of the watched folders; not followed"
+                );
+                None
+            }
+            None => Some(c),
+        }
+    }
+
+    /// Where `path` really lies when that is outside every watched folder. A path that does not
+    /// resolve (gone, dangling) leads nowhere and is not judged here.
+    pub fn escapes(&self, path: &Path) -> Option<PathBuf> {
+        let real = path.canonicalize().ok()?;
+        (!self.roots.iter().any(|r| real.starts_with(r))).then_some(real)
+    }
+
+    /// Whether `path` is an input by its name alone (no filesystem access).
+    fn named(&self, path: &Path) -> Option<Candidate> {
         let (root, rel) = self.locate(path)?;
         if rel.as_os_str().is_empty() || !scan::is_media_path(path) || !self.filter.takes(rel) {
             return None;
@@ -146,16 +178,34 @@ impl Candidates {
                 if e.depth() > 0 && scan::is_hidden(e.file_name()) {
                     return false;
                 }
-                !(e.file_type().is_dir()
+                if e.file_type().is_dir()
                     && e.metadata()
-                        .is_ok_and(|m| excluded_ids.contains(&(m.dev(), m.ino()))))
+                        .is_ok_and(|m| excluded_ids.contains(&(m.dev(), m.ino())))
+                {
+                    return false;
+                }
+                // The folder itself may be a link too: a folder event names whatever appeared.
+                if e.path_is_symlink()
+                    && let Some(target) = self.escapes(e.path())
+                {
+                    let worth_saying = e.file_type().is_dir() || self.named(e.path()).is_some();
+                    if worth_saying {
+                        info!(
+                            path = %e.path().display(),
+                            target = %target.display(),
+                            "symlink out of the watched folders; not followed"
+                        );
+                    }
+                    return false;
+                }
+                true
             });
         let mut found = Vec::new();
         for entry in walker.flatten() {
             if entry.file_type().is_dir() {
                 continue;
             }
-            let Some(c) = self.file(entry.path()) else {
+            let Some(c) = self.named(entry.path()) else {
                 continue;
             };
             let Ok(meta) = entry.metadata() else { continue };
@@ -257,5 +307,53 @@ mod tests {
         assert_eq!(names, vec![root.join("a.mp4"), root.join("sub/b.mkv")]);
         let known = HashMap::from([(found[0].0.path.clone(), found[0].1)]);
         assert_eq!(c.walk(&root, &known).len(), 1);
+    }
+
+    #[test]
+    fn links_out_of_the_watched_folders_are_never_followed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let base = tmp.path().canonicalize().expect("canon");
+        let root = base.join("in");
+        let out = base.join("out");
+        let secret = base.join("private");
+        for d in ["in/real", "out", "private/deep"] {
+            std::fs::create_dir_all(base.join(d)).expect("mkdir");
+        }
+        for f in [
+            "in/a.mp4",
+            "in/real/b.mp4",
+            "private/key.mp4",
+            "private/deep/c.mp4",
+        ] {
+            std::fs::write(base.join(f), b"x").expect("write");
+        }
+        let link = |to: &Path, at: &str| std::os::unix::fs::symlink(to, root.join(at)).expect("ln");
+        link(&secret.join("key.mp4"), "stolen.mp4");
+        link(&secret, "elsewhere");
+        link(&root.join("real/b.mp4"), "z-inside.mp4");
+        let c = cands(&root, &out);
+        let found: Vec<_> = c
+            .walk(&root, &HashMap::new())
+            .into_iter()
+            .map(|(c, _)| c.path)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                root.join("a.mp4"),
+                root.join("real/b.mp4"),
+                root.join("z-inside.mp4")
+            ]
+        );
+        // What an event names is judged the same way.
+        assert!(c.file(&root.join("stolen.mp4")).is_none());
+        assert!(c.file(&root.join("elsewhere/key.mp4")).is_none());
+        assert!(c.file(&root.join("z-inside.mp4")).is_some());
+        assert_eq!(
+            c.escapes(&root.join("stolen.mp4")),
+            Some(secret.join("key.mp4"))
+        );
+        // A folder event for the link itself walks nothing.
+        assert!(c.walk(&root.join("elsewhere"), &HashMap::new()).is_empty());
     }
 }

@@ -36,12 +36,16 @@ pub struct Watcher {
 /// Watch `roots` recursively. Folders created later are watched as they appear.
 pub fn watch(roots: &[PathBuf]) -> Result<(Watcher, UnboundedReceiver<Change>), super::WatchError> {
     let (tx, rx) = unbounded_channel();
-    let mut inner = notify::recommended_watcher(move |res| forward(&tx, res)).map_err(|e| {
-        super::WatchError::Notify {
-            path: roots.first().cloned().unwrap_or_default(),
-            source: e,
-        }
-    })?;
+    // Not into linked folders: the daemon never follows a link out of its folders, and a link
+    // to `/` would otherwise cost a watch on every folder of the machine.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut inner =
+        notify::RecommendedWatcher::new(move |res| forward(&tx, res), config).map_err(|e| {
+            super::WatchError::Notify {
+                path: roots.first().cloned().unwrap_or_default(),
+                source: e,
+            }
+        })?;
     for root in roots {
         inner
             .watch(root, RecursiveMode::Recursive)

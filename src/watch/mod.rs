@@ -83,6 +83,10 @@ pub enum WatchError {
     #[error("{0} does not apply to watch (it runs until stopped and logs as it goes)")]
     Unsupported(&'static str),
     #[error(
+        "--follow does not apply to watch: the daemon never follows a symlink out of its folders"
+    )]
+    Follow,
+    #[error(
         "the --on-success move folder {} lies inside the watched folder {}: moved files would be taken again",
         dir.display(),
         root.display()
@@ -143,6 +147,9 @@ impl Config {
         }
         if run.max_runtime.is_some() {
             return Err(WatchError::Unsupported("--max-runtime").into());
+        }
+        if run.follow {
+            return Err(WatchError::Follow.into());
         }
         let preset = Arc::new(preset::load(&run.preset)?);
         let mut roots = Vec::new();
@@ -214,6 +221,7 @@ fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder
+            .fmt_fields(crate::report::LogFields)
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .try_init(),
         LogFormat::Json => builder

@@ -97,7 +97,7 @@ pub fn copy_then_remove(input: &Path, dest: &Path) -> io::Result<PathBuf> {
         .prefix(".isc-move-")
         .tempfile_in(parent)?;
     {
-        let mut from = std::fs::File::open(input)?;
+        let mut from = crate::fsopen::open_regular(input)?;
         let mut to = temp.as_file();
         io::copy(&mut from, &mut to)?;
         let perms = from.metadata()?.permissions();

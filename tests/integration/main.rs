@@ -3,6 +3,7 @@
 
 mod cron;
 mod pipeline;
+mod presets;
 mod remote;
 mod state;
 mod util;

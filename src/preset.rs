@@ -14,6 +14,9 @@
 //! whether the duration must match the input). The verifier enforces it before an output counts
 //! as done.
 
+mod args;
+
+pub use args::{Place, Refusal, check as check_args, check_filtergraph};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -102,9 +105,9 @@ struct PresetFile {
     description: String,
     extension: String,
     format: String,
-    args: Vec<String>,
+    args: Vec<toml::Spanned<String>>,
     #[serde(default)]
-    input_args: Vec<String>,
+    input_args: Vec<toml::Spanned<String>>,
     #[serde(default)]
     transfer: Transfer,
     #[serde(default)]
@@ -159,6 +162,14 @@ pub enum PresetError {
     },
     #[error("invalid preset {origin}: {message}")]
     Parse { origin: String, message: String },
+    /// An ffmpeg argument outside the allow-list ([`args`]), with the line it is on.
+    #[error("invalid preset {origin}, line {line}: field `{field}`: {message}")]
+    Arg {
+        origin: String,
+        line: usize,
+        field: &'static str,
+        message: String,
+    },
     #[error("invalid preset {origin}: field `{field}`: {message}")]
     Field {
         origin: String,
@@ -257,18 +268,37 @@ pub fn parse(name: &str, text: &str, source: Source) -> Result<Preset, PresetErr
     if file.args.is_empty() {
         return Err(field("args", "must list at least one ffmpeg option".into()));
     }
-    for (fname, list) in [("args", &file.args), ("input_args", &file.input_args)] {
-        if let Some(bad) = list.iter().find(|a| RESERVED.contains(&a.as_str())) {
-            return Err(field(
-                fname,
-                format!("{bad:?} is set by isc-transcode itself and may not appear in a preset"),
+    let plain = |list: &[toml::Spanned<String>]| -> Vec<String> {
+        list.iter().map(|a| a.get_ref().clone()).collect()
+    };
+    let (args, input_args) = (plain(&file.args), plain(&file.input_args));
+    for (fname, spanned, list, place) in [
+        ("args", &file.args, &args, Place::Output),
+        ("input_args", &file.input_args, &input_args, Place::Input),
+    ] {
+        let at = |index: usize, message: String| PresetError::Arg {
+            origin: origin.clone(),
+            line: spanned
+                .get(index)
+                .map_or(1, |a| line_of(text, a.span().start)),
+            field: fname,
+            message,
+        };
+        if let Some(i) = list.iter().position(|a| RESERVED.contains(&a.as_str())) {
+            return Err(at(
+                i,
+                format!(
+                    "{:?} is set by isc-transcode itself and may not appear in a preset",
+                    list[i]
+                ),
             ));
         }
-        if let Some(bad) = list.iter().find(|a| a.contains('\0')) {
-            return Err(field(fname, format!("{bad:?} contains a NUL byte")));
+        if let Some(i) = list.iter().position(|a| a.contains('\0')) {
+            return Err(at(i, format!("{:?} contains a NUL byte", list[i])));
         }
+        args::check(list, place).map_err(|r| at(r.index, r.message))?;
     }
-    if MP4_FAMILY.contains(&file.format.as_str()) && !has_faststart(&file.args) {
+    if MP4_FAMILY.contains(&file.format.as_str()) && !has_faststart(&args) {
         return Err(field(
             "args",
             format!(
@@ -295,8 +325,8 @@ pub fn parse(name: &str, text: &str, source: Source) -> Result<Preset, PresetErr
         description: file.description,
         extension: file.extension,
         format: file.format,
-        input_args: file.input_args,
-        args: file.args,
+        input_args,
+        args,
         transfer: file.transfer,
         check: file.check,
         source,
@@ -566,6 +596,64 @@ mod tests {
             .to_string();
         assert!(msg.contains("field `args`"), "{msg}");
         assert!(msg.contains("\"-i\""), "{msg}");
+    }
+
+    // Regression: a preset could add outputs and read host files (a bare path, `movie=`, a
+    // protocol prefix) through its ffmpeg arguments.
+    #[test]
+    fn a_hostile_argument_is_refused_naming_file_and_line() {
+        let text = "description = \"x\"\nextension = \"mkv\"\nformat = \"matroska\"\n\
+                    args = [\n    \"-c\", \"copy\",\n    \"-vf\", \"movie=/etc/passwd[m];[in][m]overlay\",\n]\n\
+                    [check]\nvideo = \"copy\"\n";
+        let msg = parse("t", text, Source::File("evil.toml".into()))
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(
+            msg,
+            "invalid preset evil.toml, line 6: field `args`: -vf \"movie=/etc/passwd[m];[in][m]overlay\": \
+             filter \"movie\" reads a file, which a preset may not do"
+        );
+        for (args, line, needle) in [
+            (
+                r#"args = ["-c", "copy",
+                "/root/.ssh/authorized_keys"]"#,
+                2,
+                "one more output file",
+            ),
+            (
+                r#"args = ["-c", "copy", "file:/x.mkv"]"#,
+                1,
+                "protocol prefix \"file:\"",
+            ),
+            (
+                r#"args = ["-c", "copy"]
+                input_args = ["-i", "http://x/y"]"#,
+                2,
+                "set by isc-transcode itself",
+            ),
+            (
+                r#"args = ["-c", "copy"]
+                input_args = ["-ss", "1",
+                  "-crf", "2"]"#,
+                3,
+                "output option",
+            ),
+        ] {
+            let text = MINIMAL.replace(r#"args = ["-c", "copy"]"#, args);
+            let first = text.find("args").expect("args");
+            let base = text[..first].lines().count();
+            let msg = parse("t", &text, Source::File("p.toml".into()))
+                .expect_err(args)
+                .to_string();
+            assert!(
+                msg.starts_with(&format!(
+                    "invalid preset p.toml, line {}: ",
+                    base + line - 1
+                )),
+                "{args}: {msg}"
+            );
+            assert!(msg.contains(needle), "{msg}");
+        }
     }
 
     #[test]

@@ -297,7 +297,18 @@ impl Engine {
         };
         match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
             Err(_) => return Err(unreachable("no answer within 5 s".into())),
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Ok(Err(e)) => {
+                let mut reason = transport::causes(&e);
+                if let Endpoint::Tls { files, .. } = &endpoint
+                    && reason.contains("invalid peer certificate")
+                {
+                    reason += &format!(
+                        " (the engine's certificate must chain to {}: no other CA is trusted)",
+                        files.ca.display()
+                    );
+                }
+                return Err(unreachable(reason));
+            }
             Ok(Ok(_)) => {}
         }
         Ok(Engine {

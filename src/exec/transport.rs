@@ -212,6 +212,22 @@ pub fn endpoint(host: &str, env: &TlsEnv, insecure: bool) -> Result<Endpoint, Tr
     }
 }
 
+/// An error and every cause under it, as one line: a failed handshake shows as "client error
+/// (Connect)" alone, with the reason (an unknown issuer, a refused certificate) only below.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line += ": ";
+            line += &text;
+        }
+        next = cause.source();
+    }
+    line
+}
+
 /// `host[:port]` or `[v6][:port]`, the brackets removed.
 fn split_authority(a: &str) -> Option<(&str, Option<&str>)> {
     if let Some(v6) = a.strip_prefix('[') {

@@ -6,6 +6,7 @@ mod hostile;
 mod inputs;
 mod outputs;
 mod pipeline;
+mod presets;
 mod remote;
 mod state;
 mod util;

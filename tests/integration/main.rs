@@ -7,3 +7,4 @@ mod remote;
 mod state;
 mod util;
 mod watch;
+mod worker;

@@ -43,7 +43,7 @@ use super::jobserver::{
     EXIT_NO_MOUNT, EarlyWriteback, Mode, Request, SERVER_SCRIPT, Session, WORKER_MAIN,
     settle_output,
 };
-use super::{Backend, JobCtx, JobError, JobSpec, Produced, Transfer};
+use super::{Backend, JobCtx, JobError, JobSpec, JobTimeout, Produced, Transfer};
 use crate::ffmpeg::StderrParser;
 use crate::media;
 use crate::preset;
@@ -779,6 +779,8 @@ pub struct DockerBackend {
     mount: MountPolicy,
     /// The image's libraries from a volume, on fuse-overlayfs engines.
     libs: Option<UsrVolume>,
+    /// How long one job may run ([`super::within_timeout`]).
+    job_timeout: JobTimeout,
     /// Set once a mount attempt showed that the engine does not see this machine's files.
     mount_failed: std::sync::atomic::AtomicBool,
     /// Started workers no job is using.
@@ -800,6 +802,7 @@ impl DockerBackend {
             client: client_id(),
             out_dir: String::new(),
             mount: MountPolicy::Auto,
+            job_timeout: JobTimeout::Auto,
             libs: None,
             mount_failed: Default::default(),
             idle: Mutex::default(),
@@ -818,6 +821,12 @@ impl DockerBackend {
     /// Mount the image's libraries from a volume ([`Engine::library_mount`]).
     pub fn with_libraries(mut self, libs: Option<UsrVolume>) -> Self {
         self.libs = libs;
+        self
+    }
+
+    /// Stop a job that runs longer than `timeout` allows.
+    pub fn with_job_timeout(mut self, timeout: JobTimeout) -> Self {
+        self.job_timeout = timeout;
         self
     }
 
@@ -1340,6 +1349,42 @@ impl Backend for DockerBackend {
     }
 
     async fn run(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
+        super::within_timeout(self.job_timeout, job, ctx, |ctx| async move {
+            self.run_job(job, out, &ctx).await
+        })
+        .await
+    }
+
+    /// End the idle workers ([`DockerBackend::retire`]).
+    async fn finish(&self) {
+        let idle: Vec<Worker> = self
+            .idle
+            .lock()
+            .map(|mut idle| idle.drain(..).collect())
+            .unwrap_or_default();
+        for w in idle {
+            self.retire(w);
+        }
+    }
+
+    async fn abandon(&self) {
+        let ids: Vec<String> = self
+            .live
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default();
+        let removals = ids.iter().map(|id| remove(&self.engine.docker, id));
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::future::join_all(removals),
+        )
+        .await;
+    }
+}
+
+impl DockerBackend {
+    /// One job, mounted or streamed.
+    async fn run_job(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
         if self.wants_mount(job, ctx) {
             match self.run_mounted(job, out, ctx).await {
                 Ok(result) => return result,
@@ -1384,32 +1429,6 @@ impl Backend for DockerBackend {
                 other => return other,
             }
         }
-    }
-
-    /// End the idle workers ([`DockerBackend::retire`]).
-    async fn finish(&self) {
-        let idle: Vec<Worker> = self
-            .idle
-            .lock()
-            .map(|mut idle| idle.drain(..).collect())
-            .unwrap_or_default();
-        for w in idle {
-            self.retire(w);
-        }
-    }
-
-    async fn abandon(&self) {
-        let ids: Vec<String> = self
-            .live
-            .lock()
-            .map(|l| l.iter().cloned().collect())
-            .unwrap_or_default();
-        let removals = ids.iter().map(|id| remove(&self.engine.docker, id));
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            futures_util::future::join_all(removals),
-        )
-        .await;
     }
 }
 

@@ -90,7 +90,6 @@ struct Case {
     before: (Vec<u8>, u32, u32, u32),
 }
 
-#[allow(dead_code)]
 impl Case {
     fn new() -> Case {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -205,8 +204,9 @@ fn run_limited(mut cmd: Command, limit: Duration) -> Output {
         }
     };
     eprintln!(
-        "--- exit {:?}\n--- stderr\n{}",
+        "--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
         out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
             .lines()
             .map(|l| l.chars().take(300).collect::<String>())
@@ -217,7 +217,6 @@ fn run_limited(mut cmd: Command, limit: Duration) -> Output {
 }
 
 /// The `failed` line the tool printed for `input`.
-#[allow(dead_code)]
 fn failed_line(o: &Output, input: &str) -> String {
     stderr(o)
         .lines()
@@ -297,5 +296,33 @@ fn limits_refuse_zero_negatives_and_overflow() {
             err.contains(flag) && err.contains(says),
             "{flag} {value}: {err}"
         );
+    }
+}
+
+// Regression: only the stall watchdog stopped a job, and a worker that prints progress forever
+// is never stalled: the run never ended.
+#[test]
+fn a_job_that_never_ends_is_stopped_at_its_time_limit_and_the_batch_goes_on() {
+    for transfer in ["stream", "mount"] {
+        let case = Case::new();
+        let forever = case.input("moov-at-end.mp4", "x.forever");
+        let fine = case.input("faststart.mp4", "ok.mp4");
+        let start = Instant::now();
+        let o = case.run(
+            &[&forever, &fine],
+            &["--job-timeout", "3s", "--transfer", transfer, "-j", "2"],
+        );
+        assert!(start.elapsed() < Duration::from_secs(60), "{transfer}");
+        assert_eq!(o.status.code(), Some(1), "{transfer}");
+        let line = failed_line(&o, "x.forever");
+        assert!(
+            line.ends_with(
+                "x.forever: timed out: still running after 3s, the job's time limit \
+                 (--job-timeout); stopped and its container removed"
+            ),
+            "{transfer}: {line}"
+        );
+        assert!(stdout(&o).contains("summary: 1 done"), "{transfer}");
+        case.assert_contained(&["ok.mp4"]);
     }
 }

@@ -13,6 +13,7 @@
 
 use crate::cli::{BackendChoice, Cli, Command, RunArgs, TransferChoice};
 use crate::error::{AppError, ExitCode};
+use crate::exec::JobTimeout;
 use crate::exec::docker::{DockerBackend, Engine, Limits, MountPolicy, default_host};
 use crate::exec::local::LocalBackend;
 use crate::exec::{Backend, JobSpec, Produced};
@@ -775,7 +776,7 @@ async fn run_jobs(
             .await)
         }
         None => {
-            let (local, provenance, cpus) = setup_local().await?;
+            let (local, provenance, cpus) = setup_local(args).await?;
             Ok(execute(
                 local,
                 jobs,
@@ -840,6 +841,7 @@ pub(crate) async fn setup_docker(
     };
     let backend = DockerBackend::new(engine, args.image.clone(), limits, run_id())
         .with_out_dir(&args.out)
+        .with_job_timeout(job_timeout(args))
         .with_libraries(libs)
         .with_transfer(match args.transfer {
             TransferChoice::Auto => MountPolicy::Auto,
@@ -856,9 +858,18 @@ pub(crate) async fn setup_docker(
     Ok((backend, provenance, cpus))
 }
 
+/// `--job-timeout`, else the limit derived from each input's duration.
+fn job_timeout(args: &RunArgs) -> JobTimeout {
+    args.job_timeout.map_or(JobTimeout::Auto, JobTimeout::Fixed)
+}
+
 /// The local backend, its provenance, and this machine's CPU count.
-pub(crate) async fn setup_local() -> Result<(LocalBackend, Provenance, usize), AppError> {
-    let local = LocalBackend::find().ok_or(AppError::NoLocalFfmpeg)?;
+pub(crate) async fn setup_local(
+    args: &RunArgs,
+) -> Result<(LocalBackend, Provenance, usize), AppError> {
+    let local = LocalBackend::find()
+        .ok_or(AppError::NoLocalFfmpeg)?
+        .with_job_timeout(job_timeout(args));
     let provenance = Provenance {
         image: None,
         image_id: None,

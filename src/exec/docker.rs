@@ -44,7 +44,7 @@ use super::jobserver::{
     settle_output,
 };
 use super::transport::{self, Endpoint, TlsEnv};
-use super::{Backend, JobCtx, JobError, JobSpec, Produced, Transfer};
+use super::{Backend, JobCtx, JobError, JobSpec, JobTimeout, Produced, Transfer};
 use crate::ffmpeg::StderrParser;
 use crate::media;
 use crate::preset;
@@ -71,8 +71,8 @@ pub const LABEL_SLOT: &str = "io.isc-transcode.slot";
 /// The output folder the worker writes for, so that a person (or a test) can tell whose
 /// containers are whose.
 pub const LABEL_OUT: &str = "io.isc-transcode.out";
-/// `<hostname> <pid> <process start time>` of the client that created the container, so that a
-/// later run can tell a live run's containers from a dead one's.
+/// `<hostname> <client id>` of the client that created the container, so that a later run can
+/// tell a live run's containers from a dead one's ([`client_id`], [`client_is_dead`]).
 pub const LABEL_CLIENT: &str = "io.isc-transcode.client";
 /// On a library volume: the folder of the image it holds (`/usr`).
 pub const LABEL_LIBDIR: &str = "io.isc-transcode.libdir";
@@ -87,40 +87,96 @@ pub struct UsrVolume {
     pub lib_dir: Option<String>,
 }
 
-/// This process, as [`LABEL_CLIENT`] names it.
+/// This process, as [`LABEL_CLIENT`] names it: the host's name and 128 random bits, made once
+/// per process.
+///
+/// A pid cannot name a client: two clients in different PID namespaces (containers, `unshare`)
+/// can have the same pid on the same host, and each would read the other's pid in its own
+/// namespace, find another process or none, and remove the other's live workers. So the client
+/// takes a random id, and proves it is alive by holding an exclusive `flock` on a file named by
+/// that id in [`clients_dir`] for as long as it runs: the kernel drops the lock when the process
+/// ends, however it ends, and a lock is seen alike from every PID namespace that shares the
+/// folder.
 pub fn client_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    static CLIENT: std::sync::OnceLock<(String, Option<std::fs::File>)> =
+        std::sync::OnceLock::new();
+    let (label, _lock) = CLIENT.get_or_init(|| {
+        let id = super::random_hex(16).unwrap_or_else(|_| {
+            // No entropy from the OS: an id that no lock file backs, so no client ever judges
+            // this one dead.
+            format!("nolock-{}", std::process::id())
+        });
+        let lock = hold_client_lock(&id);
+        (format!("{} {id}", hostname()), lock)
+    });
+    label.clone()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    let pid = std::process::id();
-    format!("{host} {pid} {}", start_time(pid).unwrap_or_default())
+        .unwrap_or_default()
 }
 
-/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid,
-/// it tells a live process from a later one that reused the pid.
-fn start_time(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19).map(str::to_string)
+/// The folder of the clients' lock files ([`client_id`]), shared by every user of this host:
+/// `$TMPDIR/isc-transcode-clients`, sticky and world-writable like `/tmp` itself.
+pub fn clients_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("isc-transcode-clients")
 }
 
-/// Whether the client named by a [`LABEL_CLIENT`] value is certainly gone. Clients on other
-/// hosts are never judged dead: there is no way to know from here.
+/// Create this client's lock file and lock it, or `None` when the folder cannot be used (then
+/// this client is never judged dead by anyone).
+fn hold_client_lock(id: &str) -> Option<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = clients_dir();
+    if std::fs::create_dir(&dir).is_ok() {
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+    }
+    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(dir.join(id))
+        .ok()?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(file)
+}
+
+/// Whether the client named by a [`LABEL_CLIENT`] value is certainly gone: it ran on this host,
+/// its lock file is there and nobody holds its lock. Clients on other hosts, clients whose lock
+/// file this host does not see (another `/tmp`), and labels of another form are never judged
+/// dead: there is no way to know from here.
 pub fn client_is_dead(label: &str) -> bool {
     let mut parts = label.split(' ');
-    let (Some(host), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(host), Some(id), None) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    let ours = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    if host != ours {
+    if host != hostname() || id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return false;
     }
-    let Ok(pid) = pid.parse::<u32>() else {
+    let flags = rustix::fs::OFlags::RDONLY
+        | rustix::fs::OFlags::NOFOLLOW
+        | rustix::fs::OFlags::NONBLOCK
+        | rustix::fs::OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::open(clients_dir().join(id), flags, rustix::fs::Mode::empty()) else {
         return false;
     };
-    start_time(pid).as_deref() != Some(start)
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok()
+}
+
+/// Remove the lock file of a client judged dead ([`client_is_dead`]) once its containers are
+/// gone.
+fn forget_client(label: &str) {
+    if let Some((_, id)) = label.split_once(' ')
+        && id.len() == 32
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        let _ = std::fs::remove_file(clients_dir().join(id));
+    }
 }
 
 /// Inputs at least this big are mounted rather than streamed, when mounting works: a worker of
@@ -413,12 +469,13 @@ impl Engine {
             .await
             .map_err(|e| self.api(e))?;
         let mut n = 0;
+        let mut gone = HashSet::new();
         for c in list {
-            let dead = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_CLIENT))
-                .is_some_and(|client| client_is_dead(client));
+            let client = c.labels.as_ref().and_then(|l| l.get(LABEL_CLIENT));
+            let dead = client.is_some_and(|client| client_is_dead(client));
+            if dead && let Some(client) = client {
+                gone.insert(client.clone());
+            }
             // A worker that has stopped is on its way out: the engine removes it (`auto_remove`),
             // as it does the workers a run ends as it exits, a moment after. Removing it here
             // too is harmless, but it is no leftover and is not counted as one.
@@ -438,6 +495,9 @@ impl Engine {
             {
                 n += 1;
             }
+        }
+        for client in gone {
+            forget_client(&client);
         }
         Ok(n)
     }
@@ -748,6 +808,8 @@ pub struct DockerBackend {
     mount: MountPolicy,
     /// The image's libraries from a volume, on fuse-overlayfs engines.
     libs: Option<UsrVolume>,
+    /// How long one job may run ([`super::within_timeout`]).
+    job_timeout: JobTimeout,
     /// Set once a mount attempt showed that the engine does not see this machine's files.
     mount_failed: std::sync::atomic::AtomicBool,
     /// Started workers no job is using.
@@ -769,6 +831,7 @@ impl DockerBackend {
             client: client_id(),
             out_dir: String::new(),
             mount: MountPolicy::Auto,
+            job_timeout: JobTimeout::Auto,
             libs: None,
             mount_failed: Default::default(),
             idle: Mutex::default(),
@@ -787,6 +850,12 @@ impl DockerBackend {
     /// Mount the image's libraries from a volume ([`Engine::library_mount`]).
     pub fn with_libraries(mut self, libs: Option<UsrVolume>) -> Self {
         self.libs = libs;
+        self
+    }
+
+    /// Stop a job that runs longer than `timeout` allows.
+    pub fn with_job_timeout(mut self, timeout: JobTimeout) -> Self {
+        self.job_timeout = timeout;
         self
     }
 
@@ -1312,6 +1381,42 @@ impl Backend for DockerBackend {
     }
 
     async fn run(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
+        super::within_timeout(self.job_timeout, job, ctx, |ctx| async move {
+            self.run_job(job, out, &ctx).await
+        })
+        .await
+    }
+
+    /// End the idle workers ([`DockerBackend::retire`]).
+    async fn finish(&self) {
+        let idle: Vec<Worker> = self
+            .idle
+            .lock()
+            .map(|mut idle| idle.drain(..).collect())
+            .unwrap_or_default();
+        for w in idle {
+            self.retire(w);
+        }
+    }
+
+    async fn abandon(&self) {
+        let ids: Vec<String> = self
+            .live
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default();
+        let removals = ids.iter().map(|id| remove(&self.engine.docker, id));
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::future::join_all(removals),
+        )
+        .await;
+    }
+}
+
+impl DockerBackend {
+    /// One job, mounted or streamed.
+    async fn run_job(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
         if self.wants_mount(job, ctx) {
             match self.run_mounted(job, out, ctx).await {
                 Ok(result) => return result,
@@ -1357,48 +1462,40 @@ impl Backend for DockerBackend {
             }
         }
     }
-
-    /// End the idle workers ([`DockerBackend::retire`]).
-    async fn finish(&self) {
-        let idle: Vec<Worker> = self
-            .idle
-            .lock()
-            .map(|mut idle| idle.drain(..).collect())
-            .unwrap_or_default();
-        for w in idle {
-            self.retire(w);
-        }
-    }
-
-    async fn abandon(&self) {
-        let ids: Vec<String> = self
-            .live
-            .lock()
-            .map(|l| l.iter().cloned().collect())
-            .unwrap_or_default();
-        let removals = ids.iter().map(|id| remove(&self.engine.docker, id));
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            futures_util::future::join_all(removals),
-        )
-        .await;
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    // Regression: clients were named by hostname and pid, and a client whose pid meant another
+    // process in this PID namespace was judged dead, so two clients in different namespaces
+    // removed each other's live workers.
     #[test]
-    fn own_client_is_alive_and_a_stale_one_is_dead() {
+    fn own_client_is_alive_and_a_released_one_is_dead() {
         let me = client_id();
+        assert_eq!(me, client_id(), "made once per process");
         assert!(!client_is_dead(&me));
-        let parts: Vec<&str> = me.split(' ').collect();
-        assert!(client_is_dead(&format!("{} {} 1", parts[0], parts[1])));
-        assert!(
-            !client_is_dead("some-other-host 1 1"),
-            "never judge other hosts"
-        );
+        let (host, id) = me.split_once(' ').expect("host and id");
+        assert_eq!(id.len(), 32);
+        // A client that has ended: its file is there, its lock is free.
+        let other = super::super::random_hex(16).expect("random");
+        let path = clients_dir().join(&other);
+        std::fs::write(&path, b"").expect("lock file");
+        assert!(client_is_dead(&format!("{host} {other}")));
+        // One that still runs holds the lock, from whatever process or namespace.
+        let held = std::fs::File::open(&path).expect("open");
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .expect("lock");
+        assert!(!client_is_dead(&format!("{host} {other}")));
+        drop(held);
+        assert!(client_is_dead(&format!("{host} {other}")));
+        forget_client(&format!("{host} {other}"));
+        assert!(!path.exists());
+        // Nothing to go by: never dead.
+        assert!(!client_is_dead(&format!("{host} {other}")), "no lock file");
+        assert!(!client_is_dead(&format!("some-other-host {id}")));
+        assert!(!client_is_dead(&format!("{host} 1 1")), "the old pid form");
     }
 
     // Pins what lets `Engine::connect` skip version negotiation: bollard puts no API version in

@@ -7,7 +7,7 @@
 //! goes the same way through stdout (`file:/dev/stdout`), so `+faststart` can rewrite it in place.
 
 use super::{
-    Backend, Checker, JobCtx, JobError, JobSpec, Produced, Transfer, decoded_seconds,
+    Backend, Checker, JobCtx, JobError, JobSpec, JobTimeout, Produced, Transfer, decoded_seconds,
     finish_stderr, pump_stderr,
 };
 use crate::ffmpeg::{Probe, StderrParser};
@@ -21,6 +21,7 @@ use tokio::process::Command;
 pub struct LocalBackend {
     ffmpeg: PathBuf,
     ffprobe: PathBuf,
+    job_timeout: JobTimeout,
 }
 
 impl LocalBackend {
@@ -29,7 +30,14 @@ impl LocalBackend {
         Some(LocalBackend {
             ffmpeg: which("ffmpeg")?,
             ffprobe: which("ffprobe")?,
+            job_timeout: JobTimeout::Auto,
         })
+    }
+
+    /// Stop a job that runs longer than `timeout` allows.
+    pub fn with_job_timeout(mut self, timeout: JobTimeout) -> Self {
+        self.job_timeout = timeout;
+        self
     }
 }
 
@@ -101,6 +109,17 @@ impl Backend for LocalBackend {
     }
 
     async fn run(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
+        super::within_timeout(self.job_timeout, job, ctx, |ctx| async move {
+            self.run_job(job, out, &ctx).await
+        })
+        .await
+    }
+
+    async fn abandon(&self) {}
+}
+
+impl LocalBackend {
+    async fn run_job(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
         let stdin = open(&job.input, false).map_err(JobError::Input)?;
         let stdout = open(out, true).map_err(JobError::Output)?;
         let mut child = Command::new(&self.ffmpeg)
@@ -180,6 +199,4 @@ impl Backend for LocalBackend {
             ffmpeg_version: parser.ffmpeg_version.clone(),
         })
     }
-
-    async fn abandon(&self) {}
 }

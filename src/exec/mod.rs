@@ -149,6 +149,109 @@ pub enum JobEvent {
     },
 }
 
+/// How long one job may run, however busy it looks (`--job-timeout`). The stall watchdog
+/// ([`crate::schedule`]) stops a job that shows no sign of life; this stops one that never
+/// ends, such as a worker that prints progress forever.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JobTimeout {
+    /// What the user gave.
+    Fixed(Duration),
+    /// [`JOB_TIMEOUT_FLOOR`] plus [`JOB_TIMEOUT_PER_SECOND`] times the input's duration, at most
+    /// [`JOB_TIMEOUT_CEILING`].
+    Auto,
+}
+
+/// The least time a job gets by default: starting a worker, spooling a big input and ffprobe
+/// take seconds, and a job must never be stopped for being short.
+pub const JOB_TIMEOUT_FLOOR: Duration = Duration::from_secs(10 * 60);
+
+/// Seconds of run time a job gets by default for each second of its input: the slowest preset
+/// here (av1) encodes 720p at about 0.2x realtime on one of this machine's cores, so 20 leaves
+/// a factor of four for slower machines and busier engines.
+pub const JOB_TIMEOUT_PER_SECOND: u32 = 20;
+
+/// The most time a job gets by default, whatever duration the input (or the worker's ffmpeg,
+/// which states it when this machine cannot read it) claims.
+pub const JOB_TIMEOUT_CEILING: Duration = Duration::from_secs(48 * 3600);
+
+impl JobTimeout {
+    /// The limit for an input of `seconds` (unknown: `None`).
+    pub fn limit(self, seconds: Option<f64>) -> Duration {
+        match self {
+            JobTimeout::Fixed(d) => d,
+            JobTimeout::Auto => {
+                let per = seconds
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .map(|s| s * f64::from(JOB_TIMEOUT_PER_SECOND))
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .unwrap_or_default();
+                JOB_TIMEOUT_FLOOR
+                    .saturating_add(per)
+                    .min(JOB_TIMEOUT_CEILING)
+            }
+        }
+    }
+}
+
+/// Run one job (`work`, given the context it must use) within `timeout`. When the limit passes,
+/// the job is cancelled, awaited (so that its backend removes its container and stops ffmpeg)
+/// and fails with [`JobError::TimedOut`]. With [`JobTimeout::Auto`] the input's duration is
+/// read here from an MP4's header, else taken from ffmpeg's statement once it is made.
+pub(crate) async fn within_timeout<F>(
+    timeout: JobTimeout,
+    job: &JobSpec,
+    ctx: &JobCtx,
+    work: impl FnOnce(JobCtx) -> F,
+) -> Result<Produced, JobError>
+where
+    F: Future<Output = Result<Produced, JobError>>,
+{
+    let start = Instant::now();
+    let known = match timeout {
+        JobTimeout::Auto => {
+            let input = job.input.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::readback::read_mp4(&input)
+                    .ok()
+                    .and_then(|p| p.duration())
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+        JobTimeout::Fixed(_) => None,
+    };
+    let inner = JobCtx {
+        cancel: ctx.cancel.child_token(),
+        ..ctx.clone()
+    };
+    let stated_ms = inner.stated_ms.clone();
+    let over = async {
+        loop {
+            let ms = stated_ms.load(Ordering::Relaxed);
+            let stated = known.or((ms > 0).then(|| ms as f64 / 1000.0));
+            let limit = timeout.limit(stated);
+            let elapsed = start.elapsed();
+            if elapsed >= limit {
+                return limit;
+            }
+            // Again at least every second: ffmpeg may state the duration meanwhile.
+            tokio::time::sleep((limit - elapsed).min(Duration::from_secs(1))).await;
+        }
+    };
+    let cancel = inner.cancel.clone();
+    let work = work(inner);
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => r,
+        limit = over => {
+            cancel.cancel();
+            let _ = work.await;
+            Err(JobError::TimedOut(limit))
+        }
+    }
+}
+
 /// What a backend needs from its caller while a job runs.
 #[derive(Clone)]
 pub struct JobCtx {
@@ -164,7 +267,19 @@ pub struct JobCtx {
     /// backend may give it one made for this job alone. Set by the batch dispatcher; a daemon,
     /// which keeps its workers for jobs yet to come, leaves it false.
     pub last_wave: bool,
+    /// The input's duration as ffmpeg stated it, in milliseconds (0: not yet), for the job's
+    /// time limit ([`within_timeout`]).
+    pub stated_ms: Arc<AtomicU64>,
+    /// When the last progress event went to the reporter, in milliseconds since `epoch` plus
+    /// one (0: none yet): see [`PROGRESS_EVERY`].
+    pub(crate) progress_ms: Arc<AtomicU64>,
 }
+
+/// Shortest time between two progress events of one job. ffmpeg writes a block twice a second;
+/// a worker that writes them as fast as it can would otherwise queue events faster than the
+/// reporter draws them, in memory that grows with what the worker sends. The last block
+/// (`progress=end`) always goes through.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 impl JobCtx {
     pub fn new(
@@ -179,6 +294,8 @@ impl JobCtx {
             epoch: Instant::now(),
             echo_ffmpeg,
             last_wave: false,
+            stated_ms: Arc::default(),
+            progress_ms: Arc::default(),
         }
     }
 
@@ -192,6 +309,8 @@ impl JobCtx {
             epoch: Instant::now(),
             echo_ffmpeg: self.echo_ffmpeg,
             last_wave: false,
+            stated_ms: Arc::default(),
+            progress_ms: Arc::default(),
         }
     }
 
@@ -217,6 +336,12 @@ impl JobCtx {
 
     pub(crate) fn progress(&self, id: usize, progress: Progress, duration: Option<f64>) {
         self.touch();
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.progress_ms.load(Ordering::Relaxed);
+        if !progress.end && last > 0 && now - last < PROGRESS_EVERY.as_millis() as u64 {
+            return;
+        }
+        self.progress_ms.store(now, Ordering::Relaxed);
         let _ = self.events.send(Event::Job(JobEvent::Progress {
             id,
             progress,
@@ -270,6 +395,12 @@ pub enum JobError {
     Cancelled,
     #[error("stalled: no progress for {} s; stopped and its container removed", .0.as_secs())]
     Stalled(Duration),
+    #[error(
+        "timed out: still running after {}, the job's time limit (--job-timeout); stopped and \
+         its container removed",
+        humantime::format_duration(*.0)
+    )]
+    TimedOut(Duration),
 }
 
 impl JobError {
@@ -359,7 +490,12 @@ pub(crate) async fn read_back(
 
 /// Feed stderr bytes to the parser and forward progress events.
 pub(crate) fn pump_stderr(parser: &mut StderrParser, bytes: &[u8], id: usize, ctx: &JobCtx) {
-    for p in parser.feed(bytes).progress {
+    let feed = parser.feed(bytes);
+    if let Some(d) = parser.input.duration.filter(|d| d.is_finite() && *d > 0.0) {
+        ctx.stated_ms
+            .store(((d * 1000.0) as u64).max(1), Ordering::Relaxed);
+    }
+    for p in feed.progress {
         ctx.progress(id, p, parser.input.duration);
     }
     if ctx.echo_ffmpeg {
@@ -384,5 +520,52 @@ pub(crate) fn decoded_seconds(parser: &StderrParser) -> Option<f64> {
 pub(crate) fn finish_stderr(parser: &mut StderrParser, id: usize, ctx: &JobCtx) {
     for p in parser.finish().progress {
         ctx.progress(id, p, parser.input.duration);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn progress_events_are_bounded_in_rate_and_the_end_goes_through() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let ctx = JobCtx::new(tx, CancellationToken::new(), false);
+        for _ in 0..10_000 {
+            ctx.progress(0, Progress::default(), None);
+        }
+        ctx.progress(
+            0,
+            Progress {
+                end: true,
+                ..Progress::default()
+            },
+            None,
+        );
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        assert!(events.len() <= 3, "{} events", events.len());
+        assert!(matches!(
+            events.last(),
+            Some(Event::Job(JobEvent::Progress { progress, .. })) if progress.end
+        ));
+    }
+
+    #[test]
+    fn the_default_time_limit_grows_with_the_input_and_stays_bounded() {
+        let auto = JobTimeout::Auto;
+        assert_eq!(auto.limit(None), JOB_TIMEOUT_FLOOR);
+        assert_eq!(auto.limit(Some(f64::NAN)), JOB_TIMEOUT_FLOOR);
+        assert_eq!(auto.limit(Some(-5.0)), JOB_TIMEOUT_FLOOR);
+        assert_eq!(
+            auto.limit(Some(60.0)),
+            JOB_TIMEOUT_FLOOR + Duration::from_secs(1200)
+        );
+        assert_eq!(auto.limit(Some(1e12)), JOB_TIMEOUT_CEILING);
+        assert_eq!(auto.limit(Some(f64::INFINITY)), JOB_TIMEOUT_FLOOR);
+        let fixed = JobTimeout::Fixed(Duration::from_secs(3));
+        assert_eq!(fixed.limit(Some(3600.0)), Duration::from_secs(3));
     }
 }

@@ -369,7 +369,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
                 .await
         }
         None => {
-            let (backend, provenance, cpus) = app::setup_local().await?;
+            let (backend, provenance, cpus) = app::setup_local(&args.run).await?;
             let recorder = Arc::new(StateRecorder::new(
                 store.clone(),
                 cfg.out.clone(),

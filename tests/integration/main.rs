@@ -11,3 +11,4 @@ mod remote;
 mod state;
 mod util;
 mod watch;
+mod worker;

@@ -560,7 +560,10 @@ fn containers_are_locked_down() {
         assert!(tmp.contains("size=64m") && tmp.contains("noexec"), "{tmp}");
         if transfer == "auto" {
             let work = hc["Tmpfs"]["/work"].as_str().expect("a tmpfs at /work");
-            assert!(work.contains("size=64m") && work.contains("mode=0700"), "{work}");
+            assert!(
+                work.contains("size=64m") && work.contains("mode=0700"),
+                "{work}"
+            );
         } else {
             assert!(hc["Tmpfs"]["/work"].is_null(), "{hc}");
         }

@@ -438,6 +438,28 @@ fn hostname() -> String {
         .to_string()
 }
 
+/// A client label as the tool makes it (host and random id), with its lock file; with `alive`
+/// the lock is held, by the file handed back, as a running client holds it.
+fn client(alive: bool) -> (String, Option<std::fs::File>) {
+    let id: String = (0..4).map(|_| format!("{:08x}", rand_u32())).collect();
+    let dir = std::env::temp_dir().join("isc-transcode-clients");
+    std::fs::create_dir_all(&dir).expect("clients folder");
+    let path = dir.join(&id);
+    let file = std::fs::File::create(&path).expect("lock file");
+    let held = alive.then(|| {
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .expect("lock");
+        file
+    });
+    (format!("{} {id}", hostname()), held)
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).expect("random");
+    u32::from_ne_bytes(b)
+}
+
 /// A stopped container labelled as this tool's, for a given client.
 fn fake_leftover(client: &str, input: &Path) -> String {
     let out = std::process::Command::new("docker")
@@ -478,23 +500,15 @@ fn containers_of_dead_runs_are_removed_by_the_next_run_and_by_gc() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("in");
     inputs(&dir, &[("faststart.mp4", "a.mp4")]);
-    // pid 1 with an impossible start time: a client that is certainly gone. This test process
-    // itself (pid and real start time) is a live client whose containers must be left alone.
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
-    let start = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .expect("start time")
-        .to_string();
-    let live = fake_leftover(
-        &format!("{} {} {start}", hostname(), std::process::id()),
-        &dir.join("live"),
-    );
+    // A client whose lock file nobody holds is certainly gone; one that holds it (as this test
+    // does) is alive, and its containers must be left alone.
+    let (live_client, _held) = client(true);
+    let live = fake_leftover(&live_client, &dir.join("live"));
     // Any run removes a dead run's containers, so a test running beside this one may take the
     // leftover first: then this run has nothing to say, and it tries again with a fresh one.
     let mut said = String::new();
     for attempt in 0..3 {
-        let dead = fake_leftover(&format!("{} 1 1", hostname()), &dir.join("dead"));
+        let dead = fake_leftover(&client(false).0, &dir.join("dead"));
         let out = tmp.path().join(format!("out{attempt}"));
         let o = transcode(&dir, &out, "copy");
         assert_eq!(o.status.code(), Some(0));
@@ -507,7 +521,7 @@ fn containers_of_dead_runs_are_removed_by_the_next_run_and_by_gc() {
     }
     assert!(said.contains("by runs that are gone"), "{said}");
 
-    let dead2 = fake_leftover(&format!("{} 1 1", hostname()), &dir.join("dead2"));
+    let dead2 = fake_leftover(&client(false).0, &dir.join("dead2"));
     let o = run(bin().arg("gc"));
     assert_eq!(o.status.code(), Some(0));
     assert!(!exists(&dead2));

@@ -3,7 +3,7 @@
 //!
 //! What ran is checked three ways: the daemon's own JSON log (one `job started` record per
 //! transcode), the outputs (host ffprobe), and the engine's event log (`exec_start` events of
-//! containers labelled with this daemon's client id), which does not depend on how the backend
+//! containers labelled with this daemon's output folder), which does not depend on how the backend
 //! lays out its containers.
 
 use crate::util::*;
@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 struct Daemon {
     child: Child,
     log: PathBuf,
-    /// `io.isc-transcode.client` of this process, as the backend labels its containers.
-    client: String,
+    /// The output folder, whose name the backend puts on its containers'
+    /// (`io.isc-transcode.out`).
+    out: PathBuf,
     started: f64,
 }
 
@@ -53,11 +54,10 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start isc-transcode watch");
-        let client = client_label(child.id());
         let d = Daemon {
             child,
             log,
-            client,
+            out: out.to_path_buf(),
             started,
         };
         d.wait_for("initial scan", Duration::from_secs(30), |d| {
@@ -151,7 +151,7 @@ impl Daemon {
                 "--filter",
                 "event=create",
                 "--filter",
-                &format!("label=io.isc-transcode.client={}", self.client),
+                &self.label(),
                 "--format",
                 "{{.Actor.ID}}",
             ])
@@ -174,16 +174,13 @@ impl Drop for Daemon {
     }
 }
 
-/// The client label the backend puts on containers made by process `pid`.
-fn client_label(pid: u32) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let start = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .expect("start time")
-        .to_string();
-    format!("{} {pid} {start}", host.trim())
+impl Daemon {
+    /// A `docker` filter for the containers this daemon makes: each test has its own output
+    /// folder.
+    fn label(&self) -> String {
+        let out = self.out.canonicalize().unwrap_or_else(|_| self.out.clone());
+        format!("label=io.isc-transcode.out={}", out.display())
+    }
 }
 
 /// Write `data` to `path` in `pieces` chunks, `gap` apart. Returns when the last byte was written.
@@ -449,12 +446,7 @@ fn watch_sigterm_cancels_after_grace_and_leaves_no_container() {
     // Idle workers end as the daemon exits; the engine removes them just after.
     let left = || -> Vec<String> {
         let o = std::process::Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=io.isc-transcode.client={}", d.client),
-            ])
+            .args(["ps", "-aq", "--filter", &d.label()])
             .output()
             .expect("docker ps");
         String::from_utf8_lossy(&o.stdout)

@@ -1,0 +1,328 @@
+//! A worker is hostile until its output is checked: the real binary against a worker image
+//! whose `ffmpeg` does what a compromised or broken image could do.
+//!
+//! The image is built here, `FROM` the real worker image (no registry), with a wrapper
+//! `/usr/local/bin/ffmpeg` that does the real ffmpeg's work and more, chosen by the input's
+//! extension, which the job server passes on (`in.EXT`, `/in/input.EXT`): an input `x.links`
+//! plants a link, `x.late` writes after it says it is done, and so on; an `.mp4` is converted
+//! honestly. Its ENTRYPOINT fails, so every job here also shows that it never runs.
+//!
+//! Each case asserts the exact message the user gets, that nothing outside `out/` changed (a
+//! sentinel file next to it stays byte-identical, with its owner and mode), that no container
+//! is left, and that nothing was recorded as done.
+
+use crate::util::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const HOSTILE: &str = "isc-hostile-test:latest";
+
+const WRAPPER: &str = r#"#!/bin/sh
+# A hostile ffmpeg: the real one's work, and what the input's extension asks for.
+real=/usr/bin/ffmpeg
+mode=
+for a in "$@"; do
+  case $a in
+    *.links|*.fifo|*.late|*.latepipe|*.flood|*.forever|*.hang|*.stderr|*.forge) mode=${a##*.} ;;
+  esac
+  out=$a
+done
+case $mode in
+  hang) exec sleep 600 ;;
+  forever) while :; do printf 'out_time_us=1000000\nprogress=continue\n' >&2; sleep 0.1; done ;;
+  flood) exec cat /dev/zero > "/proc/$PPID/fd/1" ;;
+  stderr)
+    head -c 20000000 /dev/zero | tr '\0' x >&2; echo >&2
+    i=0; while [ $i -lt 30 ]; do head -c 100000 /dev/zero | tr '\0' y >&2; echo >&2; i=$((i + 1)); done
+    exit 1 ;;
+esac
+"$real" "$@" || exit $?
+case $mode in
+  links) rm -f "$out"; ln -s ../../sentinel.mp4 "$out" ;;
+  fifo) rm -f "$out"; mkfifo "$out" ;;
+  late) exec 3>>"$out"; ( while [ -e "$out" ]; do :; done; printf EVIL >&3 ) & ;;
+  latepipe) ( while :; do printf EVIL >> "$out"; done ) & ;;
+  forge) echo '@isc:stage=probe' >&2; echo '@isc:probe:{"streams":[]}' >&2 ;;
+esac
+exit 0
+"#;
+
+const DOCKERFILE: &str = r#"FROM isc-ffmpeg:latest
+USER root
+COPY ffmpeg /usr/local/bin/ffmpeg
+RUN chmod 0755 /usr/local/bin/ffmpeg
+ENTRYPOINT ["/bin/sh", "-c", "echo the image entrypoint ran >&2; exit 99"]
+USER 65534:65534
+"#;
+
+/// Build the hostile image once per test process.
+fn hostile_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        require_engine();
+        let ctx = tempfile::tempdir().expect("tempdir");
+        std::fs::write(ctx.path().join("Dockerfile"), DOCKERFILE).expect("Dockerfile");
+        std::fs::write(ctx.path().join("ffmpeg"), WRAPPER).expect("wrapper");
+        let o = Command::new("docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-q", "--network", "none", "-t", HOSTILE])
+            .arg(ctx.path())
+            .output()
+            .expect("docker build");
+        assert!(
+            o.status.success(),
+            "cannot build {HOSTILE}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    });
+    HOSTILE
+}
+
+/// A test's folder: `in/` with the inputs, `out/`, and `sentinel.mp4` beside them, owned by
+/// another user, which a link planted by the worker points at.
+struct Case {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    sentinel: PathBuf,
+    before: (Vec<u8>, u32, u32, u32),
+}
+
+impl Case {
+    fn new() -> Case {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        std::fs::create_dir(dir.join("in")).expect("in");
+        let sentinel = dir.join("sentinel.mp4");
+        std::fs::copy(samples().join("faststart.mp4"), &sentinel).expect("sentinel");
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(
+                &sentinel,
+                Some(rustix::fs::Uid::from_raw(4242)),
+                Some(rustix::fs::Gid::from_raw(4242)),
+            )
+            .expect("chown sentinel");
+        }
+        let before = snapshot(&sentinel);
+        Case {
+            _tmp: tmp,
+            dir,
+            sentinel,
+            before,
+        }
+    }
+
+    /// Put sample `sample` into `in/` as `name`.
+    fn input(&self, sample: &str, name: &str) -> PathBuf {
+        let p = self.dir.join("in").join(name);
+        std::fs::copy(samples().join(sample), &p).expect("input");
+        p
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.join("out")
+    }
+
+    /// Run the tool with the hostile image on `inputs`, with a 120 s limit of its own.
+    fn run(&self, inputs: &[&Path], extra: &[&str]) -> Output {
+        let mut cmd = bin();
+        cmd.args(inputs)
+            .arg("-o")
+            .arg(self.out())
+            .args([
+                "--backend",
+                "docker",
+                "--image",
+                hostile_image(),
+                "-p",
+                "copy",
+            ])
+            .args(extra);
+        run_limited(cmd, Duration::from_secs(120))
+    }
+
+    /// Nothing outside `out/` changed, no container is left, and `done` outputs were recorded
+    /// (none when empty).
+    fn assert_contained(&self, done: &[&str]) {
+        assert_eq!(
+            snapshot(&self.sentinel),
+            self.before,
+            "the file outside out/ changed (bytes, owner or mode)"
+        );
+        assert!(
+            containers_gone(&self.dir),
+            "containers left: {:?}",
+            containers_for(&self.dir)
+        );
+        assert_eq!(recorded(&self.out()), done, "recorded as done");
+    }
+}
+
+fn snapshot(p: &Path) -> (Vec<u8>, u32, u32, u32) {
+    let m = std::fs::symlink_metadata(p).expect("sentinel");
+    (std::fs::read(p).expect("read"), m.uid(), m.gid(), m.mode())
+}
+
+/// The outputs the state store records as done, relative to the output folder.
+fn recorded(out: &Path) -> Vec<String> {
+    let db = out.join(".isc-transcode/state.db");
+    if !db.exists() {
+        return vec![];
+    }
+    let conn = rusqlite::Connection::open(&db).expect("open state");
+    let mut stmt = conn
+        .prepare("SELECT output_path FROM outputs ORDER BY output_path")
+        .expect("query");
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .expect("rows")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+/// Run `cmd`, killing it when it takes longer than `limit` (a hang is a failure, not a stuck
+/// test run).
+fn run_limited(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("the run did not end within {} s", limit.as_secs());
+        }
+    };
+    eprintln!(
+        "--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|l| l.chars().take(300).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    out
+}
+
+/// The `failed` line the tool printed for `input`.
+fn failed_line(o: &Output, input: &str) -> String {
+    stderr(o)
+        .lines()
+        .find(|l| l.starts_with("failed") && l.contains(input))
+        .unwrap_or_else(|| panic!("no failed line for {input}:\n{}", stderr(o)))
+        .to_string()
+}
+
+// Regression: clients were told apart by hostname and pid. A client in another PID namespace
+// (a container, `unshare`) has a pid that means another process, or none, here; each client took
+// the other for dead and removed its live workers.
+#[test]
+fn clients_in_other_pid_namespaces_keep_their_workers() {
+    let image = hostile_image();
+    let case = Case::new();
+    let input = case.input("moov-at-end.mp4", "a.hang");
+    let mut a = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_isc-transcode"))
+        .arg(&input)
+        .arg("-o")
+        .arg(case.out())
+        .args(["--backend", "docker", "--image", image, "-p", "copy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare");
+    let start = Instant::now();
+    let worker = loop {
+        if let Some(line) = containers_for(&case.dir).first() {
+            break line.split(' ').next().expect("id").to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no worker started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Both ways: a client here, and one in a PID namespace of its own, clean up.
+    let gc_here = run(bin().arg("gc"));
+    assert_eq!(gc_here.status.code(), Some(0));
+    let gc_there = run(Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_isc-transcode"))
+        .arg("gc"));
+    assert_eq!(gc_there.status.code(), Some(0));
+    let alive = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", &worker])
+        .output()
+        .expect("inspect");
+    let running = String::from_utf8_lossy(&alive.stdout).trim() == "true";
+    let _ = a.kill();
+    let _ = a.wait();
+    let _ = Command::new("docker").args(["rm", "-f", &worker]).output();
+    assert!(running, "a live client's worker was removed by gc");
+    assert!(stdout(&gc_here).contains("removed 0 container(s)"));
+}
+
+// Regression: `--memory 17179869185g` wrapped around to 1 GiB; 0 and negative limits went to
+// the engine, which reads `--pids-limit -1` as no limit.
+#[test]
+fn limits_refuse_zero_negatives_and_overflow() {
+    for (flag, value, says) in [
+        ("--memory", "17179869185g", "too big"),
+        ("--memory", "0", "too small"),
+        ("--memory", "-1g", "not a size"),
+        ("--pids-limit", "0", "too small"),
+        ("--pids-limit", "-1", "too small"),
+        ("--cpus", "0", "out of range"),
+        ("--cpus", "-2", "out of range"),
+        ("--job-timeout", "0s", "too short"),
+    ] {
+        let o = run(bin().args(["a.mp4", &format!("{flag}={value}"), "--dry-run"]));
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}");
+        let err = stderr(&o);
+        assert!(
+            err.contains(flag) && err.contains(says),
+            "{flag} {value}: {err}"
+        );
+    }
+}
+
+// Regression: only the stall watchdog stopped a job, and a worker that prints progress forever
+// is never stalled: the run never ended.
+#[test]
+fn a_job_that_never_ends_is_stopped_at_its_time_limit_and_the_batch_goes_on() {
+    for transfer in ["stream", "mount"] {
+        let case = Case::new();
+        let forever = case.input("moov-at-end.mp4", "x.forever");
+        let fine = case.input("faststart.mp4", "ok.mp4");
+        let start = Instant::now();
+        let o = case.run(
+            &[&forever, &fine],
+            &["--job-timeout", "3s", "--transfer", transfer, "-j", "2"],
+        );
+        assert!(start.elapsed() < Duration::from_secs(60), "{transfer}");
+        assert_eq!(o.status.code(), Some(1), "{transfer}");
+        let line = failed_line(&o, "x.forever");
+        assert!(
+            line.ends_with(
+                "x.forever: timed out: still running after 3s, the job's time limit \
+                 (--job-timeout); stopped and its container removed"
+            ),
+            "{transfer}: {line}"
+        );
+        assert!(stdout(&o).contains("summary: 1 done"), "{transfer}");
+        case.assert_contained(&["ok.mp4"]);
+    }
+}

@@ -886,4 +886,34 @@ mod tests {
         assert!(check_filtergraph("thumbnail=n=50,scale=w='min(1280,iw)':h=-2").is_ok());
         assert!(check_filtergraph("[in]scale=2:2[out]").is_ok());
     }
+
+    #[test]
+    fn odd_graphs_are_refused_or_passed_never_a_panic() {
+        for g in [
+            "",
+            "[",
+            "]",
+            "[]",
+            "[a",
+            "=",
+            ",",
+            ";;",
+            "'",
+            "scale='",
+            "scale=\\",
+            "\\",
+            "scale=w=1:",
+            "scale@",
+            "é=ü",
+            "scale=w='é',null",
+            "[a][b]",
+            "scale[a]x",
+            "scale=1 [a] , null",
+        ] {
+            let _ = check_filtergraph(g);
+        }
+        assert!(check_filtergraph("").is_err());
+        assert!(check_filtergraph("scale[a]x").is_err());
+        assert!(check_filtergraph("scale=1 [a] , null").is_ok());
+    }
 }

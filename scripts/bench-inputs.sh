@@ -37,7 +37,7 @@ for i in range(n):
 PY
 for pass in first re-run; do
     /usr/bin/time -f "$pass: %e s wall, %M KiB peak" \
-        "$bin" "$work/in" -o "$work/out" -p copy -q 2>&1 | grep -E "wall|summary" || true
+        "$bin" "$work/in" -o "$work/out" -p copy 2>&1 | grep -E "wall|^summary" || true
 done
 
 truncate -s $((8 * 1024 * 1024 * 1024 + 1)) "$work/huge.bin"

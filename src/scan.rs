@@ -758,6 +758,28 @@ mod tests {
         assert_eq!(r.problems[0].path, d.join("loop"));
         assert!(r.problems[0].reason.contains("loop"), "{}", r.problems[0]);
         assert!(r.problems[0].to_string().contains("in/loop\""));
+
+        // With --follow too, and through a folder outside that links back in.
+        let mut o = opts(&t.path().join("out"));
+        o.follow = true;
+        let r = scan(std::slice::from_ref(&d), &o).expect("scan");
+        assert_eq!(inputs(&r), [d.join("a.mp4")]);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        symlink(&d, outside.join("back")).expect("symlink");
+        symlink(&outside, d.join("via")).expect("symlink");
+        let r = scan(std::slice::from_ref(&d), &o).expect("scan");
+        assert_eq!(inputs(&r), [d.join("a.mp4")]);
+        assert!(
+            r.problems.iter().all(|p| p.reason.contains("loop")) && r.problems.len() == 2,
+            "{:?}",
+            r.problems
+        );
+        // Without --follow the way out is not taken at all.
+        let r = scan(std::slice::from_ref(&d), &opts(&t.path().join("out"))).expect("scan");
+        assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
+        assert_eq!(r.skipped[0].path, d.join("via"));
     }
 
     #[test]

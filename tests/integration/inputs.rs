@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn mkfifo(p: &Path) {
@@ -470,4 +470,146 @@ fn a_flood_of_idle_metrics_connections_starves_nothing() {
     );
     assert_eq!(stop(&mut child), Some(0));
     assert_eq!(files_under(&out).len(), 3);
+}
+
+// A file over 4 GiB (sparse: no disk used) is scanned, hashed and reported with its true size,
+// past every 32-bit limit, and rejected for what it is (not media) while the batch goes on.
+#[test]
+fn a_file_over_4_gib_is_hashed_reported_and_refused_alone() {
+    use sha2::Digest;
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let size: u64 = (4 << 30) + 4097;
+    let huge = input.join("huge.mp4");
+    std::fs::File::create(&huge)
+        .and_then(|f| f.set_len(size))
+        .expect("sparse file");
+    std::fs::copy(samples().join("faststart.mp4"), input.join("a.mp4")).expect("cp");
+    let out = tmp.path().join("out");
+    let o = run(bin().arg(&input).arg("-o").arg(&out).args([
+        "-p",
+        "copy",
+        "--backend",
+        "docker",
+        "--json",
+    ]));
+    assert_eq!(o.status.code(), Some(1), "the huge file fails, alone");
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let entry = |name: &str| {
+        doc["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .find(|f| f["input"].as_str().is_some_and(|i| i.ends_with(name)))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {doc}"))
+    };
+    assert_eq!(entry("a.mp4")["status"], "done");
+    let e = entry("huge.mp4");
+    assert_eq!(e["status"], "failed");
+    assert_eq!(e["bytes_in"].as_u64(), Some(size), "its true size: {e}");
+    assert!(
+        stderr(&o).contains("Invalid data found when processing input"),
+        "says why: {}",
+        stderr(&o)
+    );
+    assert!(!out.join("huge.mp4").exists());
+
+    // The content hash past 4 GiB, as the tool computes it, is the real one.
+    let o = run(bin().arg("hash").arg(&huge));
+    assert!(o.status.success());
+    let mut h = sha2::Sha256::new();
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        h.update(&zeros[..n]);
+        left -= n as u64;
+    }
+    let want: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        stdout(&o).split_whitespace().next(),
+        Some(want.as_str()),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// Peak memory (KiB) and the output of the real binary run under `/usr/bin/time`.
+fn measured(args: &[&std::ffi::OsStr]) -> (u64, Output) {
+    let o = run(std::process::Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kb=%M"])
+        .arg(env!("CARGO_BIN_EXE_isc-transcode"))
+        .args(args)
+        .env_remove("ISC_IMAGE"));
+    let kb = stderr(&o)
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("maxrss_kb=").and_then(|v| v.parse().ok()))
+        .expect("maxrss from /usr/bin/time");
+    (kb, o)
+}
+
+// A tree of 100,000 files: walked in bounded time and memory, the media among them done once,
+// and a re-run skips them without reading anything.
+#[test]
+fn a_tree_of_100000_files_is_scanned_in_bounded_time_and_memory_and_rerun_skips() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let made = Instant::now();
+    for d in 0..100 {
+        let dir = input.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in 0..1000 {
+            // Non-media names are walked and left out, as in a real photo-and-clip folder.
+            let name = if f % 2 == 0 { "jpg" } else { "txt" };
+            std::fs::File::create(dir.join(format!("f{f:04}.{name}"))).expect("create");
+        }
+    }
+    for n in 0..10 {
+        let p = input.join(format!("d{:03}/clip{n}.mp4", n * 10));
+        std::fs::remove_file(input.join(format!("d{:03}/f{n:04}.jpg", n * 10))).ok();
+        distinct_copy(&samples().join("faststart.mp4"), &p, n);
+    }
+    let count = files_under(&input).len();
+    assert!(count >= 100_000, "{count}");
+    eprintln!("made {count} files in {:?}", made.elapsed());
+    let out = tmp.path().join("out");
+    let args = [
+        input.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "-p".as_ref(),
+        "copy".as_ref(),
+        "--backend".as_ref(),
+        "docker".as_ref(),
+    ];
+    let started = Instant::now();
+    let (kb, o) = measured(&args);
+    let first = started.elapsed();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("found 10 media file(s)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("10 done, 0 skipped, 0 failed"));
+    // Inotify watches one folder: the one holding clip0.mp4 and 1,000 others.
+    let mut opened = OpenWatch::new(&input.join("d000"));
+    let started = Instant::now();
+    let (kb2, o) = measured(&args);
+    let second = started.elapsed();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stdout(&o).contains("0 done, 10 skipped, 0 failed"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(opened.opened().is_empty(), "the re-run read no input");
+    eprintln!("first run {first:?} ({kb} KiB peak), re-run {second:?} ({kb2} KiB peak)");
+    assert!(first < Duration::from_secs(30) && second < Duration::from_secs(15));
+    assert!(kb < 200_000 && kb2 < 200_000, "{kb} / {kb2} KiB");
 }

@@ -325,7 +325,7 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
                     &args.out,
                     &store,
                     &it.why,
-                    args.overwrite,
+                    replace_opts(&args),
                 );
                 failed |= r.status == Status::Failed;
                 let _ = tx.send(Event::Finished(r));
@@ -377,7 +377,7 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
                     &args.out,
                     &store,
                     &it.why,
-                    args.overwrite,
+                    replace_opts(&args),
                 ),
                 None => failed_result(&job, "the identical input it follows was not recorded"),
             },
@@ -403,6 +403,15 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
     } else {
         ExitCode::Success
     })
+}
+
+/// What a run's flags say may stand at an output path ([`plan::replaceable`]).
+pub(crate) fn replace_opts(args: &RunArgs) -> PlanOptions {
+    PlanOptions {
+        overwrite: args.overwrite,
+        adopt: args.rebuild_state,
+        ..PlanOptions::default()
+    }
 }
 
 fn action_word(a: &Action) -> &'static str {
@@ -434,6 +443,7 @@ fn plan_with_progress(
             verify: args.verify,
             read_only,
             overwrite: args.overwrite,
+            adopt: args.rebuild_state,
         },
         &mut |e| match e {
             HashEvent::Start { path, size } if size > 64 << 20 && !opts.quiet => {
@@ -553,7 +563,7 @@ pub(crate) fn failed_result(job: &JobSpec, error: &str) -> JobResult {
 
 /// Give `job` a copy of an existing output of the same content, with the checks of a transcode:
 /// inside the output folder, through no link, over nothing this tool did not write unless
-/// `overwrite`.
+/// `opts` (`--overwrite`, `--rebuild-state`) says otherwise.
 pub(crate) fn copy_job(
     job: &JobSpec,
     from: &Path,
@@ -561,10 +571,10 @@ pub(crate) fn copy_job(
     out: &Path,
     store: &Store,
     why: &str,
-    overwrite: bool,
+    opts: PlanOptions,
 ) -> JobResult {
     let start = std::time::Instant::now();
-    let replace = match plan::replaceable(store, out, &job.output, overwrite) {
+    let replace = match plan::replaceable(store, out, &job.output, opts) {
         Ok(r) => r,
         Err(e) => return failed_result(job, &e.to_string()),
     };
@@ -613,8 +623,8 @@ pub(crate) struct StateRecorder {
     provenance: Provenance,
     /// Set once this run has stored the image's ffmpeg version: one write, not one per job.
     version_stored: std::sync::OnceLock<()>,
-    /// `--overwrite`: an output may replace whatever stands at its path.
-    overwrite: bool,
+    /// `--overwrite` and `--rebuild-state`: what may stand at an output path.
+    replace: PlanOptions,
 }
 
 impl StateRecorder {
@@ -622,14 +632,14 @@ impl StateRecorder {
         store: Arc<Store>,
         out: PathBuf,
         provenance: Provenance,
-        overwrite: bool,
+        replace: PlanOptions,
     ) -> StateRecorder {
         StateRecorder {
             store,
             out,
             provenance,
             version_stored: std::sync::OnceLock::new(),
-            overwrite,
+            replace,
         }
     }
 }
@@ -708,7 +718,7 @@ impl Recorder for StateRecorder {
 
     fn replace(&self, job: &JobSpec) -> Replace {
         // A store that cannot answer records nothing as ours.
-        plan::replaceable(&self.store, &self.out, &job.output, self.overwrite)
+        plan::replaceable(&self.store, &self.out, &job.output, self.replace)
             .unwrap_or(Replace::Nothing)
     }
 }
@@ -747,7 +757,7 @@ async fn run_jobs(
             store.clone(),
             args.out.clone(),
             provenance,
-            args.overwrite,
+            replace_opts(args),
         ))
     };
     match engine {

@@ -31,6 +31,10 @@ pub enum Replace {
     Ours,
     /// Anything but a folder (`--overwrite`). A link is replaced, never followed.
     Anything,
+    /// A regular file the store does not know (after `--rebuild-state`, which forgets every
+    /// record): it is kept, and counts as the output, only if it holds exactly the new output's
+    /// bytes, so nothing is lost; any other file stops the rename.
+    Identical,
 }
 
 /// Why an output could not be put in place.
@@ -71,7 +75,7 @@ pub fn conflict(output: &Path, replace: Replace) -> Option<String> {
     let meta = std::fs::symlink_metadata(output).ok()?;
     let allowed = match replace {
         Replace::Nothing => false,
-        Replace::Ours => meta.file_type().is_file(),
+        Replace::Ours | Replace::Identical => meta.file_type().is_file(),
         Replace::Anything => !meta.file_type().is_dir(),
     };
     (!allowed).then(|| foreign_message(output))
@@ -158,9 +162,44 @@ impl Dir {
                 }
                 Ok(st) => self.swap_in(temp, name, &target, (st.st_dev, st.st_ino))?,
             },
+            Replace::Identical => {
+                match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Err(Errno::NOENT) => self.no_replace(temp, name, &target)?,
+                    Err(e) => return Err(err(e)),
+                    Ok(_) if self.same_bytes(temp, name) => {
+                        rustix::fs::unlinkat(&self.fd, temp, AtFlags::empty()).map_err(err)?;
+                    }
+                    Ok(_) => return Err(PlaceError::Foreign(target)),
+                }
+            }
         }
         let _ = rustix::fs::fsync(&self.fd);
         Ok(())
+    }
+
+    /// Whether `a` and `b` in this folder are regular files (not links) with the same bytes.
+    fn same_bytes(&self, a: &OsStr, b: &OsStr) -> bool {
+        let digest = |name: &OsStr| -> Option<(u64, String)> {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+            let fd = rustix::fs::openat(&self.fd, name, flags, Mode::empty()).ok()?;
+            let mut file = std::fs::File::from(fd);
+            let meta = file.metadata().ok()?;
+            if !meta.is_file() {
+                return None;
+            }
+            let mut h = crate::hash::Hasher::new();
+            let mut buf = crate::hash::Block::new(1 << 20);
+            loop {
+                match std::io::Read::read(&mut file, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => h.update(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return None,
+                }
+            }
+            Some((meta.len(), h.finish()))
+        };
+        matches!((digest(a), digest(b)), (Some(x), Some(y)) if x == y)
     }
 
     fn no_replace(&self, temp: &OsStr, name: &OsStr, target: &Path) -> Result<(), PlaceError> {
@@ -289,6 +328,25 @@ mod tests {
             .expect("ours");
         assert_eq!(std::fs::read(out.join("free.mp4")).expect("r"), b"newer");
         assert!(!out.join(".tmp2").exists(), "the old file is gone");
+        // After --rebuild-state: a file the store does not know stays only if it is identical.
+        std::fs::write(out.join(".tmp4"), b"newer").expect("w");
+        d.install(
+            OsStr::new(".tmp4"),
+            OsStr::new("free.mp4"),
+            Replace::Identical,
+        )
+        .expect("identical: kept");
+        assert!(!out.join(".tmp4").exists());
+        std::fs::write(out.join(".tmp4"), b"other").expect("w");
+        let err = d
+            .install(
+                OsStr::new(".tmp4"),
+                OsStr::new("free.mp4"),
+                Replace::Identical,
+            )
+            .expect_err("different bytes");
+        assert!(matches!(err, PlaceError::Foreign(_)), "{err}");
+        assert_eq!(std::fs::read(out.join("free.mp4")).expect("r"), b"newer");
         std::fs::write(out.join(".tmp3"), b"forced").expect("w");
         d.install(
             OsStr::new(".tmp3"),

@@ -73,6 +73,9 @@ pub struct PlanOptions {
     pub read_only: bool,
     /// Replace whatever stands at an output path (`--overwrite`).
     pub overwrite: bool,
+    /// The store was just started afresh (`--rebuild-state`): a file at an output path that
+    /// it does not know may be kept as the output if it holds the very same bytes.
+    pub adopt: bool,
 }
 
 /// Progress of the hashing phase.
@@ -228,18 +231,20 @@ pub fn plan(
     Ok((items, problems))
 }
 
-/// What may stand at `output` for this run to put an output there.
+/// What may stand at `output` for this run to put an output there (of `opts`, `overwrite` and
+/// `adopt` count).
 pub fn replaceable(
     store: &Store,
     out_dir: &Path,
     output: &Path,
-    overwrite: bool,
+    opts: PlanOptions,
 ) -> Result<Replace, StateError> {
-    if overwrite {
+    if opts.overwrite {
         return Ok(Replace::Anything);
     }
     Ok(match store.output_at(&relative(out_dir, output))? {
         Some(_) => Replace::Ours,
+        None if opts.adopt => Replace::Identical,
         None => Replace::Nothing,
     })
 }
@@ -264,7 +269,7 @@ fn refuse_conflicts(
             continue;
         }
         let output = items[i].planned.output.clone();
-        let replace = replaceable(store, out_dir, &output, opts.overwrite)?;
+        let replace = replaceable(store, out_dir, &output, opts)?;
         if let Some(message) = place::conflict(&output, replace) {
             items[i].action = Action::Conflict;
             items[i].why = message;

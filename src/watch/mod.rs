@@ -196,6 +196,7 @@ impl Config {
                 verify: run.verify,
                 read_only: false,
                 overwrite: run.overwrite,
+                adopt: run.rebuild_state,
             },
             stall_timeout: run.stall_timeout,
             echo_ffmpeg: run.verbose >= 2,
@@ -362,7 +363,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
                 store.clone(),
                 cfg.out.clone(),
                 provenance,
-                args.run.overwrite,
+                app::replace_opts(&args.run),
             ));
             Daemon::new(cfg, backend, Some(engine), recorder, cpus, shared)
                 .run(signals, changes)
@@ -374,7 +375,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
                 store.clone(),
                 cfg.out.clone(),
                 provenance,
-                args.run.overwrite,
+                app::replace_opts(&args.run),
             ));
             Daemon::new(cfg, backend, None, recorder, cpus, shared)
                 .run(signals, changes)
@@ -1281,17 +1282,17 @@ async fn job_inner<B: Backend>(env: &JobEnv<B>, acc: &Accepted, id: usize, ctx: 
             };
         }
         Action::Copy { from, record } => {
-            let (spec, from, record, out, store, why, overwrite) = (
+            let (spec, from, record, out, store, why, replace) = (
                 spec.clone(),
                 from.clone(),
                 record.clone(),
                 cfg.out.clone(),
                 env.shared.store.clone(),
                 item.why.clone(),
-                cfg.plan.overwrite,
+                cfg.plan,
             );
             let copied = tokio::task::spawn_blocking(move || {
-                app::copy_job(&spec, &from, &record, &out, &store, &why, overwrite)
+                app::copy_job(&spec, &from, &record, &out, &store, &why, replace)
             })
             .await;
             match copied {
@@ -1354,6 +1355,9 @@ async fn job_inner<B: Backend>(env: &JobEnv<B>, acc: &Accepted, id: usize, ctx: 
             }
         }
         Status::Interrupted | Status::NotStarted => End::Interrupted,
+        // The input changed under the job (its check refuses to put such an output in place):
+        // not the file's failure, take it again once it settles.
+        Status::Failed if file_stat(&acc.file.path) != Some(acc.stat) => End::Changed,
         Status::Failed => {
             let mut error = result.error.clone().unwrap_or_else(|| "failed".into());
             for line in &result.tail {

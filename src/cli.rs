@@ -386,7 +386,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("{s:?} is not a size like 512m or 4g"))?;
-    n.checked_shl(shift)
+    n.checked_mul(1 << shift)
         .filter(|v| *v >= 6 << 20)
         .ok_or_else(|| format!("{s:?} is out of range (at least 6m)"))
 }
@@ -407,6 +407,11 @@ mod tests {
         assert_eq!(parse_size("512M"), Ok(512 << 20));
         assert!(parse_size("12").is_err());
         assert!(parse_size("lots").is_err());
+        // Regression (fuzz target cli_values): sizes past 16 EiB wrapped around instead of
+        // failing; 17179869185g was 1 GiB.
+        assert!(parse_size("17179869185g").is_err());
+        assert!(parse_size("1222222222222222m").is_err());
+        assert_eq!(parse_size("17179869183g"), Ok(17179869183 << 30));
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //! [`codec`] says what a stream is, whatever its container calls it, for [`verify`].
 //!
 //! [`error`] maps what can stop a run to the documented exit codes.
+//!
+//! `fuzzing` lets the fuzz targets in `fuzz/` reach the crate's private parsers.
 
 pub mod app;
 pub mod cli;
@@ -33,6 +35,8 @@ pub mod codec;
 pub mod error;
 pub mod exec;
 pub mod ffmpeg;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod media;
 pub mod metrics;

@@ -144,7 +144,7 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::Pipe => "pipe",
             Mode::Spool => "spool",
@@ -346,19 +346,15 @@ impl Session {
                     Some(Ok(LogOutput::StdErr { message })) => {
                         pump_stderr(&mut parser, &message, req.job_id, ctx);
                         for (key, value) in &parser.marks[seen_marks..] {
-                            let Some((n, rest)) = value.split_once(' ') else { continue };
-                            if n != nonce {
-                                continue;
-                            }
-                            let number = rest.trim().parse::<i64>().map_err(|_| JobError::Worker {
-                                stage: format!("reading its {key} mark {rest:?}"),
+                            let said = read_mark(&nonce, key, value).map_err(|stage| JobError::Worker {
+                                stage,
                                 code: -1,
                                 tail: vec![],
                             })?;
-                            match key.as_str() {
-                                "send" => announced = Some(number.max(0) as u64),
-                                "end" => ended = Some(number),
-                                _ => {}
+                            match said {
+                                Some(Said::Send(n)) => announced = Some(n),
+                                Some(Said::End(code)) => ended = Some(code),
+                                None => {}
                             }
                         }
                         seen_marks = parser.marks.len();
@@ -456,8 +452,37 @@ fn lost(why: &str) -> JobError {
     JobError::WorkerLost(why.to_string())
 }
 
+/// What a mark of the job server says about one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Said {
+    /// `@isc:send=NONCE N`: ffmpeg succeeded and N output bytes follow on stdout.
+    Send(u64),
+    /// `@isc:end=NONCE CODE`: the job, or its probe, ended with CODE.
+    End(i64),
+}
+
+/// Read the mark `@isc:key=value` for the job `nonce`. Marks without this job's nonce are not
+/// this job's (`None`); a mark with it whose number does not read is an error, naming the mark.
+pub(crate) fn read_mark(nonce: &str, key: &str, value: &str) -> Result<Option<Said>, String> {
+    let Some((n, rest)) = value.split_once(' ') else {
+        return Ok(None);
+    };
+    if n != nonce {
+        return Ok(None);
+    }
+    let number = rest
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("reading its {key} mark {rest:?}"))?;
+    Ok(match key {
+        "send" => Some(Said::Send(number.max(0) as u64)),
+        "end" => Some(Said::End(number)),
+        _ => None,
+    })
+}
+
 /// The request's header and arguments, as the server reads them.
-fn encode(nonce: &str, req: &Request<'_>, size: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn encode(nonce: &str, req: &Request<'_>, size: u64) -> Result<Vec<u8>, String> {
     let word = |what: &str, s: &str| {
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             Err(format!("{what} {s:?} is not one word"))
@@ -479,6 +504,10 @@ fn encode(nonce: &str, req: &Request<'_>, size: u64) -> Result<Vec<u8>, String> 
     for (i, a) in req.args.iter().enumerate() {
         if a.contains('\n') {
             return Err(format!("ffmpeg argument {i} contains a line break"));
+        }
+        // The server's shell drops NUL bytes: the argument would not be the one sent.
+        if a.contains('\0') {
+            return Err(format!("ffmpeg argument {i} contains a NUL byte"));
         }
         out.push_str(a);
         out.push('\n');
@@ -619,6 +648,15 @@ mod tests {
         let preset = Arc::new(crate::preset::load("copy").expect("copy preset"));
         let err = encode("n1", &request(&preset, vec!["a\nb".into()]), 0).expect_err("refused");
         assert!(err.contains("line break"), "{err}");
+    }
+
+    // Regression (fuzz target jobserver_request): an argument holding a NUL byte was sent, and
+    // the server's shell read it without the NUL, as another argument than the one sent.
+    #[test]
+    fn a_nul_byte_in_an_argument_is_refused() {
+        let preset = Arc::new(crate::preset::load("copy").expect("copy preset"));
+        let err = encode("n1", &request(&preset, vec!["a\0b".into()]), 0).expect_err("refused");
+        assert!(err.contains("argument 0 contains a NUL byte"), "{err}");
     }
 
     #[test]

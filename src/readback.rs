@@ -96,6 +96,7 @@ fn index_of<R: Read + Seek>(mut file: R, len: u64) -> Result<Index, ReadbackErro
     file.seek(SeekFrom::Start(moov.offset))?;
     file.read_exact(&mut bytes)?;
     let moov_bytes = moov.size;
+    skip_unbounded(&mut bytes);
     let moov =
         Moov::decode(&mut bytes.as_slice()).map_err(|e| ReadbackError::Decode(e.to_string()))?;
     Ok(Index {
@@ -104,6 +105,29 @@ fn index_of<R: Read + Seek>(mut file: R, len: u64) -> Result<Index, ReadbackErro
         file_len: len,
         mdat_bytes,
     })
+}
+
+/// Boxes whose decoding in `mp4-atom` 0.17 is not bounded by their size: an `sgpd` (sample
+/// group description) of version 0 and an unknown grouping type has entries of no bytes each,
+/// so one of 2.5 KB that claims 4 billion entries took all the memory there was (found by the
+/// fuzz target `mp4_readback`). The read-back needs none of them.
+const UNBOUNDED_BOXES: &[&[u8; 4]] = &[b"sgpd"];
+
+/// Turn every box of [`UNBOUNDED_BOXES`] in the index's bytes into a `free` box, which the
+/// decoder skips whatever it holds. Any four bytes of such a type after a size that fits count as
+/// a box, wherever they sit: these bytes are only read, and a rename that hits something else
+/// at worst leaves a fact unknown, for ffprobe to settle.
+fn skip_unbounded(bytes: &mut [u8]) {
+    for at in 4..bytes.len().saturating_sub(3) {
+        let kind = &bytes[at..at + 4];
+        if !UNBOUNDED_BOXES.iter().any(|k| &k[..] == kind) {
+            continue;
+        }
+        let size = u32::from_be_bytes([bytes[at - 4], bytes[at - 3], bytes[at - 2], bytes[at - 1]]);
+        if size >= 8 && (size as usize) <= bytes.len() - (at - 4) {
+            bytes[at..at + 4].copy_from_slice(b"free");
+        }
+    }
 }
 
 /// Room enough for the index of an MP4 that ffmpeg makes by copying the samples of the MP4 at
@@ -549,6 +573,33 @@ mod tests {
             matches!(&err, ReadbackError::Inconsistent(why) if why.contains("bytes of samples")),
             "{err}"
         );
+    }
+
+    // Regression (fuzz target mp4_readback): an `sgpd` box of version 0 and an unknown
+    // grouping type claiming 2^32 - 1 entries, each of no bytes, made the decoder fill all the
+    // memory there was; from an output or from any input of a stream copy.
+    #[test]
+    fn a_sample_group_box_of_endless_empty_entries_is_skipped() {
+        let whole = std::fs::read(sample("faststart.mp4")).expect("read");
+        let boxes = match media::walk_boxes(std::io::Cursor::new(&whole)).expect("walk") {
+            Walk::Complete(b) => b,
+            other => panic!("sample does not tile: {other:?}"),
+        };
+        let moov = boxes.iter().find(|b| &b.kind == b"moov").expect("moov");
+        let (start, end) = (moov.offset as usize, (moov.offset + moov.size) as usize);
+        let mut sgpd = 24u32.to_be_bytes().to_vec();
+        sgpd.extend_from_slice(b"sgpd");
+        sgpd.extend_from_slice(&[0, 0, 0, 0]);
+        sgpd.extend_from_slice(b"zzzz");
+        sgpd.extend_from_slice(&u32::MAX.to_be_bytes());
+        sgpd.extend_from_slice(b"abcd");
+        let mut file = whole[..end].to_vec();
+        file.extend_from_slice(&sgpd);
+        file.extend_from_slice(&whole[end..]);
+        let grown = (moov.size as u32 + sgpd.len() as u32).to_be_bytes();
+        file[start..start + 4].copy_from_slice(&grown);
+        let probe = read_mp4_bytes(&file).0.expect("the index still reads back");
+        assert_eq!(probe.video().count(), 1, "{probe:?}");
     }
 
     #[test]

@@ -540,6 +540,11 @@ mod tests {
         assert_eq!(parse_job_timeout("2h"), Ok(Duration::from_secs(7200)));
         let cli = Cli::try_parse_from(["isc-transcode", "a.mp4", "--memory", "17179869185g"]);
         assert!(cli.is_err(), "the flag takes the parser");
+        // Regression (fuzz target cli_values): sizes past 16 EiB wrapped around instead of
+        // failing; 17179869185g was 1 GiB.
+        assert!(parse_size("17179869185g").is_err());
+        assert!(parse_size("1222222222222222m").is_err());
+        assert_eq!(parse_size("17179869183g"), Ok(17179869183 << 30));
     }
 
     #[test]

@@ -505,14 +505,15 @@ fn stream_codec(line: &str, kind: &str) -> Option<String> {
     (!codec.is_empty()).then_some(codec)
 }
 
-/// Parse `HH:MM:SS.frac`; `N/A` gives `None`.
+/// Parse `HH:MM:SS.frac`; `N/A` gives `None`, and so does anything that is not a time from 0 on
+/// (`inf`, `NaN`, negative parts), which Rust's float parser takes but ffmpeg never prints.
 pub fn parse_clock(s: &str) -> Option<f64> {
     let s = s.trim();
     let mut parts = s.split(':');
     let h: f64 = parts.next()?.parse().ok()?;
     let m: f64 = parts.next()?.parse().ok()?;
     let sec: f64 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() {
+    if parts.next().is_some() || [h, m, sec].iter().any(|v| !v.is_finite() || *v < 0.0) {
         return None;
     }
     Some(h * 3600.0 + m * 60.0 + sec)
@@ -572,9 +573,14 @@ impl Probe {
         self.streams.iter().filter(|s| s.codec_type == "audio")
     }
 
-    /// Duration in seconds: the container's, else the longest stream's.
+    /// Duration in seconds: the container's, else the longest stream's. Only a finite number of
+    /// seconds from 0 on counts: `inf`, `NaN` and negatives are no duration.
     pub fn duration(&self) -> Option<f64> {
-        let parse = |s: &Option<String>| s.as_deref().and_then(|d| d.parse::<f64>().ok());
+        let parse = |s: &Option<String>| {
+            s.as_deref()
+                .and_then(|d| d.parse::<f64>().ok())
+                .filter(|d| d.is_finite() && *d >= 0.0)
+        };
         self.format
             .as_ref()
             .and_then(|f| parse(&f.duration))
@@ -855,6 +861,36 @@ video:58kB audio:18kB subtitle:0kB other streams:0kB global headers:0kB muxing o
     fn clock_parsing() {
         assert_eq!(parse_clock("00:01:02.50"), Some(62.5));
         assert_eq!(parse_clock("N/A"), None);
+    }
+
+    // Regression (fuzz target ffmpeg_stderr): `inf`, `NaN` and negative numbers read as
+    // durations, from the worker's stderr and from its probe JSON; an infinite input duration
+    // made every output "last as long as the input" and cannot be turned into a time limit.
+    #[test]
+    fn durations_are_finite_and_not_negative() {
+        for clock in [
+            "00:00:inf",
+            "NaN:00:00",
+            "00:-1:00",
+            "00:00:-2.5",
+            "inf:00:00",
+        ] {
+            assert_eq!(parse_clock(clock), None, "{clock}");
+            let mut p = StderrParser::new();
+            p.feed(
+                format!("Input #0, mov, from 'pipe:0':\n  Duration: {clock}, start: 0\n")
+                    .as_bytes(),
+            );
+            assert_eq!(p.input.duration, None, "{clock}");
+        }
+        assert_eq!(parse_clock("00:00:00.00"), Some(0.0));
+        for d in ["-5", "inf", "NaN", "-inf"] {
+            let probe = Probe::from_json(&format!(
+                r#"{{"streams":[{{"codec_type":"video","duration":"{d}"}}],"format":{{"duration":"{d}"}}}}"#
+            ))
+            .expect("json");
+            assert_eq!(probe.duration(), None, "{d}");
+        }
     }
 
     #[test]

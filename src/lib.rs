@@ -29,6 +29,8 @@
 //! [`fsopen`] is the one way an input is opened: never blocking, only a regular file.
 //!
 //! [`error`] maps what can stop a run to the documented exit codes.
+//!
+//! `fuzzing` lets the fuzz targets in `fuzz/` reach the crate's private parsers.
 
 pub mod app;
 pub mod cli;
@@ -37,6 +39,8 @@ pub mod error;
 pub mod exec;
 pub mod ffmpeg;
 pub mod fsopen;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod media;
 pub mod metrics;

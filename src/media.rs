@@ -96,7 +96,11 @@ pub fn walk_boxes<R: Read + Seek>(mut r: R) -> io::Result<Walk> {
         if size == 1 {
             let mut large = [0u8; 8];
             if len - offset < 16 {
-                return Ok(Walk::Truncated(boxes));
+                return Ok(if boxes.is_empty() {
+                    Walk::NotIsoBmff
+                } else {
+                    Walk::Truncated(boxes)
+                });
             }
             r.read_exact(&mut large)?;
             size = u64::from_be_bytes(large);
@@ -280,6 +284,29 @@ mod tests {
         data.extend(mp4(&[(b"moov", 10)]));
         match walk_boxes(Cursor::new(&data)).expect("walk") {
             Walk::Complete(b) => assert_eq!(b.len(), 3),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // Regression (fuzz target mp4_walk): a file of one cut-short 64-bit box header was
+    // "truncated" with no box at all, and an output check named box `` at offset 0.
+    #[test]
+    fn a_lone_cut_short_largesize_header_is_not_mp4() {
+        let mut data = 1u32.to_be_bytes().to_vec();
+        data.extend_from_slice(b"skip");
+        assert_eq!(
+            walk_boxes(Cursor::new(&data)).expect("walk"),
+            Walk::NotIsoBmff
+        );
+        data.extend_from_slice(&[0, 0, 0]);
+        assert_eq!(
+            walk_boxes(Cursor::new(&data)).expect("walk"),
+            Walk::NotIsoBmff
+        );
+        let mut after_ftyp = mp4(&[(b"ftyp", 16)]);
+        after_ftyp.extend_from_slice(&data);
+        match walk_boxes(Cursor::new(&after_ftyp)).expect("walk") {
+            Walk::Truncated(b) => assert_eq!(b.len(), 1),
             other => panic!("unexpected {other:?}"),
         }
     }

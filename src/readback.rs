@@ -71,6 +71,11 @@ struct Index {
 fn load_index(path: &Path) -> Result<Index, ReadbackError> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
+    index_of(&mut file, len)
+}
+
+/// The one `moov` of the `len` bytes of MP4 in `file`, decoded.
+fn index_of<R: Read + Seek>(mut file: R, len: u64) -> Result<Index, ReadbackError> {
     let boxes = match media::walk_boxes(&mut file)? {
         Walk::Complete(boxes) => boxes,
         Walk::Truncated(_) | Walk::NotIsoBmff => return Err(ReadbackError::NotMp4),
@@ -91,6 +96,7 @@ fn load_index(path: &Path) -> Result<Index, ReadbackError> {
     file.seek(SeekFrom::Start(moov.offset))?;
     file.read_exact(&mut bytes)?;
     let moov_bytes = moov.size;
+    skip_unbounded(&mut bytes);
     let moov =
         Moov::decode(&mut bytes.as_slice()).map_err(|e| ReadbackError::Decode(e.to_string()))?;
     Ok(Index {
@@ -99,6 +105,29 @@ fn load_index(path: &Path) -> Result<Index, ReadbackError> {
         file_len: len,
         mdat_bytes,
     })
+}
+
+/// Boxes whose decoding in `mp4-atom` 0.17 is not bounded by their size: an `sgpd` (sample
+/// group description) of version 0 and an unknown grouping type has entries of no bytes each,
+/// so one of 2.5 KB that claims 4 billion entries took all the memory there was (found by the
+/// fuzz target `mp4_readback`). The read-back needs none of them.
+const UNBOUNDED_BOXES: &[&[u8; 4]] = &[b"sgpd"];
+
+/// Turn every box of [`UNBOUNDED_BOXES`] in the index's bytes into a `free` box, which the
+/// decoder skips whatever it holds. Any four bytes of such a type after a size that fits count as
+/// a box, wherever they sit: these bytes are only read, and a rename that hits something else
+/// at worst leaves a fact unknown, for ffprobe to settle.
+fn skip_unbounded(bytes: &mut [u8]) {
+    for at in 4..bytes.len().saturating_sub(3) {
+        let kind = &bytes[at..at + 4];
+        if !UNBOUNDED_BOXES.iter().any(|k| &k[..] == kind) {
+            continue;
+        }
+        let size = u32::from_be_bytes([bytes[at - 4], bytes[at - 3], bytes[at - 2], bytes[at - 1]]);
+        if size >= 8 && (size as usize) <= bytes.len() - (at - 4) {
+            bytes[at..at + 4].copy_from_slice(b"free");
+        }
+    }
 }
 
 /// Room enough for the index of an MP4 that ffmpeg makes by copying the samples of the MP4 at
@@ -112,7 +141,13 @@ fn load_index(path: &Path) -> Result<Index, ReadbackError> {
 /// chunking than ffmpeg's muxer ever does, plus 64 KiB for the headers ffmpeg writes. For the
 /// 1.72 GB benchmark file (13,850 frames, a 63 KB index) that is 0.4 MB: 0.02 % of the file.
 pub fn index_reserve(input: &Path) -> Option<u64> {
-    let index = load_index(input).ok()?;
+    let mut file = File::open(input).ok()?;
+    let len = file.metadata().ok()?.len();
+    reserve_for(&mut file, len)
+}
+
+fn reserve_for<R: Read + Seek>(file: R, len: u64) -> Option<u64> {
+    let index = index_of(file, len).ok()?;
     let per_sample: u64 = index
         .moov
         .trak
@@ -132,6 +167,16 @@ pub fn index_reserve(input: &Path) -> Option<u64> {
         .sum();
     let reserve = index.moov_bytes + per_sample + (64 << 10);
     (reserve <= index.file_len / 100).then_some(reserve)
+}
+
+/// [`read_mp4`] and [`index_reserve`] on a file's bytes in memory, for the fuzz targets in
+/// `fuzz/`: the same code as on a file, without a file per run.
+#[doc(hidden)]
+pub fn read_mp4_bytes(bytes: &[u8]) -> (Result<Probe, ReadbackError>, Option<u64>) {
+    let len = bytes.len() as u64;
+    let probe = index_of(std::io::Cursor::new(bytes), len)
+        .and_then(|index| describe(&index.moov, index.file_len, index.mdat_bytes));
+    (probe, reserve_for(std::io::Cursor::new(bytes), len))
 }
 
 /// What the read-back of an output settled.
@@ -200,7 +245,7 @@ fn describe(moov: &Moov, file_len: u64, mdat_bytes: u64) -> Result<Probe, Readba
                 "track {index} points at byte {bad} of a {file_len}-byte file"
             )));
         }
-        sample_bytes += bytes;
+        sample_bytes = sample_bytes.saturating_add(bytes);
 
         let mdhd = &trak.mdia.mdhd;
         let seconds =
@@ -503,6 +548,58 @@ mod tests {
         let cut = dir.path().join("cut.mp4");
         std::fs::write(&cut, &whole[..whole.len() / 2]).expect("write");
         assert!(read_mp4(&cut).is_err(), "a cut file must not read back");
+    }
+
+    // Regression (found writing the fuzz target mp4_readback): the tracks' sample bytes were
+    // added without a bound, so tracks that together list 2^64 + 1 bytes of samples wrapped
+    // around to 1 byte and passed as fitting in the file (and panicked in a debug build).
+    #[test]
+    fn sample_bytes_that_overflow_are_inconsistent() {
+        use mp4_atom::SttsEntry;
+        let whole = std::fs::read(sample("faststart.mp4")).expect("read");
+        let index = index_of(std::io::Cursor::new(&whole), whole.len() as u64).expect("index");
+        let mut moov = index.moov;
+        assert!(moov.trak.len() >= 2, "faststart.mp4 has video and audio");
+        for (trak, count, size) in [(0, u32::MAX, u32::MAX), (1, 4, 1 << 31)] {
+            let stbl = &mut moov.trak[trak].mdia.minf.stbl;
+            stbl.stsz.samples = StszSamples::Identical { count, size };
+            stbl.stts.entries = vec![SttsEntry {
+                sample_count: count,
+                sample_delta: 1,
+            }];
+        }
+        let err = describe(&moov, index.file_len, index.mdat_bytes).expect_err("cannot fit");
+        assert!(
+            matches!(&err, ReadbackError::Inconsistent(why) if why.contains("bytes of samples")),
+            "{err}"
+        );
+    }
+
+    // Regression (fuzz target mp4_readback): an `sgpd` box of version 0 and an unknown
+    // grouping type claiming 2^32 - 1 entries, each of no bytes, made the decoder fill all the
+    // memory there was; from an output or from any input of a stream copy.
+    #[test]
+    fn a_sample_group_box_of_endless_empty_entries_is_skipped() {
+        let whole = std::fs::read(sample("faststart.mp4")).expect("read");
+        let boxes = match media::walk_boxes(std::io::Cursor::new(&whole)).expect("walk") {
+            Walk::Complete(b) => b,
+            other => panic!("sample does not tile: {other:?}"),
+        };
+        let moov = boxes.iter().find(|b| &b.kind == b"moov").expect("moov");
+        let (start, end) = (moov.offset as usize, (moov.offset + moov.size) as usize);
+        let mut sgpd = 24u32.to_be_bytes().to_vec();
+        sgpd.extend_from_slice(b"sgpd");
+        sgpd.extend_from_slice(&[0, 0, 0, 0]);
+        sgpd.extend_from_slice(b"zzzz");
+        sgpd.extend_from_slice(&u32::MAX.to_be_bytes());
+        sgpd.extend_from_slice(b"abcd");
+        let mut file = whole[..end].to_vec();
+        file.extend_from_slice(&sgpd);
+        file.extend_from_slice(&whole[end..]);
+        let grown = (moov.size as u32 + sgpd.len() as u32).to_be_bytes();
+        file[start..start + 4].copy_from_slice(&grown);
+        let probe = read_mp4_bytes(&file).0.expect("the index still reads back");
+        assert_eq!(probe.video().count(), 1, "{probe:?}");
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::Pipe => "pipe",
             Mode::Spool => "spool",
@@ -366,16 +366,11 @@ impl Session {
                             return Err(JobError::Untrusted(why.to_string()));
                         }
                         for (key, value) in &parser.marks[seen_marks..] {
-                            if key != "send" && key != "end" {
-                                continue;
-                            }
-                            let number = value.trim().parse::<i64>().ok().filter(|n| key == "end" || *n >= 0);
-                            let Some(number) = number else {
-                                return Err(JobError::Untrusted(format!("a {key} mark of {value:?}")));
-                            };
-                            match key.as_str() {
-                                "send" => announced = Some(number as u64),
-                                _ => ended = Some(number),
+                            let said = read_mark(key, value).map_err(JobError::Untrusted)?;
+                            match said {
+                                Some(Said::Send(n)) => announced = Some(n),
+                                Some(Said::End(code)) => ended = Some(code),
+                                None => {}
                             }
                         }
                         seen_marks = parser.marks.len();
@@ -473,8 +468,38 @@ fn lost(why: &str) -> JobError {
     JobError::WorkerLost(why.to_string())
 }
 
+/// What a mark of the job server says about one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Said {
+    /// `@isc:send=NONCE N`: ffmpeg succeeded and N output bytes follow on stdout.
+    Send(u64),
+    /// `@isc:end=NONCE CODE`: the job, or its probe, ended with CODE.
+    End(i64),
+}
+
+/// Read a mark of this job (`@isc:NONCE:key=value`, the nonce already checked and taken off by
+/// [`StderrParser::for_job`]): `send` with the byte count that follows, `end` with the exit
+/// code; other marks (stages, probe lines) say nothing here. A `send` or `end` whose number does
+/// not read, or a negative `send`, is an error naming the mark: a worker that says it is
+/// hostile or broken.
+pub(crate) fn read_mark(key: &str, value: &str) -> Result<Option<Said>, String> {
+    if key != "send" && key != "end" {
+        return Ok(None);
+    }
+    let number = value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| key == "end" || *n >= 0)
+        .ok_or_else(|| format!("a {key} mark of {value:?}"))?;
+    Ok(Some(match key {
+        "send" => Said::Send(number as u64),
+        _ => Said::End(number),
+    }))
+}
+
 /// The request's header and arguments, as the server reads them.
-fn encode(nonce: &str, req: &Request<'_>, size: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn encode(nonce: &str, req: &Request<'_>, size: u64) -> Result<Vec<u8>, String> {
     let word = |what: &str, s: &str| {
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             Err(format!("{what} {s:?} is not one word"))
@@ -496,6 +521,10 @@ fn encode(nonce: &str, req: &Request<'_>, size: u64) -> Result<Vec<u8>, String> 
     for (i, a) in req.args.iter().enumerate() {
         if a.contains('\n') {
             return Err(format!("ffmpeg argument {i} contains a line break"));
+        }
+        // The server's shell drops NUL bytes: the argument would not be the one sent.
+        if a.contains('\0') {
+            return Err(format!("ffmpeg argument {i} contains a NUL byte"));
         }
         out.push_str(a);
         out.push('\n');
@@ -659,6 +688,15 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    // Regression (fuzz target jobserver_request): an argument holding a NUL byte was sent, and
+    // the server's shell read it without the NUL, as another argument than the one sent.
+    #[test]
+    fn a_nul_byte_in_an_argument_is_refused() {
+        let preset = Arc::new(crate::preset::load("copy").expect("copy preset"));
+        let err = encode("n1", &request(&preset, vec!["a\0b".into()]), 0).expect_err("refused");
+        assert!(err.contains("argument 0 contains a NUL byte"), "{err}");
     }
 
     #[test]

@@ -175,9 +175,10 @@ fn recorded(out: &Path) -> Vec<String> {
     let mut stmt = conn
         .prepare("SELECT output_path FROM outputs ORDER BY output_path")
         .expect("query");
-    stmt.query_map([], |r| r.get::<_, String>(0))
+    // Paths are stored as bytes (names need not be UTF-8).
+    stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
         .expect("rows")
-        .map(|r| r.expect("row"))
+        .map(|r| String::from_utf8_lossy(&r.expect("row")).into_owned())
         .collect()
 }
 

@@ -38,6 +38,7 @@ pub fn jobserver_request(
         input: None,
         sink: None,
         output: Path::new("/nonexistent"),
+        mounted: None,
         args,
         preset: &preset,
         hash_input: false,

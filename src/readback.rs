@@ -30,8 +30,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-/// Largest `moov` read into memory: an index this big belongs to a file of many hours.
-const MAX_MOOV: u64 = 256 << 20;
+/// Largest `moov` read into memory here, whoever wrote it: ten hours of 60 fps video with its
+/// audio index in about 30 MB, so 64 MiB takes every real file, and a bigger index (from a
+/// worker that pads it to make this machine allocate) is left to ffprobe in the worker.
+pub const MAX_MOOV: u64 = 64 << 20;
 
 /// Why the file could not be read back here. None of these condemns the output: the caller falls
 /// back to ffprobe, which has the last word.
@@ -53,7 +55,13 @@ pub enum ReadbackError {
 /// does, as far as the index tells. `pix_fmt` is stated only where [`pix_fmt`] can settle it; a
 /// codec this reader does not know leaves `codec_name` empty.
 pub fn read_mp4(path: &Path) -> Result<Probe, ReadbackError> {
-    let index = load_index(path)?;
+    read_mp4_file(&File::open(path)?)
+}
+
+/// [`read_mp4`] of a file already open: a mounted job's output is opened without following
+/// links ([`crate::exec`]), and read back from that descriptor.
+pub fn read_mp4_file(file: &File) -> Result<Probe, ReadbackError> {
+    let index = load_index_from(file)?;
     describe(&index.moov, index.file_len, index.mdat_bytes)
 }
 
@@ -67,9 +75,8 @@ struct Index {
     mdat_bytes: u64,
 }
 
-/// The one `moov` of the MP4 at `path`, decoded.
-fn load_index(path: &Path) -> Result<Index, ReadbackError> {
-    let mut file = File::open(path)?;
+/// The one `moov` of the MP4 open as `file`, decoded.
+fn load_index_from(mut file: &File) -> Result<Index, ReadbackError> {
     let len = file.metadata()?.len();
     index_of(&mut file, len)
 }
@@ -192,10 +199,18 @@ pub enum Readback {
 
 /// Read an output back for `preset`'s check, given what ffmpeg said of the input.
 pub fn for_check(preset: &Preset, input: &InputInfo, path: &Path) -> Readback {
+    match File::open(path) {
+        Ok(file) => for_check_file(preset, input, &file),
+        Err(e) => Readback::AskFfprobe(ReadbackError::Io(e).to_string()),
+    }
+}
+
+/// [`for_check`] of a file already open.
+pub fn for_check_file(preset: &Preset, input: &InputInfo, file: &File) -> Readback {
     if !preset.is_mp4_family() {
         return Readback::AskFfprobe(format!("{} is not an MP4-family output", preset.format));
     }
-    match read_mp4(path) {
+    match read_mp4_file(file) {
         Ok(probe) => match verify::needs_ffprobe(&preset.check, input, &probe) {
             None => Readback::Settled(probe),
             Some(what) => Readback::AskFfprobe(format!("the index does not state {what}")),

@@ -40,8 +40,8 @@
 //! `out.<ext>` in a scratch folder.
 
 use super::jobserver::{
-    EXIT_NO_MOUNT, EarlyWriteback, Mode, Request, SERVER_SCRIPT, Session, WORKER_MAIN,
-    settle_output,
+    EXIT_NO_MOUNT, EarlyWriteback, Mode, Request, SERVER_SCRIPT, Session, WORKER_MAIN, open_result,
+    settle_file,
 };
 use super::transport::{self, Endpoint, TlsEnv};
 use super::{Backend, JobCtx, JobError, JobSpec, JobTimeout, Produced, Transfer};
@@ -1078,6 +1078,7 @@ impl DockerBackend {
                     input: Some((&job.input, size)),
                     sink: Some(out),
                     output: out,
+                    mounted: None,
                     args: job.ffmpeg_args(&input_arg, &out_name),
                     preset: &job.preset,
                     hash_input: job.input_sha256.is_none(),
@@ -1136,25 +1137,25 @@ impl DockerBackend {
             .suffix(".d")
             .tempdir_in(parent)
             .map_err(|e| format!("cannot create a job folder in {}: {e}", parent.display()))?;
-        let token = format!(
-            "{}-{}-{}",
-            self.run_id,
-            job.id,
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default()
-        );
         let prepared = (|| {
+            let token = super::random_hex(16)?;
             std::fs::write(dir.path().join(".isc-probe"), &token)?;
+            // Everything the host does in the folder from now on goes through this descriptor,
+            // never through a path the worker could have turned into a link.
+            let flags = rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC;
+            let fd = rustix::fs::open(dir.path(), flags, rustix::fs::Mode::empty())?;
             if root {
                 let owner = Some(rustix::fs::Uid::from_raw(uid));
                 let group = Some(rustix::fs::Gid::from_raw(gid));
-                rustix::fs::chown(dir.path(), owner, group)?;
+                rustix::fs::fchown(&fd, owner, group)?;
             }
-            Ok::<_, std::io::Error>(())
+            Ok::<_, std::io::Error>((token, fd))
         })();
-        prepared.map_err(|e| format!("cannot prepare {}: {e}", dir.path().display()))?;
+        let (token, dir_fd) =
+            prepared.map_err(|e| format!("cannot prepare {}: {e}", dir.path().display()))?;
         let in_ext = input_ext(&job.input);
         let mounts = vec![
             Mount {
@@ -1191,7 +1192,7 @@ impl DockerBackend {
             tokio::task::spawn_blocking(move || crate::hash::file(&path, |_| hash_ctx.touch()))
         });
         let result = tokio::select! {
-            r = self.mounted_job(&mut worker, job, &in_ext, dir.path(), out, &token, ctx) => r,
+            r = self.mounted_job(&mut worker, job, &in_ext, (dir.path(), &dir_fd), out, &token, ctx) => r,
             _ = ctx.cancel.cancelled() => Ok(Err(JobError::Cancelled)),
         };
         if matches!(result, Ok(Ok(_))) {
@@ -1225,13 +1226,14 @@ impl DockerBackend {
         worker: &mut Worker,
         job: &JobSpec,
         in_ext: &str,
-        dir: &Path,
+        (dir, dir_fd): (&Path, &std::os::fd::OwnedFd),
         out: &Path,
         token: &str,
         ctx: &JobCtx,
     ) -> Result<Result<Produced, JobError>, String> {
         let out_name = format!("/out/out.{}", job.preset.extension);
-        let produced = dir.join(format!("out.{}", job.preset.extension));
+        let name = format!("out.{}", job.preset.extension);
+        let produced = dir.join(&name);
         ctx.started(job.id, &self.engine.host, Transfer::Mount);
         let writeback = job
             .index_reserve
@@ -1248,6 +1250,7 @@ impl DockerBackend {
                     input: None,
                     sink: None,
                     output: &produced,
+                    mounted: Some((dir_fd, &name)),
                     args: job.ffmpeg_args(&format!("/in/input.{in_ext}"), &out_name),
                     preset: &job.preset,
                     hash_input: false,
@@ -1267,33 +1270,61 @@ impl DockerBackend {
             Err(e) => return Ok(Err(e)),
         };
         let decoded = served.decoded();
-        let settling = served
-            .settling
-            .unwrap_or_else(|| settle_output(produced.clone(), ctx.clone()));
-        let out = out.to_path_buf();
-        let root = rustix::process::geteuid().is_root();
-        // Take the file over (as root: give it back to root) and move it to the caller's
-        // temporary path, off the async threads.
-        let settled = async {
-            let (bytes, sha) = settling.await.map_err(std::io::Error::other)??;
+        // The worker is removed, every process in it killed, before its output is opened for
+        // keeps: nothing it left running can change the bytes once they are hashed and checked.
+        self.destroy(&worker.id).await;
+        let taken = async {
+            let file = Arc::new(open_result(dir_fd, &name)?);
+            // The index read while the worker ran chose the check; it must still say the same.
+            if served.checked_by == super::Checker::Index {
+                let again =
+                    super::read_back_file(&job.preset, &served.parser, file.clone()).await?;
+                if again.as_ref() != Some(&served.probe) {
+                    return Err(JobError::Untrusted(
+                        "its output changed after it was checked".to_string(),
+                    ));
+                }
+            }
+            let (bytes, sha) = settle_file(file.clone(), ctx.clone())
+                .await
+                .map_err(|e| JobError::Output(std::io::Error::other(e)))?
+                .map_err(JobError::Output)?;
+            let root = rustix::process::geteuid().is_root();
+            let (out, name) = (out.to_path_buf(), name.clone());
+            let dir_fd = dir_fd.try_clone().map_err(JobError::Output)?;
+            // Take the file over (as root: give it back to root) by its descriptor, and move
+            // it to the caller's temporary path by its name in the folder's descriptor.
             tokio::task::spawn_blocking(move || {
                 if root {
-                    rustix::fs::chown(
-                        &produced,
+                    rustix::fs::fchown(
+                        &*file,
                         Some(rustix::fs::Uid::ROOT),
                         Some(rustix::fs::Gid::ROOT),
                     )?;
                 }
-                std::fs::rename(&produced, &out)
+                rustix::fs::renameat(&dir_fd, name.as_str(), rustix::fs::CWD, &out)?;
+                let moved = rustix::fs::statat(
+                    rustix::fs::CWD,
+                    &out,
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+                let held = rustix::fs::fstat(&*file)?;
+                if (moved.st_dev, moved.st_ino) != (held.st_dev, held.st_ino) {
+                    return Err(std::io::Error::other(
+                        "the output moved was not the file that was checked",
+                    ));
+                }
+                Ok::<_, std::io::Error>(())
             })
             .await
-            .map_err(std::io::Error::other)??;
-            Ok::<_, std::io::Error>((bytes, sha))
+            .map_err(|e| JobError::Output(std::io::Error::other(e)))?
+            .map_err(JobError::Output)?;
+            Ok::<_, JobError>((bytes, sha))
         }
         .await;
-        let (bytes_out, output_sha256) = match settled {
+        let (bytes_out, output_sha256) = match taken {
             Ok(r) => r,
-            Err(e) => return Ok(Err(JobError::Output(e))),
+            Err(e) => return Ok(Err(e)),
         };
         Ok(Ok(Produced {
             input: served.parser.input.clone(),

@@ -52,6 +52,7 @@ use crate::hash::Hasher;
 use crate::preset::Preset;
 use bollard::container::LogOutput;
 use futures_util::StreamExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -181,6 +182,9 @@ pub(crate) struct Request<'a> {
     /// Where the output lies on this machine once it has arrived: the sink, or the mounted
     /// output folder's file.
     pub output: &'a Path,
+    /// Mount mode: the private output folder, open, and the output's name in it: the output is
+    /// only ever opened from there, never by path ([`open_result`]).
+    pub mounted: Option<(&'a OwnedFd, &'a str)>,
     pub args: Vec<String>,
     pub preset: &'a Arc<Preset>,
     /// Hash the input while it streams.
@@ -200,8 +204,6 @@ pub(crate) struct Served {
     pub output_sha256: Option<String>,
     /// The input's sha256 as it streamed out, when asked for.
     pub input_sha256: Option<String>,
-    /// Mount mode: the output being hashed and synced, started as soon as ffmpeg finished.
-    pub settling: Option<tokio::task::JoinHandle<std::io::Result<(u64, String)>>>,
 }
 
 impl Served {
@@ -297,7 +299,6 @@ impl Session {
         let mut announced: Option<u64> = None;
         let mut ended: Option<i64> = None;
         let mut asked_probe = false;
-        let mut settling = None;
         let streamed = req.sink.is_some();
         loop {
             let transferred = announced.is_some_and(|n| !streamed || n == bytes_out);
@@ -313,7 +314,13 @@ impl Session {
                 if let Some(mut s) = sink.take() {
                     s.flush().await.map_err(JobError::Output)?;
                 }
-                let settled = super::read_back(req.preset, &parser, req.output).await?;
+                let settled = match req.mounted {
+                    Some((dir, name)) => {
+                        let file = Arc::new(open_result(dir, name)?);
+                        super::read_back_file(req.preset, &parser, file).await?
+                    }
+                    None => super::read_back(req.preset, &parser, req.output).await?,
+                };
                 let answer = match settled {
                     Some(probe) => {
                         self.answer(format!("done {nonce}\n").as_bytes()).await?;
@@ -325,7 +332,6 @@ impl Session {
                             bytes_out: announced.unwrap_or(bytes_out),
                             output_sha256: output_hash.map(Hasher::finish),
                             input_sha256,
-                            settling,
                         });
                     }
                     None => format!("probe {nonce}\n"),
@@ -374,9 +380,6 @@ impl Session {
                             }
                         }
                         seen_marks = parser.marks.len();
-                        if announced.is_some() && settling.is_none() && req.sink.is_none() {
-                            settling = Some(settle_output(req.output.to_path_buf(), ctx.clone()));
-                        }
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(JobError::Engine(e)),
@@ -444,7 +447,6 @@ impl Session {
             bytes_out: announced.unwrap_or(bytes_out),
             output_sha256: output_hash.map(Hasher::finish),
             input_sha256,
-            settling,
         })
     }
 
@@ -569,7 +571,7 @@ async fn feed(mut stdin: WorkerInput, path: PathBuf, size: u64, hash: bool, ctx:
 }
 
 /// Writes an output back to disk while ffmpeg is still writing it, so that the fsync that makes
-/// it durable at the end ([`settle_output`]) has little left to do: a 1.72 GB output took about
+/// it durable at the end ([`settle_file`]) has little left to do: a 1.72 GB output took about
 /// 2.7-2.9 s to sync after ffmpeg had finished, longer than the remux itself. Only for outputs that
 /// ffmpeg writes once, front to back (the index's room reserved at the front,
 /// [`crate::preset::Preset::ffmpeg_args_reserving`]): `+faststart` rewrites every byte at the
@@ -595,7 +597,15 @@ impl EarlyWriteback {
                     stopped.recv_timeout(Self::EVERY)
                 {
                     if file.is_none() {
-                        file = std::fs::File::open(&path).ok();
+                        // What the worker made is never opened through a link, nor as a FIFO.
+                        let flags = rustix::fs::OFlags::RDONLY
+                            | rustix::fs::OFlags::NOFOLLOW
+                            | rustix::fs::OFlags::NONBLOCK
+                            | rustix::fs::OFlags::CLOEXEC;
+                        file = rustix::fs::open(&path, flags, rustix::fs::Mode::empty())
+                            .ok()
+                            .map(std::fs::File::from)
+                            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
                     }
                     if let Some(f) = &file {
                         let _ = f.sync_data();
@@ -608,22 +618,71 @@ impl EarlyWriteback {
     }
 }
 
-/// Hash a finished output and make it durable, on blocking threads: write-back and hashing
-/// overlap, one waits on the disk, the other on a core. Gives its size and sha256.
-pub(crate) fn settle_output(
-    path: PathBuf,
+/// Open a mounted job's output `name` in its private folder `dir` the one way the host ever
+/// opens what a worker made: from the folder's descriptor, without following a link
+/// (`O_NOFOLLOW`), without waiting on a FIFO (`O_NONBLOCK`), and only if what is there is a
+/// regular file, judged on the descriptor itself.
+pub(crate) fn open_result(dir: &OwnedFd, name: &str) -> Result<std::fs::File, JobError> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(JobError::Untrusted(format!(
+                "it left its output {name} as a symbolic link, not a regular file"
+            )));
+        }
+        Err(e) => return Err(JobError::Output(e.into())),
+    };
+    let kind = rustix::fs::fstat(&fd)
+        .map(|st| FileType::from_raw_mode(st.st_mode))
+        .map_err(|e| JobError::Output(e.into()))?;
+    if kind != FileType::RegularFile {
+        let what = match kind {
+            FileType::Fifo => "a FIFO",
+            FileType::Directory => "a folder",
+            FileType::Socket => "a socket",
+            FileType::CharacterDevice | FileType::BlockDevice => "a device",
+            _ => "something else",
+        };
+        return Err(JobError::Untrusted(format!(
+            "it left its output {name} as {what}, not a regular file"
+        )));
+    }
+    Ok(std::fs::File::from(fd))
+}
+
+/// Hash a finished output from its descriptor and make it durable, on blocking threads:
+/// write-back and hashing overlap, one waits on the disk, the other on a core. Gives its size
+/// and sha256.
+pub(crate) fn settle_file(
+    file: Arc<std::fs::File>,
     ctx: JobCtx,
 ) -> tokio::task::JoinHandle<std::io::Result<(u64, String)>> {
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
+        use std::io::{Read, Seek};
         let bytes = file.metadata()?.len();
+        // The read-back has read the same descriptor: hash from the first byte.
+        (&*file).seek(std::io::SeekFrom::Start(0))?;
         std::thread::scope(|scope| {
             let synced = scope.spawn(|| file.sync_all());
-            let sha = crate::hash::file(&path, |_| ctx.touch())?;
+            let mut reader = &*file;
+            let mut buf = crate::hash::Block::new(IO_BUFFER);
+            let mut h = Hasher::new();
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                h.update(&buf[..n]);
+                ctx.touch();
+            }
             synced
                 .join()
                 .map_err(|_| std::io::Error::other("fsync thread panicked"))??;
-            Ok((bytes, sha))
+            Ok((bytes, h.finish()))
         })
     })
 }
@@ -641,6 +700,7 @@ mod tests {
             input: None,
             sink: None,
             output: Path::new("/nonexistent"),
+            mounted: None,
             args,
             preset,
             hash_input: false,
@@ -697,6 +757,38 @@ mod tests {
         let preset = Arc::new(crate::preset::load("copy").expect("copy preset"));
         let err = encode("n1", &request(&preset, vec!["a\0b".into()]), 0).expect_err("refused");
         assert!(err.contains("argument 0 contains a NUL byte"), "{err}");
+    }
+
+    // Regression: a mounted job's output was opened by path, following links and blocking on
+    // a FIFO.
+    #[test]
+    fn a_result_is_opened_only_as_a_regular_file_never_through_a_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = rustix::fs::open(
+            tmp.path(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("dir");
+        std::fs::write(tmp.path().join("file"), b"x").expect("file");
+        std::os::unix::fs::symlink("file", tmp.path().join("link")).expect("link");
+        rustix::fs::mknodat(
+            &dir,
+            "fifo",
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("fifo");
+        std::fs::create_dir(tmp.path().join("folder")).expect("folder");
+        assert!(open_result(&dir, "file").is_ok());
+        let refused = |name: &str| match open_result(&dir, name) {
+            Err(JobError::Untrusted(why)) => why,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(refused("link").contains("as a symbolic link"));
+        assert!(refused("fifo").contains("as a FIFO"));
+        assert!(refused("folder").contains("as a folder"));
     }
 
     #[test]

@@ -478,6 +478,34 @@ pub(crate) async fn read_back(
         tokio::task::spawn_blocking(move || crate::readback::for_check(&preset, &input, &path))
             .await
             .map_err(|e| JobError::Output(std::io::Error::other(e)))?;
+    settle_verdict(verdict, parser)
+}
+
+/// [`read_back`] of an output already open ([`jobserver::open_result`]).
+pub(crate) async fn read_back_file(
+    preset: &Arc<Preset>,
+    parser: &StderrParser,
+    file: Arc<std::fs::File>,
+) -> Result<Option<Probe>, JobError> {
+    if let Some(cause) = parser.unfinished() {
+        return Err(JobError::Unfinished {
+            cause: cause.to_string(),
+            tail: parser.tail(),
+        });
+    }
+    let (preset, input) = (preset.clone(), parser.input.clone());
+    let verdict = tokio::task::spawn_blocking(move || {
+        crate::readback::for_check_file(&preset, &input, &file)
+    })
+    .await
+    .map_err(|e| JobError::Output(std::io::Error::other(e)))?;
+    settle_verdict(verdict, parser)
+}
+
+fn settle_verdict(
+    verdict: crate::readback::Readback,
+    parser: &StderrParser,
+) -> Result<Option<Probe>, JobError> {
     match verdict {
         crate::readback::Readback::Settled(probe) => Ok(Some(probe)),
         crate::readback::Readback::AskFfprobe(_) => Ok(None),

@@ -10,6 +10,10 @@
 //! Each case asserts the exact message the user gets, that nothing outside `out/` changed (a
 //! sentinel file next to it stays byte-identical, with its owner and mode), that no container
 //! is left, and that nothing was recorded as done.
+//!
+//! The planted link is `../../in/input.links`: in the worker it names its mounted input (a
+//! regular file, so the job server sends it on), and from the private output folder on this
+//! machine it names `in/input.links`, a sentinel of another user.
 
 use crate::util::*;
 use std::os::unix::fs::MetadataExt;
@@ -26,14 +30,13 @@ real=/usr/bin/ffmpeg
 mode=
 for a in "$@"; do
   case $a in
-    *.links|*.fifo|*.late|*.latepipe|*.flood|*.forever|*.hang|*.stderr|*.forge) mode=${a##*.} ;;
+    *.links|*.late|*.latepipe|*.forever|*.hang|*.stderr|*.forge) mode=${a##*.} ;;
   esac
   out=$a
 done
 case $mode in
   hang) exec sleep 600 ;;
   forever) while :; do printf 'out_time_us=1000000\nprogress=continue\n' >&2; sleep 0.1; done ;;
-  flood) exec cat /dev/zero > "/proc/$PPID/fd/1" ;;
   stderr)
     head -c 20000000 /dev/zero | tr '\0' x >&2; echo >&2
     i=0; while [ $i -lt 30 ]; do head -c 100000 /dev/zero | tr '\0' y >&2; echo >&2; i=$((i + 1)); done
@@ -41,8 +44,7 @@ case $mode in
 esac
 "$real" "$@" || exit $?
 case $mode in
-  links) rm -f "$out"; ln -s ../../sentinel.mp4 "$out" ;;
-  fifo) rm -f "$out"; mkfifo "$out" ;;
+  links) rm -f "$out"; ln -s ../../in/input.links "$out" ;;
   late) exec 3>>"$out"; ( while [ -e "$out" ]; do :; done; printf EVIL >&3 ) & ;;
   latepipe) ( while :; do printf EVIL >> "$out"; done ) & ;;
   forge) echo '@isc:stage=probe' >&2; echo '@isc:probe:{"streams":[]}' >&2 ;;
@@ -81,13 +83,13 @@ fn hostile_image() -> &'static str {
     HOSTILE
 }
 
-/// A test's folder: `in/` with the inputs, `out/`, and `sentinel.mp4` beside them, owned by
-/// another user, which a link planted by the worker points at.
+/// A test's folder: `in/` with the inputs, `out/`, and sentinels outside `out/` owned by
+/// another user: `sentinel.mp4` and `in/input.links`, which a link planted by the worker
+/// points at.
 struct Case {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
-    sentinel: PathBuf,
-    before: (Vec<u8>, u32, u32, u32),
+    sentinels: Vec<(PathBuf, Snapshot)>,
 }
 
 impl Case {
@@ -95,22 +97,25 @@ impl Case {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir(dir.join("in")).expect("in");
-        let sentinel = dir.join("sentinel.mp4");
-        std::fs::copy(samples().join("faststart.mp4"), &sentinel).expect("sentinel");
-        if rustix::process::geteuid().is_root() {
-            rustix::fs::chown(
-                &sentinel,
-                Some(rustix::fs::Uid::from_raw(4242)),
-                Some(rustix::fs::Gid::from_raw(4242)),
-            )
-            .expect("chown sentinel");
+        let mut sentinels = Vec::new();
+        for name in ["sentinel.mp4", "in/input.links"] {
+            let sentinel = dir.join(name);
+            std::fs::copy(samples().join("faststart.mp4"), &sentinel).expect("sentinel");
+            if rustix::process::geteuid().is_root() {
+                rustix::fs::chown(
+                    &sentinel,
+                    Some(rustix::fs::Uid::from_raw(4242)),
+                    Some(rustix::fs::Gid::from_raw(4242)),
+                )
+                .expect("chown sentinel");
+            }
+            let before = snapshot(&sentinel);
+            sentinels.push((sentinel, before));
         }
-        let before = snapshot(&sentinel);
         Case {
             _tmp: tmp,
             dir,
-            sentinel,
-            before,
+            sentinels,
         }
     }
 
@@ -146,11 +151,14 @@ impl Case {
     /// Nothing outside `out/` changed, no container is left, and `done` outputs were recorded
     /// (none when empty).
     fn assert_contained(&self, done: &[&str]) {
-        assert_eq!(
-            snapshot(&self.sentinel),
-            self.before,
-            "the file outside out/ changed (bytes, owner or mode)"
-        );
+        for (sentinel, before) in &self.sentinels {
+            assert_eq!(
+                &snapshot(sentinel),
+                before,
+                "{} changed (bytes, owner or mode)",
+                sentinel.display()
+            );
+        }
         assert!(
             containers_gone(&self.dir),
             "containers left: {:?}",
@@ -160,7 +168,10 @@ impl Case {
     }
 }
 
-fn snapshot(p: &Path) -> (Vec<u8>, u32, u32, u32) {
+/// A file's bytes, owner, group and mode.
+type Snapshot = (Vec<u8>, u32, u32, u32);
+
+fn snapshot(p: &Path) -> Snapshot {
     let m = std::fs::symlink_metadata(p).expect("sentinel");
     (std::fs::read(p).expect("read"), m.uid(), m.gid(), m.mode())
 }
@@ -326,4 +337,130 @@ fn a_job_that_never_ends_is_stopped_at_its_time_limit_and_the_batch_goes_on() {
         assert!(stdout(&o).contains("summary: 1 done"), "{transfer}");
         case.assert_contained(&["ok.mp4"]);
     }
+}
+
+/// A hostile case: the input's extension picks what the worker does; the run takes it with
+/// `--transfer`, and the user gets `says` on the file's `failed` line.
+struct Hostile {
+    ext: &'static str,
+    transfer: &'static str,
+    says: &'static str,
+}
+
+/// Run each case on its own, beside an honest file, and check what the user gets and that
+/// nothing escaped.
+fn hostile_cases(cases: &[Hostile]) {
+    for c in cases {
+        let case = Case::new();
+        let bad = case.input("moov-at-end.mp4", &format!("x.{}", c.ext));
+        let fine = case.input("faststart.mp4", "ok.mp4");
+        let o = case.run(&[&bad, &fine], &["--transfer", c.transfer, "-j", "1"]);
+        let what = format!("{} ({})", c.ext, c.transfer);
+        assert_eq!(o.status.code(), Some(1), "{what}");
+        let line = failed_line(&o, &format!("x.{}", c.ext));
+        assert!(line.contains(c.says), "{what}: {line}");
+        assert!(
+            stdout(&o).contains("summary: 1 done"),
+            "{what}: the batch goes on"
+        );
+        case.assert_contained(&["ok.mp4"]);
+        assert!(!case.out().join("x.mp4").exists(), "{what}: no output");
+        let left: Vec<_> = std::fs::read_dir(case.out())
+            .expect("out")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".isc-tmp"))
+            .collect();
+        assert!(left.is_empty(), "{what}: temporary files left: {left:?}");
+    }
+}
+
+// Regression: a mounted job's output was hashed, chowned and renamed by path, so a link the
+// worker put in its place was followed (the host file outside out/ was chowned to root and the
+// link became the output). (A FIFO there: `open_result`'s unit test.)
+#[test]
+fn a_mounting_worker_cannot_make_the_host_follow_a_link() {
+    hostile_cases(&[
+        Hostile {
+            ext: "links",
+            transfer: "mount",
+            says: "x.links: refused what the worker sent: it left its output out.mp4 as a \
+                   symbolic link, not a regular file",
+        },
+        Hostile {
+            ext: "forge",
+            transfer: "mount",
+            says: "x.forge: refused what the worker sent: a message that does not carry this \
+                   job's nonce: \"@isc:stage=probe\"",
+        },
+    ]);
+}
+
+// Regression: marks without the job's nonce were believed.
+#[test]
+fn a_streaming_worker_is_bounded_and_cannot_forge_the_job_servers_messages() {
+    hostile_cases(&[
+        Hostile {
+            ext: "forge",
+            transfer: "stream",
+            says: "x.forge: refused what the worker sent: a message that does not carry this \
+                   job's nonce: \"@isc:stage=probe\"",
+        },
+        Hostile {
+            ext: "latepipe",
+            transfer: "stream",
+            says: "x.latepipe: output rejected: the worker sent more than the",
+        },
+        Hostile {
+            ext: "stderr",
+            transfer: "stream",
+            says: "x.stderr: ffmpeg failed with exit code 1",
+        },
+    ]);
+}
+
+// Regression: ffmpeg's lines were kept up to 64 KiB each for the failure report.
+#[test]
+fn a_worker_that_floods_stderr_gets_a_short_report() {
+    let case = Case::new();
+    let bad = case.input("moov-at-end.mp4", "x.stderr");
+    let o = case.run(&[&bad], &["--transfer", "stream"]);
+    assert_eq!(o.status.code(), Some(1));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("yyyy"), "the tail is shown");
+    let longest = all.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest <= 4200, "a line of {longest} bytes");
+    assert!(all.len() < 100_000, "{} bytes of report", all.len());
+    case.assert_contained(&[]);
+}
+
+// Regression: a mounting worker was only released (its stdin closed) after its output was
+// hashed and renamed, so a process it left running could still write the file that was
+// recorded as checked.
+#[test]
+fn a_mounting_worker_is_removed_before_its_output_is_taken() {
+    let case = Case::new();
+    let late = case.input("moov-at-end.mp4", "x.late");
+    let o = case.run(&[&late], &["--transfer", "mount"]);
+    assert_eq!(o.status.code(), Some(0));
+    let output = case.out().join("x.mp4");
+    let first = std::fs::read(&output).expect("output");
+    std::thread::sleep(Duration::from_millis(500));
+    let later = std::fs::read(&output).expect("output");
+    assert!(
+        !later.ends_with(b"EVIL"),
+        "the worker wrote after it was done"
+    );
+    assert_eq!(first, later);
+    let conn =
+        rusqlite::Connection::open(case.out().join(".isc-transcode/state.db")).expect("state");
+    let sha: String = conn
+        .query_row("SELECT output_sha256 FROM outputs", [], |r| r.get(0))
+        .expect("recorded");
+    let o = run(bin().arg("hash").arg(&output));
+    assert!(
+        stdout(&o).starts_with(&sha),
+        "the recorded hash is the file's"
+    );
+    case.assert_contained(&["x.mp4"]);
 }

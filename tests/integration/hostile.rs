@@ -385,6 +385,23 @@ fn tls(dir: OsString, verify: &str) -> Setup {
     }
 }
 
+/// The hostile worker image, an input `name` for one of its behaviours, named on the command
+/// line (its extension is not a media one) next to the good file.
+fn worker(w: &World, name: &str, extra: &[&str]) -> Setup {
+    let image = crate::worker::hostile_image();
+    let input = w.sample("moov-at-end.mp4", name);
+    let mut args: Vec<OsString> = vec!["--image".into(), image.into()];
+    args.extend(extra.iter().map(OsString::from));
+    Setup {
+        inputs: Some(vec![
+            w.input.join("good.mp4").into_os_string(),
+            input.into_os_string(),
+        ]),
+        args,
+        ..Setup::default()
+    }
+}
+
 fn cases() -> Vec<Case> {
     use std::os::unix::ffi::OsStrExt;
     let flag = |a: &'static [&'static str], m: &'static [&'static str]| (a, m);
@@ -737,6 +754,36 @@ fn cases() -> Vec<Case> {
             &["no Docker engine answered at tcp://127.0.0.1:1"],
         )
         .never(&["key.pem"]),
+        // Worker images: a hostile `ffmpeg` (tests/integration/worker.rs) that does what the
+        // input's extension asks for, and the real ffmpeg's work otherwise.
+        case(
+            "a worker that prints progress forever",
+            |w| worker(w, "x.forever", &["--job-timeout", "3s"]),
+            Expect::FileFails { file: "x.forever" },
+            &["x.forever: timed out: still running after 3s, the job's time limit (--job-timeout)"],
+        ),
+        case(
+            "a worker that forges the job server's messages",
+            |w| worker(w, "x.forge", &["--transfer", "stream"]),
+            Expect::FileFails { file: "x.forge" },
+            &[
+                "x.forge: refused what the worker sent: a message that does not carry this job's nonce",
+            ],
+        ),
+        case(
+            "a mounting worker that leaves a link as its output",
+            |w| worker(w, "x.links", &["--transfer", "mount"]),
+            Expect::FileFails { file: "x.links" },
+            &[
+                "x.links: refused what the worker sent: it left its output out.mp4 as a symbolic link, not a regular file",
+            ],
+        ),
+        case(
+            "a worker that floods stderr",
+            |w| worker(w, "x.stderr", &["--transfer", "stream"]),
+            Expect::FileFails { file: "x.stderr" },
+            &["x.stderr: ffmpeg failed with exit code 1"],
+        ),
         case(
             "an image that does not exist",
             |_| args(&["--image", "isc-no-such-image:never"]),

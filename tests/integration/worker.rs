@@ -61,7 +61,7 @@ USER 65534:65534
 "#;
 
 /// Build the hostile image once per test process.
-fn hostile_image() -> &'static str {
+pub(crate) fn hostile_image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         require_engine();

@@ -13,8 +13,9 @@
 //!    folder, through no link, over nothing this tool did not write.
 //! 5. [`exec`] holds the backends behind one small trait: [`exec::docker`] streams each input
 //!    into a container on a Docker engine and the output back; [`exec::local`] runs local
-//!    ffmpeg. [`media`] reads container layouts (where an MP4's index sits) to choose how the
-//!    input travels.
+//!    ffmpeg; [`exec::transport`] decides how an engine may be reached (plain TCP only to
+//!    loopback, TLS trusting only the given CA). [`media`] reads container layouts (where an
+//!    MP4's index sits) to choose how the input travels.
 //! 6. [`ffmpeg`] reads ffmpeg's stderr (input facts, progress, errors) and ffprobe's JSON;
 //!    [`readback`] reads MP4 outputs back here from their index; [`verify`] decides whether an
 //!    output is good enough to count.

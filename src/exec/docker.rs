@@ -1030,6 +1030,13 @@ impl DockerBackend {
         drop(worker);
     }
 
+    /// [`DockerBackend::destroy`] a worker after hanging up on it ([`Session::hang_up`]): its
+    /// removal must not wait on output that nobody will read.
+    async fn destroy_worker(&self, worker: &mut Worker) {
+        worker.session.hang_up();
+        self.destroy(&worker.id).await;
+    }
+
     async fn destroy(&self, id: &str) {
         let _ = remove(&self.engine.docker, id).await;
         if let Ok(mut live) = self.live.lock() {
@@ -1198,7 +1205,7 @@ impl DockerBackend {
         if matches!(result, Ok(Ok(_))) {
             self.retire(worker);
         } else {
-            self.destroy(&worker.id).await;
+            self.destroy_worker(&mut worker).await;
         }
         match (result, input_hash) {
             (Ok(Ok(mut produced)), Some(hashing)) => match hashing.await {
@@ -1272,7 +1279,7 @@ impl DockerBackend {
         let decoded = served.decoded();
         // The worker is removed, every process in it killed, before its output is opened for
         // keeps: nothing it left running can change the bytes once they are hashed and checked.
-        self.destroy(&worker.id).await;
+        self.destroy_worker(worker).await;
         let taken = async {
             let file = Arc::new(open_result(dir_fd, &name)?);
             // The index read while the worker ran chose the check; it must still say the same.
@@ -1482,7 +1489,7 @@ impl DockerBackend {
                 self.checkin(worker);
                 return result;
             }
-            self.destroy(&worker.id).await;
+            self.destroy_worker(&mut worker).await;
             match result {
                 Err(JobError::WorkerLost(_))
                 | Err(JobError::Engine(bollard::errors::Error::DockerResponseServerError {

@@ -243,6 +243,15 @@ impl Session {
         }
     }
 
+    /// Close both of the worker's streams. The engine's copy of a container's output into an
+    /// attach connection that nobody reads blocks, and so does the removal of that container:
+    /// a worker that flooded its stdout held a force-remove, and the run, for the engine API's
+    /// whole request timeout (120 s), deaf to SIGINT. Hanging up first lets the removal go on.
+    pub fn hang_up(&mut self) {
+        self.input = None;
+        self.output = Box::pin(futures_util::stream::empty());
+    }
+
     /// Run one job. Any error leaves the server out of step or gone: the caller must remove
     /// the worker.
     pub async fn serve(&mut self, req: Request<'_>, ctx: &JobCtx) -> Result<Served, JobError> {

@@ -785,6 +785,29 @@ fn cases() -> Vec<Case> {
             &["x.stderr: ffmpeg failed with exit code 1"],
         ),
         case(
+            "a worker whose shell floods stdout before any announcement",
+            |w| {
+                let input = w.sample("moov-at-end.mp4", "flood.mp4");
+                Setup {
+                    inputs: Some(vec![input.into_os_string()]),
+                    args: [
+                        "--image",
+                        crate::worker::flood_image(),
+                        "--transfer",
+                        "stream",
+                    ]
+                    .iter()
+                    .map(OsString::from)
+                    .collect(),
+                    ..Setup::default()
+                }
+            },
+            Expect::RunRefused { code: 1 },
+            &[
+                "flood.mp4: refused what the worker sent: more than 64 MiB of output before it announced its size",
+            ],
+        ),
+        case(
             "an image that does not exist",
             |_| args(&["--image", "isc-no-such-image:never"]),
             Expect::RunRefused { code: 2 },

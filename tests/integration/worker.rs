@@ -83,6 +83,49 @@ pub(crate) fn hostile_image() -> &'static str {
     HOSTILE
 }
 
+/// A hostile image of another kind: its shell, when it runs as the worker's main process
+/// (`sh -c WORKER_MAIN isc-worker ...`, so `$3` is `isc-worker`), floods stdout with 200 MB
+/// before any job has announced anything, reading its stdin meanwhile; everywhere else it is
+/// dash. The `ffmpeg` wrapper above cannot do this: ffmpeg's stdout goes to stderr.
+const FLOOD_SH: &str = r#"#!/usr/bin/dash
+if [ "$3" = isc-worker ]; then
+  exec /usr/bin/dash -c 'cat >/dev/null & head -c 200000000 /dev/zero; wait'
+fi
+exec /usr/bin/dash "$@"
+"#;
+
+const FLOOD_DOCKERFILE: &str = r#"FROM isc-ffmpeg:latest
+USER root
+COPY sh /usr/bin/isc-flood-sh
+RUN chmod 0755 /usr/bin/isc-flood-sh && ln -sf isc-flood-sh /usr/bin/sh
+USER 65534:65534
+"#;
+
+const FLOOD: &str = "isc-flood-test:latest";
+
+/// Build the flooding image once per test process.
+pub(crate) fn flood_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        require_engine();
+        let ctx = tempfile::tempdir().expect("tempdir");
+        std::fs::write(ctx.path().join("Dockerfile"), FLOOD_DOCKERFILE).expect("Dockerfile");
+        std::fs::write(ctx.path().join("sh"), FLOOD_SH).expect("sh");
+        let o = Command::new("docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-q", "--network", "none", "-t", FLOOD])
+            .arg(ctx.path())
+            .output()
+            .expect("docker build");
+        assert!(
+            o.status.success(),
+            "cannot build {FLOOD}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    });
+    FLOOD
+}
+
 /// A test's folder: `in/` with the inputs, `out/`, and sentinels outside `out/` owned by
 /// another user: `sentinel.mp4` and `in/input.links`, which a link planted by the worker
 /// points at.
@@ -417,6 +460,51 @@ fn a_streaming_worker_is_bounded_and_cannot_forge_the_job_servers_messages() {
             says: "x.stderr: ffmpeg failed with exit code 1",
         },
     ]);
+}
+
+// Regression: a worker that flooded stdout before announcing anything was refused, but only
+// after 120 s (the engine API's request timeout), deaf to SIGINT: its force-remove waited for
+// the engine to copy output into an attach connection that nobody read any more.
+#[test]
+fn a_worker_that_floods_stdout_before_announcing_is_refused_at_once() {
+    let case = Case::new();
+    let bad = case.input("moov-at-end.mp4", "flood.mp4");
+    let fine = case.input("faststart.mp4", "ok.mp4");
+    let mut cmd = bin();
+    cmd.args([&bad, &fine])
+        .arg("-o")
+        .arg(case.out())
+        .args([
+            "--backend",
+            "docker",
+            "--image",
+            flood_image(),
+            "-p",
+            "copy",
+        ])
+        .args(["--transfer", "stream", "-j", "1"]);
+    let started = Instant::now();
+    let o = run_limited(cmd, Duration::from_secs(110));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "the refusal took {took:?}");
+    assert_eq!(o.status.code(), Some(1));
+    for name in ["flood.mp4", "ok.mp4"] {
+        let line = failed_line(&o, name);
+        assert!(
+            line.contains(&format!(
+                "{name}: refused what the worker sent: more than 64 MiB of output before it \
+                 announced its size"
+            )),
+            "{line}"
+        );
+    }
+    case.assert_contained(&[]);
+    let left: Vec<_> = std::fs::read_dir(case.out())
+        .expect("out")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".isc-tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
 // Regression: ffmpeg's lines were kept up to 64 KiB each for the failure report.

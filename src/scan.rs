@@ -49,7 +49,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::Metadata;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use walkdir::WalkDir;
 
@@ -385,17 +385,8 @@ impl Scanner<'_> {
             return;
         }
         if !meta.is_file() {
-            let ft = meta.file_type();
-            let what = if ft.is_fifo() {
-                " (a named pipe)"
-            } else if ft.is_socket() {
-                " (a socket)"
-            } else if ft.is_block_device() || ft.is_char_device() {
-                " (a device)"
-            } else {
-                ""
-            };
-            self.problem(path, format!("not a regular file{what}"));
+            let what = crate::fsopen::type_name(rustix::fs::FileType::from_raw_mode(meta.mode()));
+            self.problem(path, format!("not a regular file ({what})"));
             return;
         }
         if let Err(e) = readable(path) {

@@ -647,15 +647,9 @@ pub(crate) fn open_result(dir: &OwnedFd, name: &str) -> Result<std::fs::File, Jo
         .map(|st| FileType::from_raw_mode(st.st_mode))
         .map_err(|e| JobError::Output(e.into()))?;
     if kind != FileType::RegularFile {
-        let what = match kind {
-            FileType::Fifo => "a FIFO",
-            FileType::Directory => "a folder",
-            FileType::Socket => "a socket",
-            FileType::CharacterDevice | FileType::BlockDevice => "a device",
-            _ => "something else",
-        };
         return Err(JobError::Untrusted(format!(
-            "it left its output {name} as {what}, not a regular file"
+            "it left its output {name} as {}, not a regular file",
+            crate::fsopen::type_name(kind)
         )));
     }
     Ok(std::fs::File::from(fd))
@@ -796,7 +790,7 @@ mod tests {
             other => panic!("{name}: {other:?}"),
         };
         assert!(refused("link").contains("as a symbolic link"));
-        assert!(refused("fifo").contains("as a FIFO"));
+        assert!(refused("fifo").contains("as a named pipe"));
         assert!(refused("folder").contains("as a folder"));
     }
 

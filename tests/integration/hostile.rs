@@ -354,22 +354,11 @@ fn text(w: &World, name: &std::ffi::OsStr) {
     std::fs::write(w.input.join(name), "not a video\n".repeat(50)).expect("write");
 }
 
-/// A self-signed CA as `ca.pem` and `cert.pem` in `certs/`, and no key: TLS settings that name
-/// a client key that is not there.
+/// A CA of its own as `ca.pem` (and `cert.pem`) in `certs/`, and no `key.pem`: TLS settings
+/// that name a client key that is not there.
 fn certs_without_key(w: &World) -> OsString {
     let dir = w.root.join("certs");
-    std::fs::create_dir(&dir).expect("mkdir");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=isc-test-ca", "-keyout"])
-        .arg(w.outside.join("ca-key.pem"))
-        .arg("-out")
-        .arg(dir.join("ca.pem"))
-        .output()
-        .expect("openssl");
-    assert!(ok.status.success(), "openssl: {ok:?}");
+    crate::remote::other_ca(&dir);
     std::fs::copy(dir.join("ca.pem"), dir.join("cert.pem")).expect("copy");
     dir.into_os_string()
 }

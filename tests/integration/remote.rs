@@ -445,7 +445,7 @@ fn plain_tcp_off_loopback_is_refused_before_connecting_unless_insecure() {
 }
 
 /// A CA of its own in `dir` (ca.pem, ca-key.pem), made by openssl.
-fn other_ca(dir: &Path) {
+pub(crate) fn other_ca(dir: &Path) {
     std::fs::create_dir_all(dir).expect("mkdir");
     let ok = Command::new("openssl")
         .args([

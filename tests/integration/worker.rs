@@ -63,24 +63,28 @@ USER 65534:65534
 /// Build the hostile image once per test process.
 pub(crate) fn hostile_image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        require_engine();
-        let ctx = tempfile::tempdir().expect("tempdir");
-        std::fs::write(ctx.path().join("Dockerfile"), DOCKERFILE).expect("Dockerfile");
-        std::fs::write(ctx.path().join("ffmpeg"), WRAPPER).expect("wrapper");
-        let o = Command::new("docker")
-            .env("DOCKER_BUILDKIT", "0")
-            .args(["build", "-q", "--network", "none", "-t", HOSTILE])
-            .arg(ctx.path())
-            .output()
-            .expect("docker build");
-        assert!(
-            o.status.success(),
-            "cannot build {HOSTILE}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    });
+    BUILT.get_or_init(|| build_image(HOSTILE, DOCKERFILE, ("ffmpeg", WRAPPER)));
     HOSTILE
+}
+
+/// `docker build` the image `tag` from `dockerfile` and one more file of the build context,
+/// with no network: `FROM isc-ffmpeg:latest`, nothing pulled.
+fn build_image(tag: &str, dockerfile: &str, (name, text): (&str, &str)) {
+    require_engine();
+    let ctx = tempfile::tempdir().expect("tempdir");
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+    std::fs::write(ctx.path().join(name), text).expect("context file");
+    let o = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "--network", "none", "-t", tag])
+        .arg(ctx.path())
+        .output()
+        .expect("docker build");
+    assert!(
+        o.status.success(),
+        "cannot build {tag}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A hostile image of another kind: its shell, when it runs as the worker's main process
@@ -106,23 +110,7 @@ const FLOOD: &str = "isc-flood-test:latest";
 /// Build the flooding image once per test process.
 pub(crate) fn flood_image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        require_engine();
-        let ctx = tempfile::tempdir().expect("tempdir");
-        std::fs::write(ctx.path().join("Dockerfile"), FLOOD_DOCKERFILE).expect("Dockerfile");
-        std::fs::write(ctx.path().join("sh"), FLOOD_SH).expect("sh");
-        let o = Command::new("docker")
-            .env("DOCKER_BUILDKIT", "0")
-            .args(["build", "-q", "--network", "none", "-t", FLOOD])
-            .arg(ctx.path())
-            .output()
-            .expect("docker build");
-        assert!(
-            o.status.success(),
-            "cannot build {FLOOD}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    });
+    BUILT.get_or_init(|| build_image(FLOOD, FLOOD_DOCKERFILE, ("sh", FLOOD_SH)));
     FLOOD
 }
 

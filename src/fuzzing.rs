@@ -1,12 +1,16 @@
 //! Entry points for the fuzz targets in `fuzz/` into code that is private to the crate.
 //!
 //! Everything here calls the code the tool runs, unchanged; it only makes it reachable from the
-//! fuzz crate, which links this library like any other user. The parsers that are public
+//! fuzz crate (and the integration tests), which link this library like any other user. The parsers that are public
 //! already ([`crate::media::walk_boxes`], [`crate::ffmpeg::StderrParser`],
 //! [`crate::preset::parse`], [`crate::cli::parse_size`], ...) are called directly.
 
 use crate::exec::jobserver::{self, Mode, Request, Said};
-use std::path::Path;
+
+/// The job server's script ([`jobserver::SERVER_SCRIPT`]), for the integration tests that run it
+/// in a real worker and speak its protocol by hand.
+pub const JOB_SERVER: &str = jobserver::SERVER_SCRIPT;
+
 use std::sync::Arc;
 
 /// What a mark of this job says ([`jobserver::read_mark`]): `send` with the announced byte
@@ -37,7 +41,6 @@ pub fn jobserver_request(
         token,
         input: None,
         sink: None,
-        output: Path::new("/nonexistent"),
         mounted: None,
         args,
         preset: &preset,

@@ -16,7 +16,6 @@
 
 use crate::state::FileStat;
 use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::Path;
 
 const BLOCK: usize = 1 << 20;
@@ -86,6 +85,12 @@ impl std::ops::DerefMut for Block {
 /// Hash a file, calling `progress` with the bytes read so far after each block.
 pub fn file(path: &Path, progress: impl FnMut(u64)) -> std::io::Result<String> {
     let f = crate::fsopen::open_regular(path)?;
+    read_all(&f, progress)
+}
+
+/// Hash a file already open, from its first byte, with positional reads: the descriptor's
+/// offset, which it may share with another process, is left alone.
+pub fn open_file(f: &std::fs::File, progress: impl FnMut(u64)) -> std::io::Result<String> {
     read_all(f, progress)
 }
 
@@ -99,17 +104,18 @@ pub fn file_stable(
 ) -> std::io::Result<(String, Option<FileStat>)> {
     let f = crate::fsopen::open_regular(path)?;
     let before = FileStat::of(&f.metadata()?);
-    let sha = read_all(f.try_clone()?, progress)?;
+    let sha = read_all(&f, progress)?;
     let after = FileStat::of(&f.metadata()?);
     Ok((sha, (before == after).then_some(before)))
 }
 
-fn read_all(mut f: std::fs::File, mut progress: impl FnMut(u64)) -> std::io::Result<String> {
+fn read_all(f: &std::fs::File, mut progress: impl FnMut(u64)) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
     let mut buf = Block::new(BLOCK);
     let mut h = Hasher::new();
     let mut done = 0u64;
     loop {
-        let n = match f.read(&mut buf) {
+        let n = match f.read_at(&mut buf, done) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod place;
 pub mod plan;
 pub mod preset;
+pub mod random;
 pub mod readback;
 pub mod report;
 pub mod scan;

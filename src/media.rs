@@ -174,18 +174,20 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Check the shape of a finished output file for a given muxer. Returns a reason on failure.
-pub fn check_output_shape(path: &Path, format: &str, mp4_family: bool) -> Result<(), String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot stat output: {e}"))?;
+/// Check the shape of a finished output file, open at offset 0, for a given muxer. Returns a
+/// reason on failure.
+pub fn check_output_shape(f: &mut File, format: &str, mp4_family: bool) -> Result<(), String> {
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot stat output: {e}"))?;
     if !meta.file_type().is_file() {
         return Err("output is not a regular file".into());
     }
     if meta.len() == 0 {
         return Err("output is empty".into());
     }
-    let mut f = File::open(path).map_err(|e| format!("cannot open output: {e}"))?;
     if mp4_family {
-        let walk = walk_boxes(&mut f).map_err(|e| format!("cannot read output: {e}"))?;
+        let walk = walk_boxes(f).map_err(|e| format!("cannot read output: {e}"))?;
         return match walk {
             Walk::NotIsoBmff => Err("output is not an MP4 file".into()),
             Walk::Truncated(b) => Err(format!(
@@ -203,7 +205,7 @@ pub fn check_output_shape(path: &Path, format: &str, mp4_family: bool) -> Result
         };
     }
     let mut head = [0u8; 12];
-    let n = read_up_to(&mut f, &mut head).map_err(|e| format!("cannot read output: {e}"))?;
+    let n = read_up_to(f, &mut head).map_err(|e| format!("cannot read output: {e}"))?;
     let head = &head[..n];
     let ok = match format {
         "webm" | "matroska" => head.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]),
@@ -330,22 +332,25 @@ mod tests {
         assert!(Layout::Mp4Faststart.streams_from_pipe());
     }
 
+    fn shape(path: &Path, format: &str, mp4_family: bool) -> Result<(), String> {
+        check_output_shape(&mut File::open(path).expect("open"), format, mp4_family)
+    }
+
     #[test]
     fn output_shape_rejects_index_last_and_garbage() {
         let dir = tempfile::tempdir().expect("tempdir");
         let last = dir.path().join("last.mp4");
         std::fs::write(&last, mp4(&[(b"ftyp", 16), (b"mdat", 100), (b"moov", 20)])).expect("w");
-        let err = check_output_shape(&last, "mp4", true).expect_err("index last");
+        let err = shape(&last, "mp4", true).expect_err("index last");
         assert!(err.contains("moov after mdat"), "{err}");
         let good = dir.path().join("good.mp4");
         std::fs::write(&good, mp4(&[(b"ftyp", 16), (b"moov", 20), (b"mdat", 100)])).expect("w");
-        check_output_shape(&good, "mp4", true).expect("good");
+        shape(&good, "mp4", true).expect("good");
         let junk = dir.path().join("junk.webm");
         std::fs::write(&junk, b"garbage garbage").expect("w");
-        assert!(check_output_shape(&junk, "webm", false).is_err());
-        let link = dir.path().join("link.mp4");
-        std::os::unix::fs::symlink(&good, &link).expect("symlink");
-        let err = check_output_shape(&link, "mp4", true).expect_err("symlink");
-        assert!(err.contains("regular file"), "{err}");
+        assert!(shape(&junk, "webm", false).is_err());
+        let empty = dir.path().join("empty.mp4");
+        std::fs::write(&empty, b"").expect("w");
+        assert_eq!(shape(&empty, "mp4", true), Err("output is empty".into()));
     }
 }

@@ -14,13 +14,22 @@
 //!   the plan and the rename is still never overwritten;
 //! - replacing a recorded output swaps the new file in (`RENAME_EXCHANGE`) and then checks that
 //!   what came out is the very file that was judged replaceable (same device and inode), putting
-//!   it back otherwise. Without `RENAME_EXCHANGE` a plain rename follows a fresh check.
+//!   it back otherwise. Without `RENAME_EXCHANGE` a plain rename follows a fresh check;
+//! - the temporary file an output is written to is created in that descriptor
+//!   (`O_CREAT | O_EXCL | O_NOFOLLOW`, [`Dir::create_temp`]), and every later look at it goes
+//!   through the folder's descriptor or the file's own ([`Temp`]): the backends are handed the
+//!   open file, never a path to open again. A mounted job's private folder is made and removed
+//!   the same way ([`Dir::create_private_dir`], [`Dir::remove_tree`]).
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+
+/// Prefix of temporary outputs and job folders. Hidden, so scans never pick them up.
+pub const TEMP_PREFIX: &str = ".isc-tmp-";
 
 /// What may stand at an output path for the rename to go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,9 +141,56 @@ pub fn open_dir(root: &Path, dir: &Path) -> Result<Dir, PlaceError> {
 }
 
 impl Dir {
-    /// The folder's path (as opened; for messages and for creating files by path).
+    /// The folder's path (as opened; for messages, and for the engine's bind mounts, which
+    /// take paths).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The folder's descriptor.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// A new temporary file `TEMP_PREFIX<random>.<ext>` in this folder, created on its
+    /// descriptor and never through a link; mode 0o666 less the umask, like any file the user
+    /// creates. Removed when the [`Temp`] is dropped, unless installed.
+    pub fn create_temp(&self, ext: &str) -> Result<Temp, PlaceError> {
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let (name, fd) = self.fresh_name(&format!(".{ext}"), |dir, name| {
+            rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o666))
+        })?;
+        let dir = self.fd.try_clone().map_err(|e| PlaceError::Io {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        Ok(Temp {
+            path: self.path.join(&name),
+            dir,
+            name,
+            file: std::fs::File::from(fd),
+            kept: false,
+        })
+    }
+
+    /// A new private folder in this folder ([`create_private_dir`]).
+    pub fn create_private_dir(&self) -> Result<(OsString, OwnedFd), PlaceError> {
+        create_private_dir(&self.fd, &self.path)
+    }
+
+    fn fresh_name(
+        &self,
+        suffix: &str,
+        make: impl Fn(&OwnedFd, &OsStr) -> Result<OwnedFd, Errno>,
+    ) -> Result<(OsString, OwnedFd), PlaceError> {
+        fresh_name(&self.fd, &self.path, suffix, make)
+    }
+
+    /// Remove `name` in this folder and, if it is a folder, everything in it, without ever
+    /// following a link: what a worker left there may be anything.
+    pub fn remove_tree(&self, name: &OsStr) -> std::io::Result<()> {
+        remove_tree_at(&self.fd, name)
     }
 
     /// Whether `name` in this folder is a regular file (not a link): a file created by path is
@@ -251,6 +307,138 @@ impl Dir {
     }
 }
 
+/// A new private folder `TEMP_PREFIX<random>.d` in the folder `dir` (open; its path is
+/// `dir_path`), mode 0o700 less the umask, open: its name and descriptor. The caller removes it
+/// with [`remove_tree_at`].
+pub fn create_private_dir(
+    dir: &OwnedFd,
+    dir_path: &Path,
+) -> Result<(OsString, OwnedFd), PlaceError> {
+    fresh_name(dir, dir_path, ".d", |dir, name| {
+        rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rustix::fs::openat(dir, name, flags, Mode::empty())
+    })
+}
+
+/// Try random names `TEMP_PREFIX<random><suffix>` in `dir` until `make` creates one (`EEXIST`
+/// means taken).
+fn fresh_name(
+    dir: &OwnedFd,
+    dir_path: &Path,
+    suffix: &str,
+    make: impl Fn(&OwnedFd, &OsStr) -> Result<OwnedFd, Errno>,
+) -> Result<(OsString, OwnedFd), PlaceError> {
+    for _ in 0..16 {
+        let random = crate::random::hex(8).map_err(|e| PlaceError::Io {
+            path: dir_path.to_path_buf(),
+            source: e,
+        })?;
+        let name = OsString::from(format!("{TEMP_PREFIX}{random}{suffix}"));
+        match make(dir, &name) {
+            Ok(fd) => return Ok((name, fd)),
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(io_err(&dir_path.join(&name), e)),
+        }
+    }
+    Err(io_err(dir_path, Errno::EXIST))
+}
+
+/// Remove `name` in `dir` and what it holds, by descriptor, never following a link.
+pub fn remove_tree_at(dir: &OwnedFd, name: &OsStr) -> std::io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR | Errno::PERM) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let sub = rustix::fs::openat(dir, name, flags, Mode::empty())?;
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&sub)? {
+        let entry = entry?;
+        let n = entry.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(OsString::from(std::ffi::OsStr::from_bytes(n)));
+        }
+    }
+    for n in names {
+        remove_tree_at(&sub, &n)?;
+    }
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A temporary output file in an opened folder ([`Dir::create_temp`]). Removed (by name, in
+/// the folder's descriptor) when dropped, unless [`Temp::installed`] says it was renamed away.
+#[derive(Debug)]
+pub struct Temp {
+    dir: OwnedFd,
+    name: OsString,
+    path: PathBuf,
+    file: std::fs::File,
+    kept: bool,
+}
+
+impl Temp {
+    /// Its path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its name in its folder.
+    pub fn name(&self) -> &OsStr {
+        &self.name
+    }
+
+    /// The folder it is in, open.
+    pub fn dir(&self) -> &OwnedFd {
+        &self.dir
+    }
+
+    /// The folder it is in, by path (for the engine's bind mounts and for messages).
+    pub fn dir_path(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The file as created, open for reading and writing.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// A new description of the file under the temporary name now (a backend may have renamed
+    /// another file over it), read-only at offset 0: from the folder's descriptor, never
+    /// through a link, never blocking, and only a regular file.
+    pub fn reopen(&self) -> std::io::Result<std::fs::File> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.dir, &self.name, flags, Mode::empty())?;
+        let st = rustix::fs::fstat(&fd)?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(std::io::Error::other(format!(
+                "{} is {}, not a regular file",
+                self.path.display(),
+                crate::fsopen::type_name(kind)
+            )));
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// The temporary name was renamed to its final one: nothing left to remove.
+    pub fn installed(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = rustix::fs::unlinkat(&self.dir, &self.name, AtFlags::empty());
+        }
+    }
+}
+
 /// The file name part of an output path, as the rename needs it.
 pub fn file_name(path: &Path) -> Result<OsString, PlaceError> {
     path.file_name()
@@ -267,6 +455,60 @@ mod tests {
         let out = t.path().join("out");
         std::fs::create_dir(&out).expect("mkdir");
         (t, out)
+    }
+
+    #[test]
+    fn temp_files_are_made_and_removed_by_descriptor_and_never_through_a_link() {
+        let (_tmp, out) = setup();
+        let dir = open_dir(&out, &out.join("sub")).expect("open");
+        let temp = dir.create_temp("mp4").expect("temp");
+        let name = temp.name().to_os_string();
+        assert!(name.to_string_lossy().starts_with(TEMP_PREFIX));
+        assert!(name.to_string_lossy().ends_with(".mp4"));
+        std::io::Write::write_all(&mut temp.file(), b"bytes").expect("write");
+        assert_eq!(
+            std::fs::read(out.join("sub").join(&name)).expect("read"),
+            b"bytes"
+        );
+        // The folder is swapped for a link after it was opened: the temp file stays in the
+        // folder that was opened, and what is reopened is still that file.
+        std::fs::rename(out.join("sub"), out.join("moved")).expect("mv");
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(elsewhere.path(), out.join("sub")).expect("ln");
+        let mut again = String::new();
+        std::io::Read::read_to_string(&mut temp.reopen().expect("reopen"), &mut again)
+            .expect("read");
+        assert_eq!(again, "bytes");
+        // A link put at the temporary name is never followed.
+        std::fs::remove_file(out.join("moved").join(&name)).expect("rm");
+        std::os::unix::fs::symlink("/etc/hostname", out.join("moved").join(&name)).expect("ln");
+        assert!(temp.reopen().is_err());
+        drop(temp);
+        assert!(
+            std::fs::symlink_metadata(out.join("moved").join(&name)).is_err(),
+            "removed by name in the opened folder"
+        );
+        assert_eq!(std::fs::read_dir(elsewhere.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn a_private_folder_is_removed_whole_without_following_its_links() {
+        let (_tmp, out) = setup();
+        let dir = open_dir(&out, &out).expect("open");
+        let (name, _fd) = dir.create_private_dir().expect("mkdir");
+        let private = out.join(&name);
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("keep"), b"x").expect("w");
+        std::fs::create_dir_all(private.join("a/b")).expect("mkdir");
+        std::fs::write(private.join("a/b/f"), b"y").expect("w");
+        std::os::unix::fs::symlink(outside.path(), private.join("link")).expect("ln");
+        std::os::unix::fs::symlink(outside.path(), private.join("a/link")).expect("ln");
+        dir.remove_tree(&name).expect("remove");
+        assert!(!private.exists());
+        assert_eq!(
+            std::fs::read(outside.path().join("keep")).expect("kept"),
+            b"x"
+        );
     }
 
     #[test]

@@ -24,10 +24,10 @@
 //! read, and only if that identity is the same after ([`hash::file_stable`]).
 
 use crate::hash;
+use crate::place::TEMP_PREFIX;
 use crate::place::{self, Replace};
 use crate::preset::Preset;
 use crate::scan::{Planned, ScanProblem};
-use crate::schedule::TEMP_PREFIX;
 use crate::state::{FileStat, OutputRecord, StateError, Store};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

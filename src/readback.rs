@@ -197,14 +197,6 @@ pub enum Readback {
     AskFfprobe(String),
 }
 
-/// Read an output back for `preset`'s check, given what ffmpeg said of the input.
-pub fn for_check(preset: &Preset, input: &InputInfo, path: &Path) -> Readback {
-    match File::open(path) {
-        Ok(file) => for_check_file(preset, input, &file),
-        Err(e) => Readback::AskFfprobe(ReadbackError::Io(e).to_string()),
-    }
-}
-
 /// [`for_check`] of a file already open.
 pub fn for_check_file(preset: &Preset, input: &InputInfo, file: &File) -> Readback {
     if !preset.is_mp4_family() {

@@ -33,9 +33,6 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Prefix of temporary outputs. Hidden, so scans never pick them up.
-pub const TEMP_PREFIX: &str = ".isc-tmp-";
-
 /// How one file ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -430,20 +427,9 @@ async fn produce<B: Backend>(
             "the file is empty (0 bytes)",
         )));
     }
-    let temp = tempfile::Builder::new()
-        // 0o666 less the umask, like any file the user creates; tempfile's default is 0o600.
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .prefix(TEMP_PREFIX)
-        .suffix(&format!(".{}", job.preset.extension))
-        .tempfile_in(dir.path())
-        .map_err(JobError::Output)?;
-    let temp_name = place::file_name(temp.path()).map_err(|e| JobError::Output(e.into()))?;
-    if !dir.holds_file(&temp_name) {
-        return Err(JobError::Output(std::io::Error::other(format!(
-            "refusing to write outside the output folder: {} was replaced while in use",
-            dir.path().display()
-        ))));
-    }
+    let temp = dir
+        .create_temp(&job.preset.extension)
+        .map_err(|e| JobError::Output(e.into()))?;
 
     let reserved;
     let job = match index_reserve(job).await {
@@ -456,7 +442,7 @@ async fn produce<B: Backend>(
         }
         None => job,
     };
-    let produced = match backend.run(job, temp.path(), ctx).await {
+    let produced = match backend.run(job, &temp, ctx).await {
         // The bound was not enough after all: ffmpeg said so and left the file unfinished. Make
         // it the usual way, with `+faststart`'s second pass.
         Err(e)
@@ -469,13 +455,17 @@ async fn produce<B: Backend>(
                 index_reserve: None,
                 ..job.clone()
             };
-            backend.run(&plain, temp.path(), ctx).await?
+            backend.run(&plain, &temp, ctx).await?
         }
         other => other?,
     };
 
     let preset = &job.preset;
-    media::check_output_shape(temp.path(), &preset.format, preset.is_mp4_family()).map_err(
+    // What stands under the temporary name now: a backend may have put another file there (a
+    // mounted job renames its output over the temporary one), and that file is the one that
+    // is checked and must be durable.
+    let mut result = temp.reopen().map_err(JobError::Output)?;
+    media::check_output_shape(&mut result, &preset.format, preset.is_mp4_family()).map_err(
         |reason| JobError::Verify {
             reason,
             tail: vec![],
@@ -491,9 +481,7 @@ async fn produce<B: Backend>(
         reason,
         tail: vec![],
     })?;
-    let on_disk = std::fs::metadata(temp.path())
-        .map_err(JobError::Output)?
-        .len();
+    let on_disk = result.metadata().map_err(JobError::Output)?.len();
     if on_disk != produced.bytes_out {
         return Err(JobError::Verify {
             reason: format!(
@@ -503,19 +491,14 @@ async fn produce<B: Backend>(
             tail: vec![],
         });
     }
-    // By path: a backend may have put another file there (a mounted job renames its output
-    // over the temporary one), and that file is the one that must be durable.
-    std::fs::File::open(temp.path())
-        .and_then(|f| f.sync_all())
-        .map_err(JobError::Output)?;
+    result.sync_all().map_err(JobError::Output)?;
     if file_stat(&job.input).as_ref() != Some(input_stat) {
         return Err(changed("while it was transcoded"));
     }
-    let temp = temp.into_temp_path();
-    dir.install(&temp_name, &name, replace)
+    dir.install(temp.name(), &name, replace)
         .map_err(|e| JobError::Output(e.into()))?;
     // In place under its final name: the temporary name is gone, nothing to delete.
-    let _ = temp.keep();
+    temp.installed();
     Ok(produced)
 }
 

@@ -47,6 +47,7 @@ use super::transport::{self, Endpoint, TlsEnv};
 use super::{Backend, JobCtx, JobError, JobSpec, JobTimeout, Produced, Transfer};
 use crate::ffmpeg::StderrParser;
 use crate::media;
+use crate::place::Temp;
 use crate::preset;
 use bollard::Docker;
 use bollard::models::{
@@ -59,7 +60,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1048,7 +1049,7 @@ impl DockerBackend {
         &self,
         worker: &mut Worker,
         job: &JobSpec,
-        out: &Path,
+        out: &Temp,
         ctx: &JobCtx,
     ) -> Result<Produced, JobError> {
         let input_path = job.input.clone();
@@ -1084,7 +1085,6 @@ impl DockerBackend {
                     token: "-",
                     input: Some((&job.input, size)),
                     sink: Some(out),
-                    output: out,
                     mounted: None,
                     args: job.ffmpeg_args(&input_arg, &out_name),
                     preset: &job.preset,
@@ -1120,17 +1120,25 @@ impl DockerBackend {
     async fn run_mounted(
         &self,
         job: &JobSpec,
-        out: &Path,
+        out: &Temp,
         ctx: &JobCtx,
     ) -> Result<Result<Produced, JobError>, String> {
         let input = job
             .input
             .canonicalize()
             .map_err(|e| format!("{}: {e}", job.input.display()))?;
-        if let Err(e) = crate::fsopen::open_regular(&input) {
-            return Ok(Err(JobError::Input(e)));
-        }
-        let parent = out.parent().unwrap_or(Path::new("."));
+        // The file judged here is the one the worker must see: its identity goes with the job,
+        // and the job server refuses a mount that shows anything else (a path swapped for
+        // another file, a FIFO, or a link after this check). Its hash is read from this
+        // descriptor, not from the path again.
+        let opened = match crate::fsopen::open_regular(&input) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(JobError::Input(e))),
+        };
+        let identity = match rustix::fs::fstat(&opened) {
+            Ok(st) => format!("{}:{}", st.st_dev, st.st_ino),
+            Err(e) => return Ok(Err(JobError::Input(e.into()))),
+        };
         let root = rustix::process::geteuid().is_root();
         let (uid, gid) = worker_user();
         if !readable_by(&input, uid, gid) {
@@ -1139,30 +1147,37 @@ impl DockerBackend {
                 input.display()
             ));
         }
-        let dir = tempfile::Builder::new()
-            .prefix(crate::schedule::TEMP_PREFIX)
-            .suffix(".d")
-            .tempdir_in(parent)
-            .map_err(|e| format!("cannot create a job folder in {}: {e}", parent.display()))?;
+        let folder = PrivateDir::create(out).map_err(|e| {
+            format!(
+                "cannot create a job folder next to {}: {e}",
+                out.path().display()
+            )
+        })?;
         let prepared = (|| {
             let token = super::random_hex(16)?;
-            std::fs::write(dir.path().join(".isc-probe"), &token)?;
-            // Everything the host does in the folder from now on goes through this descriptor,
-            // never through a path the worker could have turned into a link.
-            let flags = rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
+            let flags = rustix::fs::OFlags::WRONLY
+                | rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::EXCL
                 | rustix::fs::OFlags::NOFOLLOW
                 | rustix::fs::OFlags::CLOEXEC;
-            let fd = rustix::fs::open(dir.path(), flags, rustix::fs::Mode::empty())?;
+            let probe = rustix::fs::openat(
+                &folder.fd,
+                ".isc-probe",
+                flags,
+                rustix::fs::Mode::from_raw_mode(0o644),
+            )?;
+            std::io::Write::write_all(&mut std::fs::File::from(probe), token.as_bytes())?;
             if root {
                 let owner = Some(rustix::fs::Uid::from_raw(uid));
                 let group = Some(rustix::fs::Gid::from_raw(gid));
-                rustix::fs::fchown(&fd, owner, group)?;
+                rustix::fs::fchown(&folder.fd, owner, group)?;
             }
-            Ok::<_, std::io::Error>((token, fd))
+            Ok::<_, std::io::Error>(token)
         })();
-        let (token, dir_fd) =
-            prepared.map_err(|e| format!("cannot prepare {}: {e}", dir.path().display()))?;
+        let token =
+            prepared.map_err(|e| format!("cannot prepare {}: {e}", folder.path.display()))?;
+        let token = format!("{token}/{identity}");
+        let dir_fd = &folder.fd;
         let in_ext = input_ext(&job.input);
         let mounts = vec![
             Mount {
@@ -1174,7 +1189,7 @@ impl DockerBackend {
             },
             Mount {
                 target: Some("/out".to_string()),
-                source: Some(dir.path().to_string_lossy().into_owned()),
+                source: Some(folder.path.to_string_lossy().into_owned()),
                 typ: Some(MountType::BIND),
                 read_only: Some(false),
                 ..Default::default()
@@ -1195,11 +1210,13 @@ impl DockerBackend {
         // The input's hash, when the plan did not need it, is taken on another core while
         // ffmpeg works: the file is read once more, but not on the job's critical path.
         let input_hash = job.input_sha256.is_none().then(|| {
-            let (path, hash_ctx) = (job.input.clone(), ctx.clone());
-            tokio::task::spawn_blocking(move || crate::hash::file(&path, |_| hash_ctx.touch()))
+            let hash_ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::hash::open_file(&opened, |_| hash_ctx.touch())
+            })
         });
         let result = tokio::select! {
-            r = self.mounted_job(&mut worker, job, &in_ext, (dir.path(), &dir_fd), out, &token, ctx) => r,
+            r = self.mounted_job(&mut worker, job, &in_ext, dir_fd, out, &token, ctx) => r,
             _ = ctx.cancel.cancelled() => Ok(Err(JobError::Cancelled)),
         };
         if matches!(result, Ok(Ok(_))) {
@@ -1233,19 +1250,18 @@ impl DockerBackend {
         worker: &mut Worker,
         job: &JobSpec,
         in_ext: &str,
-        (dir, dir_fd): (&Path, &std::os::fd::OwnedFd),
-        out: &Path,
+        dir_fd: &std::os::fd::OwnedFd,
+        out: &Temp,
         token: &str,
         ctx: &JobCtx,
     ) -> Result<Result<Produced, JobError>, String> {
         let out_name = format!("/out/out.{}", job.preset.extension);
         let name = format!("out.{}", job.preset.extension);
-        let produced = dir.join(&name);
         ctx.started(job.id, &self.engine.host, Transfer::Mount);
-        let writeback = job
-            .index_reserve
-            .is_some()
-            .then(|| EarlyWriteback::start(produced.clone()));
+        let writeback = match (job.index_reserve, dir_fd.try_clone()) {
+            (Some(_), Ok(fd)) => Some(EarlyWriteback::start(fd, name.clone())),
+            _ => None,
+        };
         let served = worker
             .session
             .serve(
@@ -1256,7 +1272,6 @@ impl DockerBackend {
                     token,
                     input: None,
                     sink: None,
-                    output: &produced,
                     mounted: Some((dir_fd, &name)),
                     args: job.ffmpeg_args(&format!("/in/input.{in_ext}"), &out_name),
                     preset: &job.preset,
@@ -1297,10 +1312,14 @@ impl DockerBackend {
                 .map_err(|e| JobError::Output(std::io::Error::other(e)))?
                 .map_err(JobError::Output)?;
             let root = rustix::process::geteuid().is_root();
-            let (out, name) = (out.to_path_buf(), name.clone());
+            let name = name.clone();
+            let (out_dir, out_name) = (
+                out.dir().try_clone().map_err(JobError::Output)?,
+                out.name().to_os_string(),
+            );
             let dir_fd = dir_fd.try_clone().map_err(JobError::Output)?;
             // Take the file over (as root: give it back to root) by its descriptor, and move
-            // it to the caller's temporary path by its name in the folder's descriptor.
+            // it over the caller's temporary file, by names in the two folders' descriptors.
             tokio::task::spawn_blocking(move || {
                 if root {
                     rustix::fs::fchown(
@@ -1309,12 +1328,9 @@ impl DockerBackend {
                         Some(rustix::fs::Gid::ROOT),
                     )?;
                 }
-                rustix::fs::renameat(&dir_fd, name.as_str(), rustix::fs::CWD, &out)?;
-                let moved = rustix::fs::statat(
-                    rustix::fs::CWD,
-                    &out,
-                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-                )?;
+                rustix::fs::renameat(&dir_fd, name.as_str(), &out_dir, &out_name)?;
+                let moved =
+                    rustix::fs::statat(&out_dir, &out_name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
                 let held = rustix::fs::fstat(&*file)?;
                 if (moved.st_dev, moved.st_ino) != (held.st_dev, held.st_ino) {
                     return Err(std::io::Error::other(
@@ -1344,6 +1360,40 @@ impl DockerBackend {
             output_sha256,
             ffmpeg_version: served.parser.ffmpeg_version.clone(),
         }))
+    }
+}
+
+/// A mounted job's private folder next to its temporary output, made and removed through the
+/// output folder's descriptor ([`crate::place::Dir::create_private_dir`]); the path is only for
+/// the engine's bind mount and for messages.
+struct PrivateDir {
+    parent: std::os::fd::OwnedFd,
+    name: std::ffi::OsString,
+    fd: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    fn create(next_to: &Temp) -> Result<PrivateDir, crate::place::PlaceError> {
+        let (name, fd) = crate::place::create_private_dir(next_to.dir(), next_to.dir_path())?;
+        Ok(PrivateDir {
+            path: next_to.dir_path().join(&name),
+            parent: next_to
+                .dir()
+                .try_clone()
+                .map_err(|e| crate::place::PlaceError::Io {
+                    path: next_to.dir_path().to_path_buf(),
+                    source: e,
+                })?,
+            name,
+            fd,
+        })
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = crate::place::remove_tree_at(&self.parent, &self.name);
     }
 }
 
@@ -1418,7 +1468,7 @@ impl Backend for DockerBackend {
         format!("docker {}", self.engine.host)
     }
 
-    async fn run(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
+    async fn run(&self, job: &JobSpec, out: &Temp, ctx: &JobCtx) -> Result<Produced, JobError> {
         super::within_timeout(self.job_timeout, job, ctx, |ctx| async move {
             self.run_job(job, out, &ctx).await
         })
@@ -1454,7 +1504,7 @@ impl Backend for DockerBackend {
 
 impl DockerBackend {
     /// One job, mounted or streamed.
-    async fn run_job(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
+    async fn run_job(&self, job: &JobSpec, out: &Temp, ctx: &JobCtx) -> Result<Produced, JobError> {
         if self.wants_mount(job, ctx) {
             match self.run_mounted(job, out, ctx).await {
                 Ok(result) => return result,

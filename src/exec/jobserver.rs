@@ -49,6 +49,7 @@
 use super::{Checker, IO_BUFFER, JobCtx, JobError, decoded_seconds, finish_stderr, pump_stderr};
 use crate::ffmpeg::{Probe, StderrParser};
 use crate::hash::Hasher;
+use crate::place::Temp;
 use crate::preset::Preset;
 use bollard::container::LogOutput;
 use futures_util::StreamExt;
@@ -76,7 +77,9 @@ while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
   done
   if [ "$mode" = mount ]; then
     t=; read -r t < /out/.isc-probe 2>/dev/null
-    [ "$t" = "$token" ] && [ -w /out ] || { echo "@isc:$nonce:stage=mount" >&2; fail 75; }
+    [ "$t" = "${token%%/*}" ] && [ -w /out ] && [ -f "/in/input.$in_ext" ] &&
+      [ "$(stat -c %d:%i "/in/input.$in_ext")" = "${token#*/}" ] ||
+      { echo "@isc:$nonce:stage=mount" >&2; fail 75; }
   fi
   if [ -z "$d" ]; then
     cd "$base" || { echo "@isc:$nonce:stage=scratch" >&2; fail 70; }
@@ -173,15 +176,17 @@ pub(crate) struct Request<'a> {
     pub mode: Mode,
     pub in_ext: &'a str,
     pub out_name: &'a str,
-    /// The mount proof (mount mode), else `-`.
+    /// Mount mode: `PROOF/DEV:INO`, the random proof written into the private output folder
+    /// (`.isc-probe`) and the device and inode of the input as this machine opened it; the
+    /// server runs the job only if its `/out` holds the proof and its `/in/input.EXT` is a
+    /// regular file with that identity, so a path swapped between this machine's check and the
+    /// engine's bind mount (for another file, a FIFO, a link) is refused. Else `-`.
     pub token: &'a str,
     /// The file to stream in (pipe and spool modes) and its size.
     pub input: Option<(&'a Path, u64)>,
-    /// Where the streamed output goes (pipe and spool modes).
-    pub sink: Option<&'a Path>,
-    /// Where the output lies on this machine once it has arrived: the sink, or the mounted
-    /// output folder's file.
-    pub output: &'a Path,
+    /// Where the streamed output goes (pipe and spool modes): written through its descriptor,
+    /// read back through a fresh one ([`Temp::reopen`]).
+    pub sink: Option<&'a Temp>,
     /// Mount mode: the private output folder, open, and the output's name in it: the output is
     /// only ever opened from there, never by path ([`open_result`]).
     pub mounted: Option<(&'a OwnedFd, &'a str)>,
@@ -293,11 +298,9 @@ impl Session {
         let mut input_sha256 = None;
 
         let mut sink = match req.sink {
-            Some(path) => Some(tokio::io::BufWriter::with_capacity(
+            Some(temp) => Some(tokio::io::BufWriter::with_capacity(
                 IO_BUFFER,
-                tokio::fs::File::create(path)
-                    .await
-                    .map_err(JobError::Output)?,
+                tokio::fs::File::from_std(temp.file().try_clone().map_err(JobError::Output)?),
             )),
             None => None,
         };
@@ -323,13 +326,16 @@ impl Session {
                 if let Some(mut s) = sink.take() {
                     s.flush().await.map_err(JobError::Output)?;
                 }
-                let settled = match req.mounted {
-                    Some((dir, name)) => {
-                        let file = Arc::new(open_result(dir, name)?);
-                        super::read_back_file(req.preset, &parser, file).await?
+                let file = match (req.mounted, req.sink) {
+                    (Some((dir, name)), _) => open_result(dir, name)?,
+                    (None, Some(temp)) => temp.reopen().map_err(JobError::Output)?,
+                    (None, None) => {
+                        return Err(JobError::Output(std::io::Error::other(
+                            "a job with neither a mounted folder nor a sink",
+                        )));
                     }
-                    None => super::read_back(req.preset, &parser, req.output).await?,
                 };
+                let settled = super::read_back_file(req.preset, &parser, Arc::new(file)).await?;
                 let answer = match settled {
                     Some(probe) => {
                         self.answer(format!("done {nonce}\n").as_bytes()).await?;
@@ -593,8 +599,9 @@ impl EarlyWriteback {
     /// How often the file's dirty pages are sent to disk.
     const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-    /// Start writing `path` back as it grows; it need not exist yet.
-    pub fn start(path: PathBuf) -> EarlyWriteback {
+    /// Start writing the file `name` in the folder `dir` back as it grows; it need not exist
+    /// yet.
+    pub fn start(dir: OwnedFd, name: String) -> EarlyWriteback {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         // A thread of its own, not the runtime's blocking pool: a run that ends must not wait
         // for it, and a dropped guard ends it at once.
@@ -607,14 +614,7 @@ impl EarlyWriteback {
                 {
                     if file.is_none() {
                         // What the worker made is never opened through a link, nor as a FIFO.
-                        let flags = rustix::fs::OFlags::RDONLY
-                            | rustix::fs::OFlags::NOFOLLOW
-                            | rustix::fs::OFlags::NONBLOCK
-                            | rustix::fs::OFlags::CLOEXEC;
-                        file = rustix::fs::open(&path, flags, rustix::fs::Mode::empty())
-                            .ok()
-                            .map(std::fs::File::from)
-                            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+                        file = open_result(&dir, &name).ok();
                     }
                     if let Some(f) = &file {
                         let _ = f.sync_data();
@@ -702,7 +702,6 @@ mod tests {
             token: "-",
             input: None,
             sink: None,
-            output: Path::new("/nonexistent"),
             mounted: None,
             args,
             preset,

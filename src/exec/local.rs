@@ -12,8 +12,10 @@ use super::{
 };
 use crate::ffmpeg::{Probe, StderrParser};
 use crate::hash;
+use crate::place::Temp;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
@@ -54,20 +56,8 @@ pub fn which(program: &str) -> Option<PathBuf> {
         })
 }
 
-fn open(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
-    if write {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(path)
-    } else {
-        crate::fsopen::open_regular(path)
-    }
-}
-
-/// Probe a file with the local ffprobe, handing it over as stdin.
-pub async fn probe_file(ffprobe: &Path, file: &Path) -> Result<Probe, JobError> {
-    let stdin = open(file, false).map_err(JobError::Output)?;
+/// Probe a file, open at offset 0, with the local ffprobe, handing it over as stdin.
+pub async fn probe_file(ffprobe: &Path, stdin: std::fs::File) -> Result<Probe, JobError> {
     let out = Command::new(ffprobe)
         .args([
             "-v",
@@ -108,7 +98,7 @@ impl Backend for LocalBackend {
         format!("local {}", self.ffmpeg.display())
     }
 
-    async fn run(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
+    async fn run(&self, job: &JobSpec, out: &Temp, ctx: &JobCtx) -> Result<Produced, JobError> {
         super::within_timeout(self.job_timeout, job, ctx, |ctx| async move {
             self.run_job(job, out, &ctx).await
         })
@@ -119,9 +109,11 @@ impl Backend for LocalBackend {
 }
 
 impl LocalBackend {
-    async fn run_job(&self, job: &JobSpec, out: &Path, ctx: &JobCtx) -> Result<Produced, JobError> {
-        let stdin = open(&job.input, false).map_err(JobError::Input)?;
-        let stdout = open(out, true).map_err(JobError::Output)?;
+    async fn run_job(&self, job: &JobSpec, out: &Temp, ctx: &JobCtx) -> Result<Produced, JobError> {
+        let stdin = crate::fsopen::open_regular(&job.input).map_err(JobError::Input)?;
+        // The input that is hashed is the file ffmpeg reads, not whatever the path names later.
+        let input = stdin.try_clone().map_err(JobError::Input)?;
+        let stdout = out.file().try_clone().map_err(JobError::Output)?;
         let mut child = Command::new(&self.ffmpeg)
             .args(job.ffmpeg_args("file:/dev/stdin", "file:/dev/stdout"))
             .stdin(stdin)
@@ -136,10 +128,10 @@ impl LocalBackend {
         ctx.started(job.id, "local", Transfer::Direct);
         // ffmpeg reads the file itself here (it must be able to seek), so the hash needs a read
         // of its own; it runs alongside ffmpeg and mostly hits the page cache.
-        let input_hash = job.input_sha256.is_none().then(|| {
-            let path = job.input.clone();
-            tokio::task::spawn_blocking(move || hash::file(&path, |_| {}))
-        });
+        let input_hash = job
+            .input_sha256
+            .is_none()
+            .then(|| tokio::task::spawn_blocking(move || hash::open_file(&input, |_| {})));
         let mut stderr = child.stderr.take().ok_or_else(|| JobError::Spawn {
             program: self.ffmpeg.display().to_string(),
             source: std::io::Error::other("no stderr pipe"),
@@ -169,11 +161,16 @@ impl LocalBackend {
                 &parser,
             ));
         }
-        let (probe, checked_by) = match super::read_back(&job.preset, &parser, out).await? {
-            Some(probe) => (probe, Checker::Index),
-            None => (probe_file(&self.ffprobe, out).await?, Checker::Ffprobe),
-        };
-        let bytes_out = std::fs::metadata(out).map_err(JobError::Output)?.len();
+        let result = Arc::new(out.reopen().map_err(JobError::Output)?);
+        let (probe, checked_by) =
+            match super::read_back_file(&job.preset, &parser, result.clone()).await? {
+                Some(probe) => (probe, Checker::Index),
+                None => (
+                    probe_file(&self.ffprobe, out.reopen().map_err(JobError::Output)?).await?,
+                    Checker::Ffprobe,
+                ),
+            };
+        let bytes_out = result.metadata().map_err(JobError::Output)?.len();
         let input_sha256 = match input_hash {
             Some(h) => Some(
                 h.await
@@ -182,8 +179,7 @@ impl LocalBackend {
             ),
             None => None,
         };
-        let out_path = out.to_path_buf();
-        let output_sha256 = tokio::task::spawn_blocking(move || hash::file(&out_path, |_| {}))
+        let output_sha256 = tokio::task::spawn_blocking(move || hash::open_file(&result, |_| {}))
             .await
             .map_err(|e| JobError::Output(std::io::Error::other(e)))?
             .map_err(JobError::Output)?;

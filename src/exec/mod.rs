@@ -16,31 +16,18 @@ pub mod local;
 pub mod transport;
 
 use crate::ffmpeg::{InputInfo, Probe, Progress, StderrParser};
+use crate::place::Temp;
 use crate::preset::Preset;
 use crate::report::Event;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-/// `bytes` random bytes from the operating system (`getrandom(2)`), as lowercase hex: for the
-/// job server's nonces and the client's id, which must not be guessable from anything a worker
-/// or an input can see (a clock, a pid).
-pub(crate) fn random_hex(bytes: usize) -> std::io::Result<String> {
-    let mut buf = vec![0u8; bytes];
-    let mut filled = 0;
-    while filled < bytes {
-        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
-            Ok(n) => filled += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
+pub(crate) use crate::random::hex as random_hex;
 
 /// Read and write buffer size for streaming media. Measured on the engine: 1 MiB buffers move
 /// data about twice as fast as tokio's default 8 KiB.
@@ -437,14 +424,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Where jobs run, for messages: `docker unix:///var/run/docker.sock`, `local`.
     fn describe(&self) -> String;
 
-    /// Run one job, writing the output bytes to `out` (a temporary file the caller owns).
+    /// Run one job, writing the output bytes to `out`: a temporary file the caller made in the
+    /// output folder, open. A backend writes through that descriptor (or, for a mounted job,
+    /// renames its result over the temporary name in the folder's descriptor) and never opens
+    /// the temporary file by path.
     ///
     /// On cancellation the backend stops ffmpeg and cleans up what it created (containers),
     /// then returns [`JobError::Cancelled`].
     fn run(
         &self,
         job: &JobSpec,
-        out: &Path,
+        out: &Temp,
         ctx: &JobCtx,
     ) -> impl Future<Output = Result<Produced, JobError>> + Send;
 
@@ -458,30 +448,10 @@ pub trait Backend: Send + Sync + 'static {
     fn abandon(&self) -> impl Future<Output = ()> + Send;
 }
 
-/// Read back an output that ffmpeg, as `parser` heard it, made with success: `Some` probe when
+/// Read back an output that ffmpeg, as `parser` heard it, made with success, open at offset 0: `Some` probe when
 /// its index settles the preset's check ([`crate::readback`]), `None` when ffprobe must answer,
 /// an error when the index shows the output is broken, or when ffmpeg said it could not finish
 /// the file although it exited 0 ([`StderrParser::unfinished`]).
-pub(crate) async fn read_back(
-    preset: &Arc<Preset>,
-    parser: &StderrParser,
-    path: &Path,
-) -> Result<Option<Probe>, JobError> {
-    if let Some(cause) = parser.unfinished() {
-        return Err(JobError::Unfinished {
-            cause: cause.to_string(),
-            tail: parser.tail(),
-        });
-    }
-    let (preset, input, path) = (preset.clone(), parser.input.clone(), path.to_path_buf());
-    let verdict =
-        tokio::task::spawn_blocking(move || crate::readback::for_check(&preset, &input, &path))
-            .await
-            .map_err(|e| JobError::Output(std::io::Error::other(e)))?;
-    settle_verdict(verdict, parser)
-}
-
-/// [`read_back`] of an output already open ([`jobserver::open_result`]).
 pub(crate) async fn read_back_file(
     preset: &Arc<Preset>,
     parser: &StderrParser,

@@ -4,6 +4,7 @@
 mod cron;
 mod hostile;
 mod inputs;
+mod jobserver;
 mod outputs;
 mod pipeline;
 mod presets;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every fuzz target in fuzz/ for a bounded time; fail if any of them finds a crash, a
-# panic, a hang or a runaway allocation.
+# panic, a hang or a runaway allocation (exit 1); a target that cannot be built or started is
+# reported as such, not as a finding (exit 2).
 #
 #   scripts/fuzz.sh                 every target, 60 s each
 #   scripts/fuzz.sh 300             every target, 300 s each
@@ -42,6 +43,7 @@ cargo fuzz build "${build[@]}" "${only[@]}"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 failed=()
+broken=()
 printf '%-18s %8s %14s  %s\n' target seconds executions result
 for t in "${targets[@]}"; do
     mkdir -p "$scratch/$t" "artifacts/$t" "corpus/$t"
@@ -54,6 +56,10 @@ for t in "${targets[@]}"; do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$scratch/$t.log" | tail -n1)
     if [ "$rc" -eq 0 ]; then
         result=ok
+    elif ! grep -q '^INFO: Seed:' "$scratch/$t.log"; then
+        # libFuzzer never started: a build or setup failure, not something the target found.
+        result="DID NOT RUN (exit $rc)"
+        broken+=("$t")
     else
         result="FAILED (exit $rc)"
         failed+=("$t")
@@ -66,8 +72,12 @@ for t in "${targets[@]}"; do
         done
     fi
 done
+if [ ${#broken[@]} -gt 0 ]; then
+    echo "fuzz: ${#broken[@]} target(s) did not run (see the log above): ${broken[*]}" >&2
+fi
 if [ ${#failed[@]} -gt 0 ]; then
     echo "fuzz: ${#failed[@]} target(s) found a crash: ${failed[*]}" >&2
     exit 1
 fi
+[ ${#broken[@]} -eq 0 ] || exit 2
 echo "fuzz: ${#targets[@]} target(s), ${secs} s each: no crash"

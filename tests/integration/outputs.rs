@@ -283,24 +283,37 @@ fn links_planted_in_out_lead_no_write_outside_it() {
     );
 }
 
-/// Rewrite the last `payload.len()` bytes of `path` in place: same size, new bytes and mtime.
-fn edit_tail_in_place(path: &Path, payload: &[u8]) {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .expect("open for writing");
-    f.seek(SeekFrom::End(-(payload.len() as i64)))
-        .expect("seek");
-    f.write_all(payload).expect("write");
-    f.sync_all().expect("sync");
-}
+/// An ffmpeg that starts on a mounted input only once its last 8 bytes read `EDITED!!`: a job
+/// is sure to be running, its input already read for its hash, when the test edits the file.
+const EDIT_WAIT_WRAPPER: &str = r#"#!/bin/sh
+for a in "$@"; do
+  case $a in /in/input.*) in=$a ;; esac
+done
+if [ -n "$in" ]; then
+  while [ "$(tail -c 8 "$in")" != 'EDITED!!' ]; do sleep 0.05; done
+fi
+exec /usr/bin/ffmpeg "$@"
+"#;
+
+const EDIT_WAIT_DOCKERFILE: &str = r#"FROM isc-ffmpeg:latest
+USER root
+COPY ffmpeg /usr/local/bin/ffmpeg
+RUN chmod 0755 /usr/local/bin/ffmpeg
+USER 65534:65534
+"#;
+
+const EDIT_WAIT: &str = "isc-edit-wait-test:latest";
 
 // Regression: an input edited in place (same size) while its job ran was cached under its new
 // identity with the hash of its old bytes, so the next run skipped it as done.
 #[test]
 fn an_input_edited_during_its_job_is_never_recorded_as_done_and_runs_again() {
     require_engine();
+    crate::worker::build_image(
+        EDIT_WAIT,
+        EDIT_WAIT_DOCKERFILE,
+        ("ffmpeg", EDIT_WAIT_WRAPPER),
+    );
     let tmp = tempfile::tempdir().expect("tempdir");
     let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
     std::fs::create_dir_all(&input).expect("mkdir");
@@ -312,7 +325,8 @@ fn an_input_edited_during_its_job_is_never_recorded_as_done_and_runs_again() {
     let size = std::fs::metadata(&clip).expect("m").len();
 
     let mut child = bin()
-        .args(["--backend", "docker", "-p", "h264"])
+        .args(["--backend", "docker", "-p", "h264", "--transfer", "mount"])
+        .args(["--image", EDIT_WAIT])
         .arg(&clip)
         .arg("-o")
         .arg(&out)
@@ -321,20 +335,15 @@ fn an_input_edited_during_its_job_is_never_recorded_as_done_and_runs_again() {
         .spawn()
         .expect("start");
     let end = Instant::now() + Duration::from_secs(60);
-    while temp_files(&out).is_empty() {
+    while !runs_in(EDIT_WAIT, "/usr/local/bin/ffmpeg") {
         assert!(Instant::now() < end, "the job never started");
         assert!(
             child.try_wait().expect("wait").is_none(),
             "ended before the edit"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    edit_tail_in_place(&clip, b"isc-test 2");
-    assert!(
-        child.try_wait().expect("wait").is_none(),
-        "edited while the job ran"
-    );
+    edit_tail_in_place(&clip, b"EDITED!!");
     let o = child.wait_with_output().expect("wait");
     eprintln!("{}\n{}", stdout(&o), stderr(&o));
     let now_sha = sha256(&clip);
@@ -345,8 +354,8 @@ fn an_input_edited_during_its_job_is_never_recorded_as_done_and_runs_again() {
         std::os::unix::fs::MetadataExt::mtime(&m) * 1_000_000_000
             + std::os::unix::fs::MetadataExt::mtime_nsec(&m),
     );
-    // Not the old bytes' hash, and not the new bytes' hash either: the job read (some of) the
-    // old bytes, so its output is not the new content's.
+    // Not the old bytes' hash, and not the new bytes' hash either: the job's input was hashed
+    // before the edit, so nothing it made is known to be the new content's.
     let cached: Vec<_> = stat_cache(&out)
         .into_iter()
         .filter(|(i, t, _)| *i == ino && *t == mtime)

@@ -264,6 +264,30 @@ pub fn containers_for(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Containers of `image` on the engine, running or not, whoever made them.
+pub fn containers_of(image: &str) -> Vec<String> {
+    let o = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("ancestor={image}"))
+        .output()
+        .expect("docker ps");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a container of `image` runs a process whose command line contains `what`.
+pub fn runs_in(image: &str, what: &str) -> bool {
+    containers_of(image).iter().any(|c| {
+        Command::new("docker")
+            .args(["top", c])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(what))
+    })
+}
+
 /// Every file under `dir`, recursively, relative to it, leaving out the state folder.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = walk(dir)
@@ -445,4 +469,17 @@ pub fn distinct_copy(from: &Path, to: &Path, n: usize) {
     data.extend_from_slice(b"free");
     data.extend_from_slice(payload.as_bytes());
     std::fs::write(to, data).expect("write");
+}
+
+/// Rewrite the last `payload.len()` bytes of `path` in place: same size, new bytes and mtime.
+pub fn edit_tail_in_place(path: &Path, payload: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for writing");
+    f.seek(SeekFrom::End(-(payload.len() as i64)))
+        .expect("seek");
+    f.write_all(payload).expect("write");
+    f.sync_all().expect("sync");
 }

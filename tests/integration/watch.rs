@@ -723,3 +723,202 @@ fn watch_changes_failures_and_a_second_signal() {
     assert!(containers_gone(&out), "{:?}", containers_for(&out));
     assert!(!out.join("long2.mp4").exists());
 }
+
+/// An ffmpeg that holds every job whose mounted input does not end in `EDITED!!` until its
+/// container is removed, and hands the others to the real ffmpeg: a job on the file as it was
+/// copied in is still running when the test edits it, whatever the timing.
+const EDIT_HOLD_WRAPPER: &str = r#"#!/bin/sh
+for a in "$@"; do
+  case $a in /in/input.*) in=$a ;; esac
+done
+if [ -n "$in" ] && [ "$(tail -c 8 "$in")" != 'EDITED!!' ]; then
+  exec sleep 600
+fi
+exec /usr/bin/ffmpeg "$@"
+"#;
+
+const EDIT_HOLD_DOCKERFILE: &str = r#"FROM isc-ffmpeg:latest
+USER root
+COPY ffmpeg /usr/local/bin/ffmpeg
+RUN chmod 0755 /usr/local/bin/ffmpeg
+USER 65534:65534
+"#;
+
+const EDIT_HOLD: &str = "isc-edit-hold-test:latest";
+
+fn edit_hold_image() -> &'static str {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        crate::worker::build_image(
+            EDIT_HOLD,
+            EDIT_HOLD_DOCKERFILE,
+            ("ffmpeg", EDIT_HOLD_WRAPPER),
+        )
+    });
+    EDIT_HOLD
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+// Regression guard: with `--on-success delete`, an input edited in place (same size, new mtime)
+// while its job runs must be neither skipped as done nor deleted on the strength of a job that
+// read the old bytes.
+#[test]
+fn watch_deletes_an_input_edited_during_its_job_only_after_transcoding_the_new_bytes() {
+    require_engine();
+    let image = edit_hold_image();
+    assert!(containers_of(image).is_empty(), "left from before");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let mut d = Daemon::start(
+        &input,
+        &out,
+        &[
+            "--image",
+            image,
+            "--transfer",
+            "mount",
+            "-p",
+            "copy",
+            "--on-success",
+            "delete",
+            "--settle",
+            "1",
+            "--retries",
+            "0",
+        ],
+    );
+
+    let original = std::fs::read(samples().join("faststart.mp4")).expect("sample");
+    let mut edited = original.clone();
+    let tail = edited.len() - 8;
+    edited[tail..].copy_from_slice(b"EDITED!!");
+    let clip = input.join("clip.mp4");
+    std::fs::write(&clip, &original).expect("write");
+    d.wait_for("the first job", Duration::from_secs(60), |d| {
+        !d.about("job started", &clip).is_empty()
+    });
+    let end = Instant::now() + Duration::from_secs(60);
+    while !runs_in(image, "sleep 600") {
+        assert!(Instant::now() < end, "the first job's ffmpeg never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = identity(&clip);
+    edit_tail_in_place(&clip, b"EDITED!!");
+    let after = identity(&clip);
+    assert_eq!(before.0, after.0, "edited in place");
+    assert_ne!(before.1, after.1, "a new mtime");
+    assert_eq!(std::fs::read(&clip).expect("read"), edited);
+
+    d.wait_for("the change noticed", Duration::from_secs(30), |d| {
+        !d.about(
+            "input changed during its transcode; stopping that job",
+            &clip,
+        )
+        .is_empty()
+    });
+    assert!(clip.exists(), "deleted after the stopped job");
+    assert!(
+        !out.join("clip.mp4").exists(),
+        "an output from the old bytes"
+    );
+    d.wait_for("the edited file done", Duration::from_secs(60), |d| {
+        !d.about("job done", &clip).is_empty()
+    });
+
+    // What happened to the file, in the daemon's own words and order.
+    // The daemon's own delete may be seen as a removal before the finished job has reported
+    // back; that record comes after the job read the file, so it is left out of the order.
+    let own_delete = "input removed during its transcode; stopping that job";
+    let mut steps: Vec<String> = d
+        .all()
+        .into_iter()
+        .filter(|r| r["path"] == clip.display().to_string().as_str())
+        .map(|r| r["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    if let Some(i) = steps.iter().position(|m| m == own_delete) {
+        assert_eq!(steps[i + 1..], ["job done"], "{steps:?}");
+        steps.remove(i);
+    }
+    assert_eq!(
+        steps,
+        [
+            "settled; queued",
+            "job started",
+            "input changed during its transcode; stopping that job",
+            "settled; queued",
+            "job started",
+            "job done",
+        ],
+    );
+    let mtime_ns = after
+        .1
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after epoch")
+        .as_nanos() as i64;
+    let started = d.about("job started", &clip);
+    let took = started[1]["mtime_unix"].as_f64().expect("mtime");
+    assert!(
+        (took - mtime_ns as f64 / 1e9).abs() < 1e-5,
+        "the second job took the edited file: {}",
+        started[1]
+    );
+    let done = &d.about("job done", &clip)[0];
+    assert_eq!(done["after"], "deleted the input", "{done}");
+    assert!(!clip.exists(), "--on-success delete");
+
+    let output = std::fs::read(out.join("clip.mp4")).expect("output");
+    assert!(
+        output.windows(8).any(|w| w == b"EDITED!!"),
+        "the output holds the edited bytes"
+    );
+    assert_faststart(&out.join("clip.mp4"));
+    let db = rusqlite::Connection::open(out.join(".isc-transcode/state.db")).expect("state");
+    let hashes: Vec<String> = db
+        .prepare("SELECT input_sha256 FROM outputs")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    assert_eq!(
+        hashes,
+        [hex_sha256(&edited)],
+        "recorded with the edited bytes"
+    );
+    let ino = before.0 as i64;
+    let cached: Vec<(i64, String)> = db
+        .prepare("SELECT mtime_ns, sha256 FROM stat_cache WHERE ino = ?1")
+        .expect("prepare")
+        .query_map([ino], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    let edited_identity: Vec<String> = cached
+        .into_iter()
+        .filter(|(t, _)| *t == mtime_ns)
+        .map(|(_, sha)| sha)
+        .collect();
+    assert_eq!(
+        edited_identity,
+        [hex_sha256(&edited)],
+        "the edited identity is cached with the edited bytes' hash, never the old ones' ({})",
+        hex_sha256(&original)
+    );
+
+    assert_eq!(d.stop(), Some(0));
+    assert!(
+        soon(|| containers_of(image).is_empty()),
+        "containers left: {:?}",
+        containers_of(image)
+    );
+    assert!(temp_files(&out).is_empty(), "{:?}", temp_files(&out));
+}

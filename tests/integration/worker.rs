@@ -69,7 +69,7 @@ pub(crate) fn hostile_image() -> &'static str {
 
 /// `docker build` the image `tag` from `dockerfile` and one more file of the build context,
 /// with no network: `FROM isc-ffmpeg:latest`, nothing pulled.
-fn build_image(tag: &str, dockerfile: &str, (name, text): (&str, &str)) {
+pub(crate) fn build_image(tag: &str, dockerfile: &str, (name, text): (&str, &str)) {
     require_engine();
     let ctx = tempfile::tempdir().expect("tempdir");
     std::fs::write(ctx.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
@@ -232,6 +232,12 @@ fn run_limited(mut cmd: Command, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    wait_limited(child, limit)
+}
+
+/// Wait for a child started with piped stdout and stderr, killing it when it takes longer than
+/// `limit`.
+fn wait_limited(child: std::process::Child, limit: Duration) -> Output {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -539,4 +545,171 @@ fn a_mounting_worker_is_removed_before_its_output_is_taken() {
         "the recorded hash is the file's"
     );
     case.assert_contained(&["x.mp4"]);
+}
+
+/// An `ldd` that never answers: the setup container that looks for ffmpeg's libraries
+/// (`ldd "$(command -v ffmpeg)"`) hangs; ffmpeg itself is the real one.
+const HANGING_LDD: &str = "#!/bin/sh\nexec sleep 600\n";
+
+const SETUP_HANG_DOCKERFILE: &str = r#"FROM isc-ffmpeg:latest
+USER root
+COPY ldd /usr/bin/ldd
+RUN chmod 0755 /usr/bin/ldd
+ENTRYPOINT ["/bin/sh", "-c", "echo the image entrypoint ran >&2; exit 99"]
+USER 65534:65534
+"#;
+
+const SETUP_HANG: &str = "isc-setup-hang-test:latest";
+
+/// `docker inspect` of one object, as JSON.
+fn inspect(kind: &str, id: &str) -> Option<serde_json::Value> {
+    let o = Command::new("docker")
+        .args([kind, "inspect", id])
+        .output()
+        .expect("docker inspect");
+    if !o.status.success() {
+        return None;
+    }
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect json");
+    all.get(0).cloned()
+}
+
+/// A run in the background, killed if the test ends before it does.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// Regression guard: setup containers (the library volume's, on fuse-overlayfs) are made by their
+// own code path, apart from the workers; one without the job limits, or without a time limit,
+// would let a hostile image run unbounded before any job.
+#[test]
+fn a_setup_container_is_locked_down_and_removed_at_its_time_limit() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| build_image(SETUP_HANG, SETUP_HANG_DOCKERFILE, ("ldd", HANGING_LDD)));
+    let driver = Command::new("docker")
+        .args(["info", "--format", "{{.Driver}}"])
+        .output()
+        .expect("docker info");
+    assert_eq!(
+        String::from_utf8_lossy(&driver.stdout).trim(),
+        "fuse-overlayfs",
+        "setup containers run only on fuse-overlayfs engines"
+    );
+    let id = inspect("image", SETUP_HANG).expect("image")["Id"]
+        .as_str()
+        .expect("image id")
+        .to_string();
+    let volume = format!(
+        "isc-transcode-usr-{}",
+        &id.trim_start_matches("sha256:")[..12]
+    );
+    let rm_volume = || {
+        Command::new("docker")
+            .args(["volume", "rm", "-f", &volume])
+            .output()
+            .expect("docker volume rm")
+    };
+    rm_volume();
+    assert!(containers_of(SETUP_HANG).is_empty(), "left from before");
+
+    let case = Case::new();
+    let input = case.input("faststart.mp4", "ok.mp4");
+    let child = bin()
+        .arg(&input)
+        .arg("-o")
+        .arg(case.out())
+        .args(["--backend", "docker", "--image", SETUP_HANG, "-p", "copy"])
+        .args(["--memory", "300m", "--pids-limit", "77", "--cpus", "0.5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut child = KillOnDrop(Some(child));
+    let end = Instant::now() + Duration::from_secs(30);
+    let setup = loop {
+        if let Some(c) = containers_of(SETUP_HANG).first()
+            && inspect("container", c).is_some_and(|i| i["State"]["Running"] == true)
+        {
+            break c.clone();
+        }
+        assert!(Instant::now() < end, "no setup container started");
+        assert!(
+            child
+                .0
+                .as_mut()
+                .expect("child")
+                .try_wait()
+                .expect("wait")
+                .is_none(),
+            "the run ended before its setup container ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let c = inspect("container", &setup).expect("setup container");
+    let (host, config) = (&c["HostConfig"], &c["Config"]);
+    assert_eq!(host["Memory"], 300 << 20, "{host}");
+    assert_eq!(host["MemorySwap"], 300 << 20, "{host}");
+    assert_eq!(host["PidsLimit"], 77, "{host}");
+    assert_eq!(host["NanoCpus"], 500_000_000, "{host}");
+    assert_eq!(host["ReadonlyRootfs"], true, "{host}");
+    assert_eq!(host["NetworkMode"], "none", "{host}");
+    assert_eq!(config["NetworkDisabled"], true, "{config}");
+    assert_eq!(host["CapDrop"], serde_json::json!(["ALL"]), "{host}");
+    assert_eq!(
+        host["SecurityOpt"],
+        serde_json::json!(["no-new-privileges"]),
+        "{host}"
+    );
+    assert_eq!(config["User"], "65534:65534", "{config}");
+    let entrypoint = config["Entrypoint"].as_array().expect("entrypoint");
+    assert_eq!(entrypoint.len(), 3, "{entrypoint:?}");
+    assert_eq!(entrypoint[..2], ["sh", "-c"], "{entrypoint:?}");
+    assert!(
+        entrypoint[2].as_str().is_some_and(|s| s.contains("ldd")),
+        "the library search, not the image's entrypoint: {entrypoint:?}"
+    );
+    assert!(
+        config["Cmd"].as_array().is_none_or(|c| c.is_empty()),
+        "{config}"
+    );
+    assert_eq!(
+        containers_of(SETUP_HANG),
+        std::slice::from_ref(&setup),
+        "no job container before setup is over"
+    );
+
+    let o = wait_limited(child.0.take().expect("child"), Duration::from_secs(150));
+    assert_eq!(o.status.code(), Some(0));
+    let says = "not using a library volume: a setup container on unix:///var/run/docker.sock \
+                ran longer than 60 s and was removed";
+    assert!(
+        stderr(&o).lines().any(|l| l.ends_with(says)),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        inspect("container", &setup).is_none(),
+        "the setup container is removed before the run goes on"
+    );
+    assert!(
+        soon(|| containers_of(SETUP_HANG).is_empty()),
+        "containers left: {:?}",
+        containers_of(SETUP_HANG)
+    );
+    assert!(stdout(&o).contains("summary: 1 done"), "{}", stdout(&o));
+    assert_faststart(&case.out().join("ok.mp4"));
+    case.assert_contained(&["ok.mp4"]);
+    let made = inspect("volume", &volume).is_some();
+    rm_volume();
+    assert!(
+        !made,
+        "a library volume was made from a setup that did not finish"
+    );
 }

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Set up everything the tests need, then run every test: unit tests and the integration tests,
-# which use the real Docker engine and the real worker image. Nothing is skipped: a test that
-# needs the engine fails when the engine is missing.
+# Check formatting and lints (either failing fails the run), set up everything the tests need,
+# then run every test: unit tests and the integration tests, which use the real Docker engine and
+# the real worker image. Nothing is skipped: a test that needs the engine fails when the engine is
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
 scripts/setup.sh
 if [ ! -f samples/moov-at-end.mp4 ]; then
     samples/make-samples.sh

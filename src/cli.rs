@@ -428,6 +428,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Parse a size such as `512m` or `4g` (binary units), refusing what does not fit in 64 bits.
+///
+/// Not `bytesize`'s parser: it reads `4g` as 4 × 10^9, saturates instead of refusing sizes past
+/// 64 bits, and takes fractions through a float.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim().to_ascii_lowercase();
     let s = s.strip_suffix('b').unwrap_or(&s);

@@ -29,11 +29,13 @@
 //!
 //! [`fsopen`] is the one way an input is opened: never blocking, only a regular file.
 //!
-//! [`error`] maps what can stop a run to the documented exit codes.
+//! [`error`] maps what can stop a run to the documented exit codes; [`backoff`] is the one rule
+//! for pauses between retries.
 //!
 //! `fuzzing` lets the fuzz targets in `fuzz/` reach the crate's private parsers.
 
 pub mod app;
+pub mod backoff;
 pub mod cli;
 pub mod codec;
 pub mod error;

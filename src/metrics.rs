@@ -52,6 +52,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -400,10 +401,11 @@ async fn accept_loop(
     cancel: CancellationToken,
     limits: Limits,
 ) {
-    // Connections live in a set owned by this task so that shutdown can wait for them (and
-    // abort stragglers by dropping the set) instead of leaving them running after the daemon
-    // believes the server is gone.
+    // Connections live in a set owned by this task, which bounds them and lets shutdown abort
+    // stragglers by dropping the set instead of leaving them running after the daemon believes
+    // the server is gone; `graceful` tells them to close and waits for them.
     let mut connections = JoinSet::new();
+    let graceful = GracefulShutdown::new();
     loop {
         // A slot first, then accept: while every slot is taken, new connections wait in the
         // kernel's queue instead of holding descriptors here.
@@ -422,8 +424,8 @@ async fn accept_loop(
                 Ok((stream, _peer)) => {
                     let metrics = Arc::clone(&metrics);
                     let healthy = Arc::clone(&healthy);
-                    let cancel = cancel.clone();
-                    let conn = serve_connection(stream, metrics, healthy, cancel, limits.header_timeout);
+                    let watcher = graceful.watcher();
+                    let conn = serve_connection(stream, metrics, healthy, watcher, limits.header_timeout);
                     connections.spawn(async move {
                         let _ = tokio::time::timeout(limits.lifetime, conn).await;
                     });
@@ -435,9 +437,8 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    // Connection tasks saw the same cancellation and are closing; wait for them briefly.
-    let drained = async { while connections.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
+    // Idle connections close at once, busy ones after their response; wait for them briefly.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
     // Dropping `connections` aborts whatever did not finish in time.
 }
 
@@ -445,7 +446,7 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     metrics: Arc<Metrics>,
     healthy: Arc<dyn Fn() -> bool + Send + Sync>,
-    cancel: CancellationToken,
+    watcher: Watcher,
     header_timeout: Duration,
 ) {
     let service = service_fn(move |req| {
@@ -457,15 +458,8 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
     // Errors are a client hanging up or sending garbage; there is nobody to report them to.
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    let _ = watcher.watch(conn).await;
 }
 
 fn respond(

@@ -599,19 +599,10 @@ pub fn shown(path: &Path) -> String {
     out
 }
 
+/// A size for people, in decimal units with one decimal place (`999 B`, `48.1 MB`), as `ls
+/// --si` and file managers show sizes.
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    bytesize::ByteSize::b(n).display().si().to_string()
 }
 
 /// Fields of the daemon's text log, escaped like everything else that reaches a terminal: the
@@ -715,6 +706,9 @@ mod tests {
     fn bytes_are_human() {
         assert_eq!(human_bytes(999), "999 B");
         assert_eq!(human_bytes(1_500_000), "1.5 MB");
+        assert_eq!(human_bytes(115_400), "115.4 kB");
+        assert_eq!(human_bytes(1_720_000_000), "1.7 GB");
+        assert_eq!(human_bytes(u64::MAX), "18.4 EB");
     }
 
     #[test]

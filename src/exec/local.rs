@@ -45,15 +45,7 @@ impl LocalBackend {
 
 /// Look a program up on `PATH`.
 pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| {
-                use std::os::unix::fs::PermissionsExt;
-                m.is_file() && m.permissions().mode() & 0o111 != 0
-            })
-        })
+    ::which::which(program).ok()
 }
 
 /// Probe a file, open at offset 0, with the local ffprobe, handing it over as stdin.

@@ -400,8 +400,9 @@ async fn wait_for_engine(
     metrics: &Metrics,
     up: &AtomicBool,
 ) -> Result<Option<Engine>, EngineError> {
-    let mut backoff = PROBE_MIN;
+    let mut failures = 0;
     loop {
+        let backoff = crate::backoff::doubling(PROBE_MIN, PROBE_MAX, failures);
         let attempt = tokio::select! {
             r = Engine::connect(host, insecure) => r,
             () = signals.recv() => return Ok(None),
@@ -422,7 +423,7 @@ async fn wait_for_engine(
             () = tokio::time::sleep(backoff) => {}
             () = signals.recv() => return Ok(None),
         }
-        backoff = (backoff * 2).min(PROBE_MAX);
+        failures += 1;
     }
 }
 
@@ -504,7 +505,8 @@ struct Walked {
 
 struct EngineState {
     up: bool,
-    backoff: Duration,
+    /// Probes that went unanswered since the engine went down.
+    failed_probes: u32,
     probe_at: Option<Instant>,
 }
 
@@ -571,7 +573,7 @@ impl<B: Backend> Daemon<B> {
             probes: JoinSet::new(),
             engine: EngineState {
                 up: true,
-                backoff: PROBE_MIN,
+                failed_probes: 0,
                 probe_at: None,
             },
             parallel: cfg.jobs.map_or(cpus, usize::from).max(1),
@@ -1104,7 +1106,7 @@ impl<B: Backend> Daemon<B> {
             return;
         }
         self.engine.up = false;
-        self.engine.backoff = PROBE_MIN;
+        self.engine.failed_probes = 0;
         self.engine.probe_at = Some(Instant::now() + PROBE_MIN);
         self.shared.engine_up.store(false, Ordering::Relaxed);
         if let Some(e) = &self.env.engine {
@@ -1125,10 +1127,11 @@ impl<B: Backend> Daemon<B> {
                 self.shared.metrics.set_engine_up(&e.host, true);
             }
         } else {
-            self.engine.backoff = (self.engine.backoff * 2).min(PROBE_MAX);
-            self.engine.probe_at = Some(Instant::now() + self.engine.backoff);
+            self.engine.failed_probes = self.engine.failed_probes.saturating_add(1);
+            let backoff = crate::backoff::doubling(PROBE_MIN, PROBE_MAX, self.engine.failed_probes);
+            self.engine.probe_at = Some(Instant::now() + backoff);
             debug!(
-                retry_in_s = self.engine.backoff.as_secs(),
+                retry_in_s = backoff.as_secs(),
                 "the engine still does not answer"
             );
         }

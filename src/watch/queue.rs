@@ -29,8 +29,11 @@ pub struct Accepted {
 
 /// Pause before retry number `attempt` (1-based): 10 s doubling, at most 10 minutes.
 pub fn backoff(attempt: u32) -> Duration {
-    let secs = 10u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16));
-    Duration::from_secs(secs.min(600))
+    crate::backoff::doubling(
+        Duration::from_secs(10),
+        Duration::from_secs(600),
+        attempt.saturating_sub(1),
+    )
 }
 
 /// Files accepted and not finished: ready now, or waiting for a retry.

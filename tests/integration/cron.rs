@@ -115,7 +115,7 @@ fn no_escape_codes_when_not_in_a_terminal() {
     for l in &lines {
         // input, output, duration, sizes, speed, host
         assert!(
-            l.contains(" -> ") && l.contains(" s  ") && l.contains("KB"),
+            l.contains(" -> ") && l.contains(" s  ") && l.contains(" kB"),
             "{l}"
         );
         assert!(l.contains("x  docker"), "{l}");

@@ -472,9 +472,6 @@ impl Engine {
             .map_err(|e| self.api(e))?;
         let mut n = 0;
         let mut gone = HashSet::new();
-        // A dead client whose container could not be removed keeps its lock file, so that the
-        // next run still knows the container is an orphan and tries again.
-        let mut kept = HashSet::new();
         for c in list {
             let client = c.labels.as_ref().and_then(|l| l.get(LABEL_CLIENT));
             let dead = client.is_some_and(|client| client_is_dead(client));
@@ -495,20 +492,14 @@ impl Engine {
             );
             if (all || dead)
                 && let Some(id) = c.id
+                && remove(&self.docker, &id).await.is_ok()
+                && !stopping
             {
-                match remove(&self.docker, &id).await {
-                    Ok(()) if !stopping => n += 1,
-                    Ok(()) => {}
-                    Err(_) => {
-                        if let Some(client) = client {
-                            kept.insert(client.clone());
-                        }
-                    }
-                }
+                n += 1;
             }
         }
-        for client in gone.difference(&kept) {
-            forget_client(client);
+        for client in gone {
+            forget_client(&client);
         }
         Ok(n)
     }

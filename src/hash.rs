@@ -85,13 +85,7 @@ impl std::ops::DerefMut for Block {
 /// Hash a file, calling `progress` with the bytes read so far after each block.
 pub fn file(path: &Path, progress: impl FnMut(u64)) -> std::io::Result<String> {
     let f = crate::fsopen::open_regular(path)?;
-    read_all(&f, progress)
-}
-
-/// Hash a file already open, from its first byte, with positional reads: the descriptor's
-/// offset, which it may share with another process, is left alone.
-pub fn open_file(f: &std::fs::File, progress: impl FnMut(u64)) -> std::io::Result<String> {
-    read_all(f, progress)
+    open_file(&f, progress)
 }
 
 /// Hash a file and say which identity the hash belongs to: the file's (device, inode, size,
@@ -104,12 +98,14 @@ pub fn file_stable(
 ) -> std::io::Result<(String, Option<FileStat>)> {
     let f = crate::fsopen::open_regular(path)?;
     let before = FileStat::of(&f.metadata()?);
-    let sha = read_all(&f, progress)?;
+    let sha = open_file(&f, progress)?;
     let after = FileStat::of(&f.metadata()?);
     Ok((sha, (before == after).then_some(before)))
 }
 
-fn read_all(f: &std::fs::File, mut progress: impl FnMut(u64)) -> std::io::Result<String> {
+/// Hash a file already open, from its first byte, with positional reads: the descriptor's
+/// offset, which it may share with another process, is left alone. `progress` as for [`file`].
+pub fn open_file(f: &std::fs::File, mut progress: impl FnMut(u64)) -> std::io::Result<String> {
     use std::os::unix::fs::FileExt;
     let mut buf = Block::new(BLOCK);
     let mut h = Hasher::new();

@@ -19,7 +19,7 @@
 //!   (`O_CREAT | O_EXCL | O_NOFOLLOW`, [`Dir::create_temp`]), and every later look at it goes
 //!   through the folder's descriptor or the file's own ([`Temp`]): the backends are handed the
 //!   open file, never a path to open again. A mounted job's private folder is made and removed
-//!   the same way ([`Dir::create_private_dir`], [`Dir::remove_tree`]).
+//!   the same way ([`PrivateDir`]).
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -158,7 +158,7 @@ impl Dir {
     pub fn create_temp(&self, ext: &str) -> Result<Temp, PlaceError> {
         let flags =
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let (name, fd) = self.fresh_name(&format!(".{ext}"), |dir, name| {
+        let (name, fd) = fresh_name(&self.fd, &self.path, &format!(".{ext}"), |dir, name| {
             rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o666))
         })?;
         let dir = self.fd.try_clone().map_err(|e| PlaceError::Io {
@@ -172,25 +172,6 @@ impl Dir {
             file: std::fs::File::from(fd),
             kept: false,
         })
-    }
-
-    /// A new private folder in this folder ([`create_private_dir`]).
-    pub fn create_private_dir(&self) -> Result<(OsString, OwnedFd), PlaceError> {
-        create_private_dir(&self.fd, &self.path)
-    }
-
-    fn fresh_name(
-        &self,
-        suffix: &str,
-        make: impl Fn(&OwnedFd, &OsStr) -> Result<OwnedFd, Errno>,
-    ) -> Result<(OsString, OwnedFd), PlaceError> {
-        fresh_name(&self.fd, &self.path, suffix, make)
-    }
-
-    /// Remove `name` in this folder and, if it is a folder, everything in it, without ever
-    /// following a link: what a worker left there may be anything.
-    pub fn remove_tree(&self, name: &OsStr) -> std::io::Result<()> {
-        remove_tree_at(&self.fd, name)
     }
 
     /// Whether `name` in this folder is a regular file (not a link): a file created by path is
@@ -307,18 +288,54 @@ impl Dir {
     }
 }
 
-/// A new private folder `TEMP_PREFIX<random>.d` in the folder `dir` (open; its path is
-/// `dir_path`), mode 0o700 less the umask, open: its name and descriptor. The caller removes it
-/// with [`remove_tree_at`].
-pub fn create_private_dir(
-    dir: &OwnedFd,
-    dir_path: &Path,
-) -> Result<(OsString, OwnedFd), PlaceError> {
-    fresh_name(dir, dir_path, ".d", |dir, name| {
-        rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        rustix::fs::openat(dir, name, flags, Mode::empty())
-    })
+/// A mounted job's private folder `TEMP_PREFIX<random>.d` beside its temporary output (mode
+/// 0o700 less the umask), made through the output folder's descriptor and removed whole,
+/// without following any link the worker left in it, when dropped. The path is only for the
+/// engine's bind mount and for messages.
+#[derive(Debug)]
+pub struct PrivateDir {
+    parent: OwnedFd,
+    name: OsString,
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    /// A new private folder in the folder that holds `temp`.
+    pub fn beside(temp: &Temp) -> Result<PrivateDir, PlaceError> {
+        let dir_path = temp.dir_path();
+        let (name, fd) = fresh_name(&temp.dir, dir_path, ".d", |dir, name| {
+            rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            rustix::fs::openat(dir, name, flags, Mode::empty())
+        })?;
+        let parent = temp.dir.try_clone().map_err(|e| PlaceError::Io {
+            path: dir_path.to_path_buf(),
+            source: e,
+        })?;
+        Ok(PrivateDir {
+            path: dir_path.join(&name),
+            parent,
+            name,
+            fd,
+        })
+    }
+
+    /// The folder, open.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = remove_tree_at(&self.parent, &self.name);
+    }
 }
 
 /// Try random names `TEMP_PREFIX<random><suffix>` in `dir` until `make` creates one (`EEXIST`
@@ -345,7 +362,7 @@ fn fresh_name(
 }
 
 /// Remove `name` in `dir` and what it holds, by descriptor, never following a link.
-pub fn remove_tree_at(dir: &OwnedFd, name: &OsStr) -> std::io::Result<()> {
+fn remove_tree_at(dir: &OwnedFd, name: &OsStr) -> std::io::Result<()> {
     match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => return Ok(()),
         Err(Errno::ISDIR | Errno::PERM) => {}
@@ -495,15 +512,17 @@ mod tests {
     fn a_private_folder_is_removed_whole_without_following_its_links() {
         let (_tmp, out) = setup();
         let dir = open_dir(&out, &out).expect("open");
-        let (name, _fd) = dir.create_private_dir().expect("mkdir");
-        let private = out.join(&name);
+        let temp = dir.create_temp("mp4").expect("temp");
+        let folder = PrivateDir::beside(&temp).expect("mkdir");
+        let private = folder.path().to_path_buf();
+        assert_eq!(private.parent(), Some(out.as_path()));
         let outside = tempfile::tempdir().expect("tempdir");
         std::fs::write(outside.path().join("keep"), b"x").expect("w");
         std::fs::create_dir_all(private.join("a/b")).expect("mkdir");
         std::fs::write(private.join("a/b/f"), b"y").expect("w");
         std::os::unix::fs::symlink(outside.path(), private.join("link")).expect("ln");
         std::os::unix::fs::symlink(outside.path(), private.join("a/link")).expect("ln");
-        dir.remove_tree(&name).expect("remove");
+        drop(folder);
         assert!(!private.exists());
         assert_eq!(
             std::fs::read(outside.path().join("keep")).expect("kept"),

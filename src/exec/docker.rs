@@ -60,7 +60,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1148,7 +1148,7 @@ impl DockerBackend {
                 input.display()
             ));
         }
-        let folder = PrivateDir::create(out).map_err(|e| {
+        let folder = crate::place::PrivateDir::beside(out).map_err(|e| {
             format!(
                 "cannot create a job folder next to {}: {e}",
                 out.path().display()
@@ -1162,7 +1162,7 @@ impl DockerBackend {
                 | rustix::fs::OFlags::NOFOLLOW
                 | rustix::fs::OFlags::CLOEXEC;
             let probe = rustix::fs::openat(
-                &folder.fd,
+                folder.fd(),
                 ".isc-probe",
                 flags,
                 rustix::fs::Mode::from_raw_mode(0o644),
@@ -1171,14 +1171,14 @@ impl DockerBackend {
             if root {
                 let owner = Some(rustix::fs::Uid::from_raw(uid));
                 let group = Some(rustix::fs::Gid::from_raw(gid));
-                rustix::fs::fchown(&folder.fd, owner, group)?;
+                rustix::fs::fchown(folder.fd(), owner, group)?;
             }
             Ok::<_, std::io::Error>(token)
         })();
         let token =
-            prepared.map_err(|e| format!("cannot prepare {}: {e}", folder.path.display()))?;
+            prepared.map_err(|e| format!("cannot prepare {}: {e}", folder.path().display()))?;
         let token = format!("{token}/{identity}");
-        let dir_fd = &folder.fd;
+        let dir_fd = folder.fd();
         let in_ext = input_ext(&job.input);
         let mounts = vec![
             Mount {
@@ -1190,7 +1190,7 @@ impl DockerBackend {
             },
             Mount {
                 target: Some("/out".to_string()),
-                source: Some(folder.path.to_string_lossy().into_owned()),
+                source: Some(folder.path().to_string_lossy().into_owned()),
                 typ: Some(MountType::BIND),
                 read_only: Some(false),
                 ..Default::default()
@@ -1361,40 +1361,6 @@ impl DockerBackend {
             output_sha256,
             ffmpeg_version: served.parser.ffmpeg_version.clone(),
         }))
-    }
-}
-
-/// A mounted job's private folder next to its temporary output, made and removed through the
-/// output folder's descriptor ([`crate::place::Dir::create_private_dir`]); the path is only for
-/// the engine's bind mount and for messages.
-struct PrivateDir {
-    parent: std::os::fd::OwnedFd,
-    name: std::ffi::OsString,
-    fd: std::os::fd::OwnedFd,
-    path: PathBuf,
-}
-
-impl PrivateDir {
-    fn create(next_to: &Temp) -> Result<PrivateDir, crate::place::PlaceError> {
-        let (name, fd) = crate::place::create_private_dir(next_to.dir(), next_to.dir_path())?;
-        Ok(PrivateDir {
-            path: next_to.dir_path().join(&name),
-            parent: next_to
-                .dir()
-                .try_clone()
-                .map_err(|e| crate::place::PlaceError::Io {
-                    path: next_to.dir_path().to_path_buf(),
-                    source: e,
-                })?,
-            name,
-            fd,
-        })
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = crate::place::remove_tree_at(&self.parent, &self.name);
     }
 }
 

@@ -49,16 +49,6 @@ fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
-fn stat_cache(out: &Path) -> Vec<(i64, i64, String)> {
-    let db = rusqlite::Connection::open(out.join(".isc-transcode/state.db")).expect("db");
-    db.prepare("SELECT ino, mtime_ns, sha256 FROM stat_cache")
-        .expect("prepare")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .expect("query")
-        .map(|v| v.expect("row"))
-        .collect()
-}
-
 fn sha256(p: &Path) -> String {
     let o = bin().arg("hash").arg(p).output().expect("hash");
     assert!(o.status.success());
@@ -295,13 +285,6 @@ fi
 exec /usr/bin/ffmpeg "$@"
 "#;
 
-const EDIT_WAIT_DOCKERFILE: &str = r#"FROM isc-ffmpeg:latest
-USER root
-COPY ffmpeg /usr/local/bin/ffmpeg
-RUN chmod 0755 /usr/local/bin/ffmpeg
-USER 65534:65534
-"#;
-
 const EDIT_WAIT: &str = "isc-edit-wait-test:latest";
 
 // Regression: an input edited in place (same size) while its job ran was cached under its new
@@ -309,11 +292,7 @@ const EDIT_WAIT: &str = "isc-edit-wait-test:latest";
 #[test]
 fn an_input_edited_during_its_job_is_never_recorded_as_done_and_runs_again() {
     require_engine();
-    crate::worker::build_image(
-        EDIT_WAIT,
-        EDIT_WAIT_DOCKERFILE,
-        ("ffmpeg", EDIT_WAIT_WRAPPER),
-    );
+    crate::worker::wrapper_image(EDIT_WAIT, "/usr/local/bin/ffmpeg", EDIT_WAIT_WRAPPER);
     let tmp = tempfile::tempdir().expect("tempdir");
     let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
     std::fs::create_dir_all(&input).expect("mkdir");

@@ -483,3 +483,14 @@ pub fn edit_tail_in_place(path: &Path, payload: &[u8]) {
     f.write_all(payload).expect("write");
     f.sync_all().expect("sync");
 }
+
+/// The state store's stat cache: (inode, mtime in ns, sha256) rows.
+pub fn stat_cache(out: &Path) -> Vec<(i64, i64, String)> {
+    let db = rusqlite::Connection::open(out.join(".isc-transcode/state.db")).expect("db");
+    db.prepare("SELECT ino, mtime_ns, sha256 FROM stat_cache")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .map(|v| v.expect("row"))
+        .collect()
+}

@@ -737,25 +737,10 @@ fi
 exec /usr/bin/ffmpeg "$@"
 "#;
 
-const EDIT_HOLD_DOCKERFILE: &str = r#"FROM isc-ffmpeg:latest
-USER root
-COPY ffmpeg /usr/local/bin/ffmpeg
-RUN chmod 0755 /usr/local/bin/ffmpeg
-USER 65534:65534
-"#;
-
 const EDIT_HOLD: &str = "isc-edit-hold-test:latest";
 
 fn edit_hold_image() -> &'static str {
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        crate::worker::build_image(
-            EDIT_HOLD,
-            EDIT_HOLD_DOCKERFILE,
-            ("ffmpeg", EDIT_HOLD_WRAPPER),
-        )
-    });
-    EDIT_HOLD
+    crate::worker::wrapper_image(EDIT_HOLD, "/usr/local/bin/ffmpeg", EDIT_HOLD_WRAPPER)
 }
 
 fn hex_sha256(data: &[u8]) -> String {
@@ -895,17 +880,10 @@ fn watch_deletes_an_input_edited_during_its_job_only_after_transcoding_the_new_b
         "recorded with the edited bytes"
     );
     let ino = before.0 as i64;
-    let cached: Vec<(i64, String)> = db
-        .prepare("SELECT mtime_ns, sha256 FROM stat_cache WHERE ino = ?1")
-        .expect("prepare")
-        .query_map([ino], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect();
-    let edited_identity: Vec<String> = cached
+    let edited_identity: Vec<String> = stat_cache(&out)
         .into_iter()
-        .filter(|(t, _)| *t == mtime_ns)
-        .map(|(_, sha)| sha)
+        .filter(|(i, t, _)| *i == ino && *t == mtime_ns)
+        .map(|(_, _, sha)| sha)
         .collect();
     assert_eq!(
         edited_identity,

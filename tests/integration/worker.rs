@@ -52,19 +52,27 @@ esac
 exit 0
 "#;
 
-const DOCKERFILE: &str = r#"FROM isc-ffmpeg:latest
-USER root
-COPY ffmpeg /usr/local/bin/ffmpeg
-RUN chmod 0755 /usr/local/bin/ffmpeg
-ENTRYPOINT ["/bin/sh", "-c", "echo the image entrypoint ran >&2; exit 99"]
-USER 65534:65534
-"#;
-
 /// Build the hostile image once per test process.
 pub(crate) fn hostile_image() -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| build_image(HOSTILE, DOCKERFILE, ("ffmpeg", WRAPPER)));
-    HOSTILE
+    wrapper_image(HOSTILE, "/usr/local/bin/ffmpeg", WRAPPER)
+}
+
+/// The real worker image with one executable file of the test's at `path` (a wrapper `ffmpeg`,
+/// an `ldd`, ...), and an ENTRYPOINT that fails, so every job with it also shows that the
+/// image's entrypoint never runs. Built once per test process and tag.
+pub(crate) fn wrapper_image(tag: &'static str, path: &str, script: &str) -> &'static str {
+    static BUILT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.contains(&tag) {
+        let dockerfile = format!(
+            "FROM isc-ffmpeg:latest\nUSER root\nCOPY file {path}\nRUN chmod 0755 {path}\n\
+             ENTRYPOINT [\"/bin/sh\", \"-c\", \"echo the image entrypoint ran >&2; exit 99\"]\n\
+             USER 65534:65534\n"
+        );
+        build_image(tag, &dockerfile, ("file", script));
+        built.push(tag);
+    }
+    tag
 }
 
 /// `docker build` the image `tag` from `dockerfile` and one more file of the build context,
@@ -551,14 +559,6 @@ fn a_mounting_worker_is_removed_before_its_output_is_taken() {
 /// (`ldd "$(command -v ffmpeg)"`) hangs; ffmpeg itself is the real one.
 const HANGING_LDD: &str = "#!/bin/sh\nexec sleep 600\n";
 
-const SETUP_HANG_DOCKERFILE: &str = r#"FROM isc-ffmpeg:latest
-USER root
-COPY ldd /usr/bin/ldd
-RUN chmod 0755 /usr/bin/ldd
-ENTRYPOINT ["/bin/sh", "-c", "echo the image entrypoint ran >&2; exit 99"]
-USER 65534:65534
-"#;
-
 const SETUP_HANG: &str = "isc-setup-hang-test:latest";
 
 /// `docker inspect` of one object, as JSON.
@@ -591,8 +591,7 @@ impl Drop for KillOnDrop {
 // would let a hostile image run unbounded before any job.
 #[test]
 fn a_setup_container_is_locked_down_and_removed_at_its_time_limit() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| build_image(SETUP_HANG, SETUP_HANG_DOCKERFILE, ("ldd", HANGING_LDD)));
+    wrapper_image(SETUP_HANG, "/usr/bin/ldd", HANGING_LDD);
     let driver = Command::new("docker")
         .args(["info", "--format", "{{.Driver}}"])
         .output()

@@ -11,21 +11,22 @@
 //! 5. hand the jobs to the dispatcher and the events to the reporter;
 //! 6. turn the outcome into an exit code.
 
-use crate::cli::{BackendChoice, Cli, Command, RunArgs, TransferChoice};
+use crate::cli::{BackendChoice, Cli, Command, RunArgs};
+use crate::copy::copy_job;
+use crate::engine::{parallelism, setup_docker, setup_local};
 use crate::error::{AppError, ExitCode};
-use crate::exec::JobTimeout;
-use crate::exec::docker::{DockerBackend, Engine, Limits, MountPolicy, default_host};
-use crate::exec::local::LocalBackend;
-use crate::exec::{Backend, JobSpec, Produced};
+use crate::exec::Backend;
+use crate::exec::docker::{Engine, Limits, default_host};
 use crate::hash;
-use crate::place::Replace;
-use crate::place::TEMP_PREFIX;
-use crate::plan::{self, Action, HashEvent, Item, PlanOptions};
+use crate::job::{Event, Job, JobResult, JobSpec, Recorder, Status};
+use crate::place::remove_stale_temps;
+use crate::plan::{self, Action, HashEvent, Item, PlanOptions, replace_opts};
 use crate::preset::{self, Preset};
-use crate::report::{self, BatchInfo, Event, ReportOptions, human_bytes};
+use crate::record::StateRecorder;
+use crate::report::{self, BatchInfo, ReportOptions, human_bytes};
 use crate::scan::{self, ScanOptions};
-use crate::schedule::{self, Job, JobResult, Recorder, Status};
-use crate::state::{self, OutputRecord, Store};
+use crate::schedule;
+use crate::state::{self, Store};
 use clap::Parser;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -138,44 +139,6 @@ async fn gc(host: Option<String>, all: bool, insecure: bool) -> Result<ExitCode,
         println!("removed {v} library volume(s) from {host}");
     }
     Ok(ExitCode::Success)
-}
-
-/// A unique id for this run, used in container names and labels.
-pub(crate) fn run_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:x}{:06x}", std::process::id(), nanos & 0xff_ffff)
-}
-
-/// Delete temporary outputs (`.isc-tmp-*`) under the output folder: only a killed run leaves
-/// them, and the caller holds the folder's lock, so none belongs to a live run. A folder below
-/// that has a state folder of its own is another run's output folder, under another lock: its
-/// temporary files may be a live run's, so the walk never enters it. Links are not followed.
-pub(crate) fn remove_stale_temps(out: &Path) -> usize {
-    walkdir::WalkDir::new(out)
-        .into_iter()
-        .filter_entry(|e| {
-            e.file_name() != state::STATE_DIR
-                && !(e.depth() > 0
-                    && e.file_type().is_dir()
-                    && std::fs::symlink_metadata(e.path().join(state::STATE_DIR)).is_ok())
-        })
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
-        .map(|e| (e.path().to_path_buf(), e.file_type().is_dir()))
-        .collect::<Vec<_>>()
-        .into_iter()
-        // Folders are the private output folders of mounted jobs.
-        .filter(|(p, dir)| {
-            if *dir {
-                std::fs::remove_dir_all(p).is_ok()
-            } else {
-                std::fs::remove_file(p).is_ok()
-            }
-        })
-        .count()
 }
 
 async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
@@ -336,7 +299,7 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
                 let _ =
                     store.record_failure(&job.input.display().to_string(), &preset.name, &it.why);
                 failed = true;
-                let _ = tx.send(Event::Finished(failed_result(&job, &it.why)));
+                let _ = tx.send(Event::Finished(JobResult::failed(&job, &it.why)));
             }
             Action::Follow { .. } => {}
             Action::Run => to_run.push(Job {
@@ -380,9 +343,9 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
                     &it.why,
                     replace_opts(&args),
                 ),
-                None => failed_result(&job, "the identical input it follows was not recorded"),
+                None => JobResult::failed(&job, "the identical input it follows was not recorded"),
             },
-            Some(p) if p.status == Status::Failed => failed_result(
+            Some(p) if p.status == Status::Failed => JobResult::failed(
                 &job,
                 &format!("same content as {}, which failed", p.input.display()),
             ),
@@ -404,15 +367,6 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
     } else {
         ExitCode::Success
     })
-}
-
-/// What a run's flags say may stand at an output path ([`plan::replaceable`]).
-pub(crate) fn replace_opts(args: &RunArgs) -> PlanOptions {
-    PlanOptions {
-        overwrite: args.overwrite,
-        adopt: args.rebuild_state,
-        ..PlanOptions::default()
-    }
 }
 
 fn action_word(a: &Action) -> &'static str {
@@ -555,181 +509,6 @@ async fn dry_run(
     Ok(ExitCode::Success)
 }
 
-pub(crate) fn failed_result(job: &JobSpec, error: &str) -> JobResult {
-    JobResult {
-        error: Some(error.to_string()),
-        ..JobResult::without_run(job, Status::Failed)
-    }
-}
-
-/// Give `job` a copy of an existing output of the same content, with the checks of a transcode:
-/// inside the output folder, through no link, over nothing this tool did not write unless
-/// `opts` (`--overwrite`, `--rebuild-state`) says otherwise.
-pub(crate) fn copy_job(
-    job: &JobSpec,
-    from: &Path,
-    source: &OutputRecord,
-    out: &Path,
-    store: &Store,
-    why: &str,
-    opts: PlanOptions,
-) -> JobResult {
-    let start = std::time::Instant::now();
-    let replace = match plan::replaceable(store, out, &job.output, opts) {
-        Ok(r) => r,
-        Err(e) => return failed_result(job, &e.to_string()),
-    };
-    if let Err(e) = plan::copy_output(from, &job.output, out, replace) {
-        let _ = store.record_failure(
-            &job.input.display().to_string(),
-            &job.preset.name,
-            &e.to_string(),
-        );
-        return failed_result(job, &format!("cannot copy {}: {e}", from.display()));
-    }
-    let record = OutputRecord {
-        output_path: plan::relative(out, &job.output),
-        input_path: job.input.clone(),
-        host: "copy".into(),
-        seconds: start.elapsed().as_secs_f64(),
-        transcoded: false,
-        ..source.clone()
-    };
-    if let Err(e) = store.record(&record) {
-        return failed_result(job, &format!("copied, but not recorded: {e}"));
-    }
-    JobResult {
-        status: Status::Done,
-        bytes_out: record.output_size,
-        seconds: record.seconds,
-        host: "copy".into(),
-        key: Some(record.key),
-        note: Some(why.to_string()),
-        ..JobResult::without_run(job, Status::Done)
-    }
-}
-
-/// Which image and ffmpeg made an output.
-#[derive(Debug, Clone)]
-pub(crate) struct Provenance {
-    image: Option<String>,
-    image_id: Option<String>,
-    ffmpeg_version: Option<String>,
-}
-
-/// Records finished outputs in the state store.
-pub(crate) struct StateRecorder {
-    store: Arc<Store>,
-    out: PathBuf,
-    provenance: Provenance,
-    /// Set once this run has stored the image's ffmpeg version: one write, not one per job.
-    version_stored: std::sync::OnceLock<()>,
-    /// `--overwrite` and `--rebuild-state`: what may stand at an output path.
-    replace: PlanOptions,
-}
-
-impl StateRecorder {
-    pub(crate) fn new(
-        store: Arc<Store>,
-        out: PathBuf,
-        provenance: Provenance,
-        replace: PlanOptions,
-    ) -> StateRecorder {
-        StateRecorder {
-            store,
-            out,
-            provenance,
-            version_stored: std::sync::OnceLock::new(),
-            replace,
-        }
-    }
-}
-
-impl Recorder for StateRecorder {
-    fn done(
-        &self,
-        job: &JobSpec,
-        produced: &Produced,
-        input: &state::FileStat,
-        seconds: f64,
-        host: &str,
-    ) -> Result<String, String> {
-        let input_sha256 = match job
-            .input_sha256
-            .clone()
-            .or_else(|| produced.input_sha256.clone())
-        {
-            Some(sha) => sha,
-            // ffmpeg stopped reading early (a thumbnail), so the stream did not see every byte.
-            None => match hash::file_stable(&job.input, |_| {}) {
-                Ok((sha, Some(st))) if st == *input => sha,
-                Ok(_) => {
-                    return Err("the input changed before its hash could be taken".into());
-                }
-                Err(e) => return Err(format!("cannot hash input: {e}")),
-            },
-        };
-        // The dispatcher saw `input` before the first byte was read and again after the last:
-        // the hash describes the file with exactly that identity.
-        self.store
-            .put_hash(input, &input_sha256)
-            .map_err(|e| e.to_string())?;
-        let key = hash::job_key(&input_sha256, &job.preset.fingerprint());
-        // The version ffmpeg's banner named; remembered per image so that reports and later
-        // runs know it without asking.
-        let ffmpeg_version = produced
-            .ffmpeg_version
-            .clone()
-            .or_else(|| self.provenance.ffmpeg_version.clone());
-        if let (Some(id), Some(v), None) = (
-            &self.provenance.image_id,
-            &produced.ffmpeg_version,
-            &self.provenance.ffmpeg_version,
-        ) && self.version_stored.set(()).is_ok()
-        {
-            let _ = self.store.put_ffmpeg_version(id, v);
-        }
-        self.store
-            .record(&OutputRecord {
-                output_path: plan::relative(&self.out, &job.output),
-                key: key.clone(),
-                input_path: job.input.clone(),
-                input_sha256,
-                input_size: job.size,
-                output_size: produced.bytes_out,
-                output_sha256: produced.output_sha256.clone(),
-                preset_name: job.preset.name.clone(),
-                preset_fingerprint: job.preset.fingerprint(),
-                image: self.provenance.image.clone(),
-                image_id: self.provenance.image_id.clone(),
-                ffmpeg_version,
-                host: host.to_string(),
-                seconds,
-                transcoded: true,
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(key)
-    }
-
-    fn failed(&self, job: &JobSpec, error: &str) {
-        let _ =
-            self.store
-                .record_failure(&job.input.display().to_string(), &job.preset.name, error);
-    }
-
-    fn replace(&self, job: &JobSpec) -> Replace {
-        // A store that cannot answer records nothing as ours.
-        plan::replaceable(&self.store, &self.out, &job.output, self.replace)
-            .unwrap_or(Replace::Nothing)
-    }
-}
-
-pub(crate) fn num_cpus_local() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 /// Choose the backend, connect, and run the jobs that must run.
 async fn run_jobs(
     jobs: Vec<Job>,
@@ -802,103 +581,6 @@ async fn run_jobs(
             .await)
         }
     }
-}
-
-/// Make a connected engine ready for jobs: remove containers of dead runs, make sure the image
-/// is there, learn its ffmpeg version (once per image ID). Returns the backend, what it records
-/// as provenance, and, with `count_cpus`, the engine's CPU count (the default for `--jobs`; asking
-/// costs an `info` call, so a caller that has `--jobs`, or a single job, does not ask).
-pub(crate) async fn setup_docker(
-    engine: Engine,
-    args: &RunArgs,
-    store: &Store,
-    say: &(dyn Fn(String) + Send + Sync),
-    count_cpus: bool,
-) -> Result<(DockerBackend, Provenance, Option<usize>), AppError> {
-    let host = engine.host.clone();
-    // Independent engine calls, made at once: each is a round trip on the job's critical path.
-    let (removed, image, cpus) = tokio::join!(
-        engine.remove_labelled(false),
-        engine.ensure_image(&args.image, say),
-        async {
-            // One job's CPU share needs the count too, when `--jobs` runs several at once.
-            let share = args.cpus.is_none() && args.jobs.is_some_and(|j| j > 1);
-            match count_cpus || share {
-                true => engine.cpus().await.map(Some),
-                false => Ok(None),
-            }
-        }
-    );
-    let (removed, image, cpus) = (removed?, image?, cpus?);
-    if removed > 0 {
-        say(format!(
-            "removed {removed} container(s) left on {host} by runs that are gone"
-        ));
-    }
-    let limits = Limits {
-        memory: args.memory,
-        pids: args.pids_limit,
-        cpus: args
-            .cpus
-            .or_else(|| cpus.and_then(|n| Limits::share(n, args.jobs.map_or(n, usize::from)))),
-    };
-    // A speed-up only: without it jobs still run, each ffmpeg start just costs more.
-    let libs = match engine.library_mount(&args.image, &image, &limits).await {
-        Ok(libs) => libs,
-        Err(e) => {
-            say(format!("not using a library volume: {e}"));
-            None
-        }
-    };
-    let backend = DockerBackend::new(engine, args.image.clone(), limits, run_id())
-        .with_out_dir(&args.out)
-        .with_job_timeout(job_timeout(args))
-        .with_libraries(libs)
-        .with_transfer(match args.transfer {
-            TransferChoice::Auto => MountPolicy::Auto,
-            TransferChoice::Stream => MountPolicy::Never,
-            TransferChoice::Mount => MountPolicy::Always,
-        });
-    // Known from an earlier run, or taken from each job's ffmpeg banner.
-    let version = store.ffmpeg_version(&image.id)?;
-    let provenance = Provenance {
-        image: Some(args.image.clone()),
-        image_id: Some(image.id),
-        ffmpeg_version: version,
-    };
-    Ok((backend, provenance, cpus))
-}
-
-/// `--job-timeout`, else the limit derived from each input's duration.
-fn job_timeout(args: &RunArgs) -> JobTimeout {
-    args.job_timeout.map_or(JobTimeout::Auto, JobTimeout::Fixed)
-}
-
-/// The local backend, its provenance, and this machine's CPU count.
-pub(crate) async fn setup_local(
-    args: &RunArgs,
-) -> Result<(LocalBackend, Provenance, usize), AppError> {
-    let local = LocalBackend::find()
-        .ok_or(AppError::NoLocalFfmpeg)?
-        .with_job_timeout(job_timeout(args));
-    let provenance = Provenance {
-        image: None,
-        image_id: None,
-        // From each job's ffmpeg banner.
-        ffmpeg_version: None,
-    };
-    Ok((local, provenance, num_cpus_local()))
-}
-
-/// Jobs at once: `--jobs`, else the backend's CPU count; not more than there are jobs either
-/// way. A backend that was not asked for its count has one job, or `--jobs`.
-fn parallelism(args: &RunArgs, cpus: Option<usize>, jobs: usize) -> usize {
-    args.jobs
-        .map(usize::from)
-        .or(cpus)
-        .unwrap_or(1)
-        .min(jobs)
-        .max(1)
 }
 
 #[expect(

@@ -2,7 +2,8 @@
 //!
 //! A failure of one file is not here: it is recorded in that file's result and the batch goes
 //! on. These are the errors that mean nothing can run at all (bad flags, a bad preset, no
-//! engine), and they all exit with [`ExitCode::Usage`].
+//! engine, a daemon that cannot start: [`WatchError`]), and they all exit with
+//! [`ExitCode::Usage`], but for a busy output folder under `--no-wait`.
 
 use std::path::PathBuf;
 
@@ -54,7 +55,7 @@ pub enum AppError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
-    Watch(#[from] crate::watch::WatchError),
+    Watch(#[from] WatchError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -78,4 +79,43 @@ impl AppError {
             _ => ExitCode::Usage,
         }
     }
+}
+
+/// What stops the daemon before it can start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch {}: not a folder", .0.display())]
+    NotAFolder(PathBuf),
+    #[error("cannot watch {}: {source}", path.display())]
+    Folder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} does not apply to watch (it runs until stopped and logs as it goes)")]
+    Unsupported(&'static str),
+    #[error(
+        "--follow does not apply to watch: the daemon never follows a symlink out of its folders"
+    )]
+    Follow,
+    #[error(
+        "the --on-success move folder {} lies inside the watched folder {}: moved files would be taken again",
+        dir.display(),
+        root.display()
+    )]
+    MoveInside { dir: PathBuf, root: PathBuf },
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch {} for changes: {source}", path.display())]
+    Notify {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }

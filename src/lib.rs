@@ -3,12 +3,17 @@
 //!
 //! The path a file takes through the modules:
 //!
-//! 1. [`cli`] mirrors the flags; [`app`] resolves them into a plan and runs it.
+//! 1. [`cli`] mirrors the flags; [`app`] resolves them into a plan and runs it. Only the binary
+//!    uses [`app`]: the services it shares with the daemon sit below both.
 //! 2. [`preset`] loads what to make (ffmpeg arguments as an array, plus the checks an output
 //!    must pass).
 //! 3. [`scan`] finds the inputs (walking folders, never the output folder) and maps each to its
 //!    output path, refusing collisions before any work starts.
-//! 4. [`schedule`] is the dispatcher: it owns the running jobs, the temporary outputs, signals,
+//! 4. [`job`] holds the job's nouns, at the bottom of the graph so that everything else may use
+//!    them: what a job is ([`job::JobSpec`]), what it reports while it runs ([`job::JobEvent`],
+//!    [`job::Event`]), how it ended ([`job::JobResult`]) and why it failed ([`job::JobError`],
+//!    with the [`job::ErrorKind`] that says whether another engine would do better).
+//!    [`schedule`] is the dispatcher: it owns the running jobs, the temporary outputs, signals,
 //!    and the rename that makes an output final, which [`place`] makes safe: inside the output
 //!    folder, through no link, over nothing this tool did not write.
 //! 5. [`exec`] holds the backends behind one small trait: [`exec::docker`] streams each input
@@ -20,6 +25,11 @@
 //!    [`readback`] reads MP4 outputs back here from their index; [`verify`] decides whether an
 //!    output is good enough to count.
 //! 7. [`report`] owns the terminal: bars in a terminal, plain lines elsewhere.
+//!
+//! Shared by the batch command and the daemon: [`engine`] makes a backend ready (connect,
+//! prepare the engine or find local ffmpeg, how many jobs at once), [`record`] records finished
+//! outputs in the [`state`] store, [`copy`] gives a job a copy of an output that already exists
+//! for the same content.
 //!
 //! [`watch`] is the daemon (`isc-transcode watch`): it follows folders, takes each file once it
 //! has stopped changing, keeps its queue in the [`state`] store, and runs the same
@@ -38,6 +48,8 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod codec;
+pub mod copy;
+pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod ffmpeg;
@@ -45,6 +57,7 @@ pub mod fsopen;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hash;
+pub mod job;
 pub mod media;
 pub mod metrics;
 pub mod place;
@@ -52,6 +65,7 @@ pub mod plan;
 pub mod preset;
 pub mod random;
 pub mod readback;
+pub mod record;
 pub mod report;
 pub mod scan;
 pub mod schedule;

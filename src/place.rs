@@ -463,6 +463,35 @@ pub fn file_name(path: &Path) -> Result<OsString, PlaceError> {
         .ok_or_else(|| PlaceError::Outside(format!("{} names no file", path.display())))
 }
 
+/// Delete temporary outputs (`.isc-tmp-*`) under the output folder: only a killed run leaves
+/// them, and the caller holds the folder's lock, so none belongs to a live run. A folder below
+/// that has a state folder of its own is another run's output folder, under another lock: its
+/// temporary files may be a live run's, so the walk never enters it. Links are not followed.
+pub(crate) fn remove_stale_temps(out: &Path) -> usize {
+    walkdir::WalkDir::new(out)
+        .into_iter()
+        .filter_entry(|e| {
+            e.file_name() != crate::state::STATE_DIR
+                && !(e.depth() > 0
+                    && e.file_type().is_dir()
+                    && std::fs::symlink_metadata(e.path().join(crate::state::STATE_DIR)).is_ok())
+        })
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+        .map(|e| (e.path().to_path_buf(), e.file_type().is_dir()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        // Folders are the private output folders of mounted jobs.
+        .filter(|(p, dir)| {
+            if *dir {
+                std::fs::remove_dir_all(p).is_ok()
+            } else {
+                std::fs::remove_file(p).is_ok()
+            }
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

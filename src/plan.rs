@@ -78,6 +78,15 @@ pub struct PlanOptions {
     pub adopt: bool,
 }
 
+/// What a run's flags say may stand at an output path ([`replaceable`]).
+pub(crate) fn replace_opts(args: &crate::cli::RunArgs) -> PlanOptions {
+    PlanOptions {
+        overwrite: args.overwrite,
+        adopt: args.rebuild_state,
+        ..PlanOptions::default()
+    }
+}
+
 /// Progress of the hashing phase.
 #[derive(Debug, Clone)]
 pub enum HashEvent {

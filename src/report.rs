@@ -28,10 +28,8 @@
 //! that may carry such a name or other bytes the tool did not write: error texts, notes,
 //! ffmpeg's own lines. The JSON report keeps the real name: serde escapes it.
 
-use crate::exec::JobEvent;
 use crate::ffmpeg::Progress;
-use crate::scan::ScanProblem;
-use crate::schedule::{JobResult, Status};
+use crate::job::{JobEvent, JobResult, Status};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -43,29 +41,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// Everything the reporter is told.
-#[derive(Debug, Clone)]
-pub enum Event {
-    Job(JobEvent),
-    Finished(JobResult),
-    /// An input that could not even be planned (unreadable, vanished).
-    Problem(ScanProblem),
-    /// A message for the user (above the bars, or on stderr).
-    Note(String),
-    /// A message shown only with `-v`.
-    Detail(String),
-    /// One of ffmpeg's own messages (shown with `-vv`).
-    JobLog {
-        id: usize,
-        line: String,
-    },
-}
-
-impl From<JobEvent> for Event {
-    fn from(e: JobEvent) -> Self {
-        Event::Job(e)
-    }
-}
+pub use crate::job::Event;
 
 /// What the reporter knows about the batch before it starts.
 #[derive(Debug, Clone, Default)]
@@ -713,7 +689,7 @@ mod tests {
 
     #[test]
     fn json_entry_maps_statuses() {
-        let job = crate::exec::JobSpec {
+        let job = crate::job::JobSpec {
             id: 0,
             input: "a.mp4".into(),
             output: "out/a.mp4".into(),
@@ -747,7 +723,7 @@ mod tests {
 
     #[test]
     fn the_done_line_names_what_was_dropped_and_only_then() {
-        let job = crate::exec::JobSpec {
+        let job = crate::job::JobSpec {
             id: 0,
             input: "in/subs.mkv".into(),
             output: "out/subs.mp4".into(),
@@ -786,7 +762,7 @@ mod tests {
 
     #[test]
     fn every_plain_line_escapes_the_name_and_the_error() {
-        let job = crate::exec::JobSpec {
+        let job = crate::job::JobSpec {
             id: 0,
             input: "in/a\nfailed  b.mp4\x1b[2J.mp4".into(),
             output: "out/a\n.mp4".into(),

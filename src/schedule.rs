@@ -19,13 +19,13 @@
 //!
 //! Workers never print: they send events, and the reporter owns the terminal.
 
-use crate::exec::{Backend, Checker, JobCtx, JobError, JobSpec, Produced, Transfer};
+use crate::exec::Backend;
+use crate::job::{Event, JobCtx, JobError, JobSpec, Produced};
 use crate::place::{self, Replace};
 use crate::preset::Preset;
-use crate::report::Event;
 use crate::state::FileStat;
 use crate::{media, verify};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
@@ -33,107 +33,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// How one file ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Done,
-    /// Done before, nothing to do.
-    Skipped,
-    Failed,
-    /// Started, then stopped by an interrupt.
-    Interrupted,
-    /// Never started because of an interrupt.
-    NotStarted,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Done => "done",
-            Status::Skipped => "skipped",
-            Status::Failed => "failed",
-            Status::Interrupted => "interrupted",
-            Status::NotStarted => "not started",
-        }
-    }
-}
-
-/// The result of one job.
-#[derive(Debug, Clone)]
-pub struct JobResult {
-    pub id: usize,
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub status: Status,
-    pub error: Option<String>,
-    /// ffmpeg's last meaningful lines, for failures.
-    pub tail: Vec<String>,
-    pub seconds: f64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub host: String,
-    pub transfer: Option<Transfer>,
-    /// What read the output back, for transcoded outputs.
-    pub checked_by: Option<Checker>,
-    /// Seconds of media, when known.
-    pub media_seconds: Option<f64>,
-    /// The job key, once known.
-    pub key: Option<String>,
-    /// Why it was skipped or copied, when it was.
-    pub note: Option<String>,
-    /// Input streams the preset did not carry ([`verify::dropped`]).
-    pub dropped: Vec<String>,
-}
-
-impl JobResult {
-    /// A result for a job that did not run (skipped, copied, not started).
-    pub fn without_run(job: &JobSpec, status: Status) -> JobResult {
-        JobResult {
-            id: job.id,
-            input: job.input.clone(),
-            output: job.output.clone(),
-            status,
-            error: None,
-            tail: vec![],
-            seconds: 0.0,
-            bytes_in: job.size,
-            bytes_out: 0,
-            host: String::new(),
-            transfer: None,
-            checked_by: None,
-            media_seconds: None,
-            key: None,
-            note: None,
-            dropped: vec![],
-        }
-    }
-}
-
-/// A job with the identity its input had when it was planned (before any byte was read).
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub spec: JobSpec,
-    pub input_stat: FileStat,
-}
-
-/// Told about each output once it is in place, before it counts as done, and about failures.
-pub trait Recorder: Send + Sync + 'static {
-    /// The output is renamed into place and synced; `input` is the input's identity, the same
-    /// before its bytes were read and after. Returns the job key it was recorded under.
-    fn done(
-        &self,
-        job: &JobSpec,
-        produced: &Produced,
-        input: &FileStat,
-        seconds: f64,
-        host: &str,
-    ) -> Result<String, String>;
-
-    fn failed(&self, job: &JobSpec, error: &str);
-
-    /// What may stand at the job's output path for its output to replace it.
-    fn replace(&self, job: &JobSpec) -> Replace;
-}
+pub use crate::job::{Job, JobResult, Recorder, Status};
 
 /// The identity of the file at `path` now, if it is a file.
 pub fn file_stat(path: &Path) -> Option<FileStat> {

@@ -1200,8 +1200,8 @@ impl DockerBackend {
             w = self.start_worker(Some((mounts, (uid, gid)))) => match w {
                 Ok(w) => w,
                 // A bind source the engine cannot find answers 400: not this machine's files.
-                Err(JobError::Engine(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 400,
+                Err(JobError::Engine(super::EngineFault {
+                    status: Some(400),
                     message,
                 })) => return Err(message),
                 Err(e) => return Ok(Err(e)),
@@ -1509,8 +1509,8 @@ impl DockerBackend {
             self.destroy_worker(&mut worker).await;
             match result {
                 Err(JobError::WorkerLost(_))
-                | Err(JobError::Engine(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404 | 409,
+                | Err(JobError::Engine(super::EngineFault {
+                    status: Some(404 | 409),
                     ..
                 })) if tries < 2 => continue,
                 other => return other,

@@ -397,7 +397,7 @@ impl Session {
                         seen_marks = parser.marks.len();
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(JobError::Engine(e)),
+                    Some(Err(e)) => return Err(e.into()),
                     None => {
                         finish_stderr(&mut parser, req.job_id, ctx);
                         return Err(if parser.marks.is_empty() {

@@ -9,176 +9,36 @@
 //! - [`docker::DockerBackend`] runs each job in a locked-down container on a Docker engine, local
 //!   or remote, streaming the input in and the output back over the engine's API.
 //! - [`local::LocalBackend`] runs the same presets with the ffmpeg on this machine.
+//!
+//! The job's own types ([`JobSpec`], [`JobCtx`], [`JobError`], ...) live in [`crate::job`] and
+//! are re-exported here, the names the backends know them by. This module is also the one place
+//! outside [`docker`] that names the engine client's error type: it turns it into
+//! [`EngineFault`], so that nothing above the backends depends on the client library.
 
 pub mod docker;
 pub(crate) mod jobserver;
 pub mod local;
 pub mod transport;
 
-use crate::ffmpeg::{InputInfo, Probe, Progress, StderrParser};
+use crate::ffmpeg::{Probe, StderrParser};
+use crate::job::Event;
 use crate::place::Temp;
 use crate::preset::Preset;
-use crate::report::Event;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::UnboundedSender;
-use tokio_util::sync::CancellationToken;
+
+pub use crate::job::{
+    Checker, EngineFault, JOB_TIMEOUT_CEILING, JOB_TIMEOUT_FLOOR, JOB_TIMEOUT_PER_SECOND, JobCtx,
+    JobError, JobEvent, JobSpec, JobTimeout, PROGRESS_EVERY, Produced, Transfer,
+};
 
 pub(crate) use crate::random::hex as random_hex;
 
 /// Read and write buffer size for streaming media. Measured on the engine: 1 MiB buffers move
 /// data about twice as fast as tokio's default 8 KiB.
 pub const IO_BUFFER: usize = 1 << 20;
-
-/// One input to transcode.
-#[derive(Debug, Clone)]
-pub struct JobSpec {
-    /// Index in the batch; unique within a run.
-    pub id: usize,
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub preset: Arc<Preset>,
-    pub size: u64,
-    /// The input's sha256 when the plan already knows it; otherwise the backend computes it
-    /// from the bytes it streams anyway.
-    pub input_sha256: Option<String>,
-    /// Bytes reserved for the output's index at its front instead of `+faststart`'s second
-    /// pass ([`Preset::ffmpeg_args_reserving`]); set by the dispatcher for big remuxes.
-    pub index_reserve: Option<u64>,
-}
-
-impl JobSpec {
-    /// ffmpeg's arguments for this job, reading `input` and writing `output`.
-    pub fn ffmpeg_args(&self, input: &str, output: &str) -> Vec<String> {
-        self.preset
-            .ffmpeg_args_reserving(input, output, self.index_reserve)
-    }
-}
-
-/// How the input reached ffmpeg.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transfer {
-    /// Streamed into ffmpeg's stdin while it works.
-    Pipe,
-    /// Stored as a file next to ffmpeg first, because the layout needs seeking.
-    Spool,
-    /// ffmpeg read the file where it lies (local backend).
-    Direct,
-    /// The file was bind-mounted read-only into the container, and ffmpeg wrote into a private
-    /// folder of the output folder, mounted too.
-    Mount,
-}
-
-impl Transfer {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transfer::Pipe => "pipe",
-            Transfer::Spool => "spool",
-            Transfer::Direct => "direct",
-            Transfer::Mount => "mount",
-        }
-    }
-}
-
-/// What read an output back before it counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checker {
-    /// Its MP4 index, decoded on this machine ([`crate::readback`]).
-    Index,
-    /// ffprobe, in the worker or on this machine.
-    Ffprobe,
-}
-
-impl Checker {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Checker::Index => "index",
-            Checker::Ffprobe => "ffprobe",
-        }
-    }
-}
-
-/// What a backend hands back after a successful ffmpeg run.
-#[derive(Debug, Clone)]
-pub struct Produced {
-    pub input: InputInfo,
-    pub probe: Probe,
-    /// What produced `probe`.
-    pub checked_by: Checker,
-    /// The last output position ffmpeg reported, in seconds.
-    pub decoded: Option<f64>,
-    pub bytes_out: u64,
-    pub transfer: Transfer,
-    /// The input's sha256, computed while it streamed (when the job did not bring it).
-    pub input_sha256: Option<String>,
-    /// The output's sha256, computed while it was received.
-    pub output_sha256: String,
-    /// The ffmpeg version that made it, from ffmpeg's banner.
-    pub ffmpeg_version: Option<String>,
-}
-
-/// Events a running job sends to the reporter. Workers never print.
-#[derive(Debug, Clone)]
-pub enum JobEvent {
-    Started {
-        id: usize,
-        host: String,
-        transfer: Transfer,
-    },
-    Progress {
-        id: usize,
-        progress: Progress,
-        /// The input's duration, once ffmpeg has stated it.
-        duration: Option<f64>,
-    },
-}
-
-/// How long one job may run, however busy it looks (`--job-timeout`). The stall watchdog
-/// ([`crate::schedule`]) stops a job that shows no sign of life; this stops one that never
-/// ends, such as a worker that prints progress forever.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum JobTimeout {
-    /// What the user gave.
-    Fixed(Duration),
-    /// [`JOB_TIMEOUT_FLOOR`] plus [`JOB_TIMEOUT_PER_SECOND`] times the input's duration, at most
-    /// [`JOB_TIMEOUT_CEILING`].
-    Auto,
-}
-
-/// The least time a job gets by default: starting a worker, spooling a big input and ffprobe
-/// take seconds, and a job must never be stopped for being short.
-pub const JOB_TIMEOUT_FLOOR: Duration = Duration::from_secs(10 * 60);
-
-/// Seconds of run time a job gets by default for each second of its input: the slowest preset
-/// here (av1) encodes 720p at about 0.2x realtime on one of this machine's cores, so 20 leaves
-/// a factor of four for slower machines and busier engines.
-pub const JOB_TIMEOUT_PER_SECOND: u32 = 20;
-
-/// The most time a job gets by default, whatever duration the input (or the worker's ffmpeg,
-/// which states it when this machine cannot read it) claims.
-pub const JOB_TIMEOUT_CEILING: Duration = Duration::from_secs(48 * 3600);
-
-impl JobTimeout {
-    /// The limit for an input of `seconds` (unknown: `None`).
-    pub fn limit(self, seconds: Option<f64>) -> Duration {
-        match self {
-            JobTimeout::Fixed(d) => d,
-            JobTimeout::Auto => {
-                let per = seconds
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .map(|s| s * f64::from(JOB_TIMEOUT_PER_SECOND))
-                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                    .unwrap_or_default();
-                JOB_TIMEOUT_FLOOR
-                    .saturating_add(per)
-                    .min(JOB_TIMEOUT_CEILING)
-            }
-        }
-    }
-}
 
 /// Run one job (`work`, given the context it must use) within `timeout`. When the limit passes,
 /// the job is cancelled, awaited (so that its backend removes its container and stops ffmpeg)
@@ -235,186 +95,6 @@ where
             cancel.cancel();
             let _ = work.await;
             Err(JobError::TimedOut(limit))
-        }
-    }
-}
-
-/// What a backend needs from its caller while a job runs.
-#[derive(Clone)]
-pub struct JobCtx {
-    pub events: UnboundedSender<Event>,
-    pub cancel: CancellationToken,
-    /// When the job last showed a sign of life (a progress block, bytes moving), for the
-    /// watchdog: milliseconds since `epoch`.
-    pub activity: Arc<AtomicU64>,
-    pub epoch: Instant,
-    /// Forward ffmpeg's own messages as they come (`-vv`).
-    pub echo_ffmpeg: bool,
-    /// No job waits behind this one: a worker started for it would serve no other job, so a
-    /// backend may give it one made for this job alone. Set by the batch dispatcher; a daemon,
-    /// which keeps its workers for jobs yet to come, leaves it false.
-    pub last_wave: bool,
-    /// The input's duration as ffmpeg stated it, in milliseconds (0: not yet), for the job's
-    /// time limit ([`within_timeout`]).
-    pub stated_ms: Arc<AtomicU64>,
-    /// When the last progress event went to the reporter, in milliseconds since `epoch` plus
-    /// one (0: none yet): see [`PROGRESS_EVERY`].
-    pub(crate) progress_ms: Arc<AtomicU64>,
-}
-
-/// Shortest time between two progress events of one job. ffmpeg writes a block twice a second;
-/// a worker that writes them as fast as it can would otherwise queue events faster than the
-/// reporter draws them, in memory that grows with what the worker sends. The last block
-/// (`progress=end`) always goes through.
-pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
-
-impl JobCtx {
-    pub fn new(
-        events: UnboundedSender<Event>,
-        cancel: CancellationToken,
-        echo_ffmpeg: bool,
-    ) -> Self {
-        JobCtx {
-            events,
-            cancel,
-            activity: Arc::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
-            echo_ffmpeg,
-            last_wave: false,
-            stated_ms: Arc::default(),
-            progress_ms: Arc::default(),
-        }
-    }
-
-    /// The same context for one job: its own cancellation (a child of the batch's) and its own
-    /// activity clock.
-    pub fn for_job(&self) -> JobCtx {
-        JobCtx {
-            events: self.events.clone(),
-            cancel: self.cancel.child_token(),
-            activity: Arc::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
-            echo_ffmpeg: self.echo_ffmpeg,
-            last_wave: false,
-            stated_ms: Arc::default(),
-            progress_ms: Arc::default(),
-        }
-    }
-
-    /// Record a sign of life.
-    pub fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.activity.store(ms, Ordering::Relaxed);
-    }
-
-    /// Time since the last sign of life.
-    pub fn idle(&self) -> Duration {
-        let last = Duration::from_millis(self.activity.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
-    }
-
-    pub(crate) fn started(&self, id: usize, host: &str, transfer: Transfer) {
-        let _ = self.events.send(Event::Job(JobEvent::Started {
-            id,
-            host: host.to_string(),
-            transfer,
-        }));
-    }
-
-    pub(crate) fn progress(&self, id: usize, progress: Progress, duration: Option<f64>) {
-        self.touch();
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.progress_ms.load(Ordering::Relaxed);
-        if !progress.end && last > 0 && now - last < PROGRESS_EVERY.as_millis() as u64 {
-            return;
-        }
-        self.progress_ms.store(now, Ordering::Relaxed);
-        let _ = self.events.send(Event::Job(JobEvent::Progress {
-            id,
-            progress,
-            duration,
-        }));
-    }
-}
-
-/// Why one job failed. The dispatcher prefixes the input's path.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("cannot read input: {0}")]
-    Input(#[source] std::io::Error),
-    #[error("ffmpeg failed with exit code {code}")]
-    Ffmpeg { code: i64, tail: Vec<String> },
-    /// The input does not fit the preset, and ffmpeg said why ([`StderrParser::refusal`]).
-    #[error("not made: {reason}")]
-    Refused { reason: String, tail: Vec<String> },
-    #[error("{stage} failed in the worker (exit code {code})")]
-    Worker {
-        stage: String,
-        code: i64,
-        tail: Vec<String>,
-    },
-    #[error("output rejected: {reason}")]
-    Verify { reason: String, tail: Vec<String> },
-    #[error("cannot write output: {0}")]
-    Output(#[source] std::io::Error),
-    /// ffmpeg exited 0 but said it could not finish the output ([`StderrParser::unfinished`]).
-    #[error("cannot write output: ffmpeg could not finish it: {cause}")]
-    Unfinished { cause: String, tail: Vec<String> },
-    #[error("docker engine error: {0}")]
-    Engine(#[from] bollard::errors::Error),
-    #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot mount the input into the worker (--transfer mount): {0}")]
-    Mount(String),
-    /// The worker went away or fell out of step before the job could run; a fresh worker may
-    /// take it again.
-    #[error("lost the worker container: {0}")]
-    WorkerLost(String),
-    /// The worker sent what no job server sends, or more than a limit allows; nothing it says
-    /// after that is believed, and the worker is removed.
-    #[error("refused what the worker sent: {0}")]
-    Untrusted(String),
-    #[error("interrupted")]
-    Cancelled,
-    #[error("stalled: no progress for {} s; stopped and its container removed", .0.as_secs())]
-    Stalled(Duration),
-    #[error(
-        "timed out: still running after {}, the job's time limit (--job-timeout); stopped and \
-         its container removed",
-        humantime::format_duration(*.0)
-    )]
-    TimedOut(Duration),
-}
-
-impl JobError {
-    /// ffmpeg exited with `code`: a refusal when its messages say the input does not fit the
-    /// preset, else a plain failure.
-    pub(crate) fn ffmpeg(code: i64, parser: &StderrParser) -> JobError {
-        match parser.refusal() {
-            Some(reason) => JobError::Refused {
-                reason: reason.to_string(),
-                tail: parser.tail(),
-            },
-            None => JobError::Ffmpeg {
-                code,
-                tail: parser.tail(),
-            },
-        }
-    }
-
-    /// ffmpeg's last meaningful lines, when it has any to say.
-    pub fn tail(&self) -> &[String] {
-        match self {
-            JobError::Ffmpeg { tail, .. }
-            | JobError::Refused { tail, .. }
-            | JobError::Worker { tail, .. }
-            | JobError::Unfinished { tail, .. }
-            | JobError::Verify { tail, .. } => tail,
-            _ => &[],
         }
     }
 }
@@ -521,49 +201,53 @@ pub(crate) fn finish_stderr(parser: &mut StderrParser, id: usize, ctx: &JobCtx) 
     }
 }
 
+impl From<bollard::errors::Error> for JobError {
+    fn from(e: bollard::errors::Error) -> Self {
+        JobError::Engine(match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            } => EngineFault {
+                status: Some(status_code),
+                message,
+            },
+            e => EngineFault {
+                status: None,
+                message: e.to_string(),
+            },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn progress_events_are_bounded_in_rate_and_the_end_goes_through() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let ctx = JobCtx::new(tx, CancellationToken::new(), false);
-        for _ in 0..10_000 {
-            ctx.progress(0, Progress::default(), None);
-        }
-        ctx.progress(
-            0,
-            Progress {
-                end: true,
-                ..Progress::default()
-            },
-            None,
-        );
-        let mut events = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            events.push(e);
-        }
-        assert!(events.len() <= 3, "{} events", events.len());
-        assert!(matches!(
-            events.last(),
-            Some(Event::Job(JobEvent::Progress { progress, .. })) if progress.end
-        ));
-    }
-
     #[test]
-    fn the_default_time_limit_grows_with_the_input_and_stays_bounded() {
-        let auto = JobTimeout::Auto;
-        assert_eq!(auto.limit(None), JOB_TIMEOUT_FLOOR);
-        assert_eq!(auto.limit(Some(f64::NAN)), JOB_TIMEOUT_FLOOR);
-        assert_eq!(auto.limit(Some(-5.0)), JOB_TIMEOUT_FLOOR);
+    fn an_engine_error_keeps_its_status_and_its_text() {
+        let e = JobError::from(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            message: "container is paused".into(),
+        });
+        assert!(matches!(
+            &e,
+            JobError::Engine(EngineFault {
+                status: Some(409),
+                message
+            }) if message == "container is paused"
+        ));
         assert_eq!(
-            auto.limit(Some(60.0)),
-            JOB_TIMEOUT_FLOOR + Duration::from_secs(1200)
+            e.to_string(),
+            "docker engine error: Docker responded with status code 409: container is paused"
         );
-        assert_eq!(auto.limit(Some(1e12)), JOB_TIMEOUT_CEILING);
-        assert_eq!(auto.limit(Some(f64::INFINITY)), JOB_TIMEOUT_FLOOR);
-        let fixed = JobTimeout::Fixed(Duration::from_secs(3));
-        assert_eq!(fixed.limit(Some(3600.0)), Duration::from_secs(3));
+        let e = JobError::from(bollard::errors::Error::RequestTimeoutError);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "docker engine error: {}",
+                bollard::errors::Error::RequestTimeoutError
+            )
+        );
+        assert_eq!(e.kind(), crate::job::ErrorKind::Engine);
     }
 }

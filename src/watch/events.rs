@@ -10,6 +10,7 @@
 //! debounces by draining everything waiting before it acts, so a burst of write events costs
 //! one `stat` per path per wake-up.
 
+use crate::error::WatchError;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use std::path::{Path, PathBuf};
@@ -34,14 +35,14 @@ pub struct Watcher {
 }
 
 /// Watch `roots` recursively. Folders created later are watched as they appear.
-pub fn watch(roots: &[PathBuf]) -> Result<(Watcher, UnboundedReceiver<Change>), super::WatchError> {
+pub fn watch(roots: &[PathBuf]) -> Result<(Watcher, UnboundedReceiver<Change>), WatchError> {
     let (tx, rx) = unbounded_channel();
     // Not into linked folders: the daemon never follows a link out of its folders, and a link
     // to `/` would otherwise cost a watch on every folder of the machine.
     let config = notify::Config::default().with_follow_symlinks(false);
     let mut inner =
         notify::RecommendedWatcher::new(move |res| forward(&tx, res), config).map_err(|e| {
-            super::WatchError::Notify {
+            WatchError::Notify {
                 path: roots.first().cloned().unwrap_or_default(),
                 source: e,
             }
@@ -49,7 +50,7 @@ pub fn watch(roots: &[PathBuf]) -> Result<(Watcher, UnboundedReceiver<Change>), 
     for root in roots {
         inner
             .watch(root, RecursiveMode::Recursive)
-            .map_err(|e| super::WatchError::Notify {
+            .map_err(|e| WatchError::Notify {
                 path: root.clone(),
                 source: e,
             })?;

@@ -35,14 +35,17 @@ pub mod on_success;
 pub mod queue;
 pub mod settle;
 
-use crate::app::{self, StateRecorder};
 use crate::cli::{BackendChoice, LogFormat, OnSuccess, WatchArgs};
-use crate::error::{AppError, ExitCode};
+use crate::copy::copy_job;
+use crate::engine::{setup_docker, setup_local};
+use crate::error::{AppError, ExitCode, WatchError};
 use crate::exec::docker::{Engine, EngineError, default_host};
 use crate::exec::{Backend, JobCtx, JobSpec};
 use crate::metrics::{JobOutcome, Metrics};
-use crate::plan::{self, Action, PlanOptions};
+use crate::place::remove_stale_temps;
+use crate::plan::{self, Action, PlanOptions, replace_opts};
 use crate::preset::{self, Preset};
+use crate::record::StateRecorder;
 use crate::report::Event;
 use crate::schedule::{self, JobResult, Recorder, Status};
 use crate::state::{self, FileStat, QueueState, Store};
@@ -68,45 +71,6 @@ const PROBE_MIN: Duration = Duration::from_secs(1);
 const PROBE_MAX: Duration = Duration::from_secs(60);
 /// How long one engine probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What stops the daemon before it can start.
-#[derive(Debug, thiserror::Error)]
-pub enum WatchError {
-    #[error("cannot watch {}: not a folder", .0.display())]
-    NotAFolder(PathBuf),
-    #[error("cannot watch {}: {source}", path.display())]
-    Folder {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0} does not apply to watch (it runs until stopped and logs as it goes)")]
-    Unsupported(&'static str),
-    #[error(
-        "--follow does not apply to watch: the daemon never follows a symlink out of its folders"
-    )]
-    Follow,
-    #[error(
-        "the --on-success move folder {} lies inside the watched folder {}: moved files would be taken again",
-        dir.display(),
-        root.display()
-    )]
-    MoveInside { dir: PathBuf, root: PathBuf },
-    #[error("cannot create {}: {source}", path.display())]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot watch {} for changes: {source}", path.display())]
-    Notify {
-        path: PathBuf,
-        #[source]
-        source: notify::Error,
-    },
-    #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
-}
 
 /// The resolved, validated options of the daemon.
 struct Config {
@@ -287,7 +251,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
             return Ok(ExitCode::Success);
         }
     };
-    let stale = app::remove_stale_temps(&cfg.out);
+    let stale = remove_stale_temps(&cfg.out);
     if stale > 0 {
         info!(
             count = stale,
@@ -356,26 +320,26 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
             metrics.set_engine_up(&engine.host, true);
             let count_cpus = args.run.jobs.is_none();
             let (backend, provenance, cpus) =
-                app::setup_docker(engine.clone(), &args.run, &store, &say, count_cpus).await?;
+                setup_docker(engine.clone(), &args.run, &store, &say, count_cpus).await?;
             // Not counted only when `--jobs` decides.
             let cpus = cpus.unwrap_or(1);
             let recorder = Arc::new(StateRecorder::new(
                 store.clone(),
                 cfg.out.clone(),
                 provenance,
-                app::replace_opts(&args.run),
+                replace_opts(&args.run),
             ));
             Daemon::new(cfg, backend, Some(engine), recorder, cpus, shared)
                 .run(signals, changes)
                 .await
         }
         None => {
-            let (backend, provenance, cpus) = app::setup_local(&args.run).await?;
+            let (backend, provenance, cpus) = setup_local(&args.run).await?;
             let recorder = Arc::new(StateRecorder::new(
                 store.clone(),
                 cfg.out.clone(),
                 provenance,
-                app::replace_opts(&args.run),
+                replace_opts(&args.run),
             ));
             Daemon::new(cfg, backend, None, recorder, cpus, shared)
                 .run(signals, changes)
@@ -1295,7 +1259,7 @@ async fn job_inner<B: Backend>(env: &JobEnv<B>, acc: &Accepted, id: usize, ctx: 
                 cfg.plan,
             );
             let copied = tokio::task::spawn_blocking(move || {
-                app::copy_job(&spec, &from, &record, &out, &store, &why, replace)
+                copy_job(&spec, &from, &record, &out, &store, &why, replace)
             })
             .await;
             match copied {

@@ -11,6 +11,8 @@
 //! - [`local::LocalBackend`] runs the same presets with the ffmpeg on this machine.
 
 pub mod docker;
+#[cfg(test)]
+pub(crate) mod fake;
 pub(crate) mod jobserver;
 pub mod local;
 pub mod transport;
@@ -23,8 +25,11 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
+// tokio's clock, not std's: the watchdog and the time limits follow `tokio::time::pause()` in
+// tests.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use crate::random::hex as random_hex;

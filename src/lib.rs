@@ -38,6 +38,7 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod codec;
+pub mod config;
 pub mod error;
 pub mod exec;
 pub mod ffmpeg;

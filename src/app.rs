@@ -157,10 +157,10 @@ pub(crate) fn remove_stale_temps(out: &Path) -> usize {
     walkdir::WalkDir::new(out)
         .into_iter()
         .filter_entry(|e| {
-            e.file_name() != state::STATE_DIR
+            e.file_name() != crate::place::STATE_DIR
                 && !(e.depth() > 0
                     && e.file_type().is_dir()
-                    && std::fs::symlink_metadata(e.path().join(state::STATE_DIR)).is_ok())
+                    && std::fs::symlink_metadata(e.path().join(crate::place::STATE_DIR)).is_ok())
         })
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
@@ -250,7 +250,7 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
     let out = args.out.clone();
     let no_wait = args.no_wait;
     let _lock = tokio::task::spawn_blocking(move || {
-        state::lock(&out, !no_wait, |holder| {
+        crate::place::lock(&out, !no_wait, |holder| {
             eprintln!(
                 "waiting for another isc-transcode run{} to finish with {}",
                 holder.map(|h| format!(" (pid {h})")).unwrap_or_default(),

@@ -491,14 +491,11 @@ async fn produce<B: Backend>(
             tail: vec![],
         });
     }
-    result.sync_all().map_err(JobError::Output)?;
     if file_stat(&job.input).as_ref() != Some(input_stat) {
         return Err(changed("while it was transcoded"));
     }
-    dir.install(temp.name(), &name, replace)
+    dir.publish(temp, &result, &name, replace)
         .map_err(|e| JobError::Output(e.into()))?;
-    // In place under its final name: the temporary name is gone, nothing to delete.
-    temp.installed();
     Ok(produced)
 }
 

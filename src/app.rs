@@ -26,7 +26,7 @@ use crate::record::StateRecorder;
 use crate::report::{self, BatchInfo, ReportOptions, human_bytes};
 use crate::scan::{self, ScanOptions};
 use crate::schedule;
-use crate::state::{self, Store};
+use crate::state::Store;
 use clap::Parser;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -213,7 +213,7 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
     let out = args.out.clone();
     let no_wait = args.no_wait;
     let _lock = tokio::task::spawn_blocking(move || {
-        state::lock(&out, !no_wait, |holder| {
+        crate::place::lock(&out, !no_wait, |holder| {
             eprintln!(
                 "waiting for another isc-transcode run{} to finish with {}",
                 holder.map(|h| format!(" (pid {h})")).unwrap_or_default(),

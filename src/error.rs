@@ -55,6 +55,8 @@ pub enum AppError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
+    Lock(#[from] crate::place::LockError),
+    #[error(transparent)]
     Watch(#[from] WatchError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -75,7 +77,7 @@ impl AppError {
 
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            AppError::State(crate::state::StateError::Busy { .. }) => ExitCode::Busy,
+            AppError::Lock(crate::place::LockError::Busy { .. }) => ExitCode::Busy,
             _ => ExitCode::Usage,
         }
     }

@@ -76,6 +76,27 @@ pub async fn open_regular_async(path: &Path) -> std::io::Result<tokio::fs::File>
     Ok(tokio::fs::File::from_std(file))
 }
 
+/// Identity of a file as the stat cache sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileStat {
+    pub fn of(meta: &std::fs::Metadata) -> FileStat {
+        FileStat {
+            dev: std::os::unix::fs::MetadataExt::dev(meta),
+            ino: std::os::unix::fs::MetadataExt::ino(meta),
+            size: meta.len(),
+            mtime_ns: std::os::unix::fs::MetadataExt::mtime(meta) * 1_000_000_000
+                + std::os::unix::fs::MetadataExt::mtime_nsec(meta),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

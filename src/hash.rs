@@ -14,7 +14,7 @@
 //! taken before the bytes were read and is the same after ([`file_stable`]): otherwise a file
 //! edited in place while it was read would be cached with content it no longer has.
 
-use crate::state::FileStat;
+use crate::fsopen::FileStat;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 

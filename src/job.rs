@@ -17,8 +17,11 @@ use crate::state::FileStat;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, not std's: the stall watchdog and the time limits follow
+// `tokio::time::pause()` in tests.
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// One input to transcode.

@@ -48,6 +48,7 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod codec;
+pub mod config;
 pub mod copy;
 pub mod engine;
 pub mod error;

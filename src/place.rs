@@ -1,4 +1,7 @@
-//! Putting a finished output at its final path: inside the output folder, through no link,
+//! The output folder's rules, in one place: its lock and state folder ([`lock`],
+//! [`STATE_DIR`]), the temporary names outputs are written under ([`TEMP_PREFIX`], [`Temp`]) and
+//! their cleanup after a killed run, and putting a finished output at its final path
+//! ([`Dir::publish`]: fsync, rename, folder fsync): inside the output folder, through no link,
 //! and over nothing this tool did not write.
 //!
 //! Anyone who can write into `out/` may plant things there while a run works: a file of their
@@ -211,6 +214,27 @@ impl Dir {
             }
         }
         let _ = rustix::fs::fsync(&self.fd);
+        Ok(())
+    }
+
+    /// Make a checked temporary output final: its bytes on disk (`file`, what stands under the
+    /// temporary name, is synced), then the rename to `name` as [`Dir::install`] allows it, then
+    /// the folder synced. A crash at any point leaves either no output under `name` or the whole
+    /// one, never a part.
+    pub fn publish(
+        &self,
+        temp: Temp,
+        file: &std::fs::File,
+        name: &OsStr,
+        replace: Replace,
+    ) -> Result<(), PlaceError> {
+        file.sync_all().map_err(|source| PlaceError::Io {
+            path: temp.path().to_path_buf(),
+            source,
+        })?;
+        self.install(temp.name(), name, replace)?;
+        // In place under its final name: the temporary name is gone, nothing to delete.
+        temp.installed();
         Ok(())
     }
 
@@ -471,10 +495,10 @@ pub(crate) fn remove_stale_temps(out: &Path) -> usize {
     walkdir::WalkDir::new(out)
         .into_iter()
         .filter_entry(|e| {
-            e.file_name() != crate::state::STATE_DIR
+            e.file_name() != STATE_DIR
                 && !(e.depth() > 0
                     && e.file_type().is_dir()
-                    && std::fs::symlink_metadata(e.path().join(crate::state::STATE_DIR)).is_ok())
+                    && std::fs::symlink_metadata(e.path().join(STATE_DIR)).is_ok())
         })
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
@@ -490,6 +514,86 @@ pub(crate) fn remove_stale_temps(out: &Path) -> usize {
             }
         })
         .count()
+}
+
+/// Folder inside the output folder that holds the state store and the lock. Scans never enter
+/// it, and stale-temp cleanup never enters a folder that has one of its own (another run's
+/// output folder, under another lock).
+pub const STATE_DIR: &str = ".isc-transcode";
+const LOCK_FILE: &str = "lock";
+
+/// Why the output folder could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot create state folder {}: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another isc-transcode run{} is working on {}; not waiting (--no-wait)", holder.as_deref().map(|h| format!(" (pid {h})")).unwrap_or_default(), out.display())]
+    Busy {
+        out: PathBuf,
+        holder: Option<String>,
+    },
+}
+
+/// The exclusive lock on an output folder, held until dropped.
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+/// Lock the output folder. With `wait`, block (after calling `waiting` once) until the other
+/// run finishes; without, fail with [`LockError::Busy`].
+pub fn lock(
+    out: &Path,
+    wait: bool,
+    waiting: impl FnOnce(Option<String>),
+) -> Result<FolderLock, LockError> {
+    let dir = out.join(STATE_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| LockError::Dir {
+        path: dir.clone(),
+        source,
+    })?;
+    let path = dir.join(LOCK_FILE);
+    let lock_err = |source| LockError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = std::io::Read::read_to_string(&mut file, &mut holder);
+            let holder = Some(holder.trim().to_string()).filter(|h| !h.is_empty());
+            if !wait {
+                return Err(LockError::Busy {
+                    out: out.to_path_buf(),
+                    holder,
+                });
+            }
+            waiting(holder);
+            file.lock().map_err(lock_err)?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    file.set_len(0).map_err(lock_err)?;
+    std::io::Seek::rewind(&mut file).map_err(lock_err)?;
+    let _ = std::io::Write::write_fmt(&mut file, format_args!("{}", std::process::id()));
+    Ok(FolderLock { _file: file })
 }
 
 #[cfg(test)]
@@ -690,5 +794,16 @@ mod tests {
         std::os::unix::fs::symlink(out.join("a.mp4"), out.join("l.mp4")).expect("ln");
         assert!(conflict(&out.join("l.mp4"), Replace::Ours).is_some());
         assert_eq!(conflict(&out.join("l.mp4"), Replace::Anything), None);
+    }
+    #[test]
+    fn second_lock_is_busy_without_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = lock(dir.path(), false, |_| {}).expect("first");
+        let err = lock(dir.path(), false, |_| {}).err().expect("busy");
+        let msg = err.to_string();
+        assert!(matches!(err, LockError::Busy { .. }), "{msg}");
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        drop(held);
+        lock(dir.path(), false, |_| {}).expect("free again");
     }
 }

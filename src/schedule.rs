@@ -216,7 +216,7 @@ pub(crate) async fn run_one<B: Backend>(
     recorder: &dyn Recorder,
     stall_timeout: Duration,
 ) -> JobResult {
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     ctx.touch();
     let Job {
         spec: job,
@@ -391,14 +391,11 @@ async fn produce<B: Backend>(
             tail: vec![],
         });
     }
-    result.sync_all().map_err(JobError::Output)?;
     if file_stat(&job.input).as_ref() != Some(input_stat) {
         return Err(changed("while it was transcoded"));
     }
-    dir.install(temp.name(), &name, replace)
+    dir.publish(temp, &result, &name, replace)
         .map_err(|e| JobError::Output(e.into()))?;
-    // In place under its final name: the temporary name is gone, nothing to delete.
-    temp.installed();
     Ok(produced)
 }
 
@@ -449,5 +446,266 @@ mod tests {
             boxes.iter().all(|b| &b.kind != b"free" || b.size <= 8),
             "no reserved room left in it: {boxes:?}"
         );
+    }
+
+    mod dispatcher {
+        //! The dispatcher's logic on a fake backend, in tokio's paused time: what these tests
+        //! assert does not depend on the machine's speed, and an hour of job takes no real time.
+
+        use super::super::*;
+        use crate::exec::JobTimeout;
+        use crate::exec::fake::{FakeBackend, Script};
+        use std::sync::Mutex;
+
+        /// A recorder that remembers what it was told.
+        #[derive(Default)]
+        struct Told {
+            done: Mutex<Vec<usize>>,
+            failed: Mutex<Vec<(usize, String)>>,
+        }
+
+        impl Recorder for Told {
+            fn done(
+                &self,
+                job: &JobSpec,
+                _: &Produced,
+                _: &FileStat,
+                _: f64,
+                _: &str,
+            ) -> Result<String, String> {
+                self.done.lock().expect("lock").push(job.id);
+                Ok(format!("key-{}", job.id))
+            }
+
+            fn failed(&self, job: &JobSpec, error: &str) {
+                self.failed
+                    .lock()
+                    .expect("lock")
+                    .push((job.id, error.to_string()));
+            }
+
+            fn replace(&self, _: &JobSpec) -> Replace {
+                Replace::Nothing
+            }
+        }
+
+        struct Batch {
+            dir: tempfile::TempDir,
+            jobs: Vec<Job>,
+        }
+
+        /// `n` inputs (copies of a small MP4) and their jobs, with the copy preset.
+        fn batch(n: usize) -> Batch {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/faststart.mp4");
+            let preset = Arc::new(crate::preset::load("copy").expect("copy"));
+            std::fs::create_dir(dir.path().join("in")).expect("in");
+            std::fs::create_dir(dir.path().join("out")).expect("out");
+            let jobs = (0..n)
+                .map(|id| {
+                    let input = dir.path().join(format!("in/{id}.mp4"));
+                    std::fs::copy(&sample, &input).expect("copy sample");
+                    let input_stat = file_stat(&input).expect("stat");
+                    Job {
+                        spec: JobSpec {
+                            id,
+                            output: dir.path().join(format!("out/{id}.mp4")),
+                            input,
+                            preset: preset.clone(),
+                            size: input_stat.size,
+                            input_sha256: None,
+                            index_reserve: None,
+                        },
+                        input_stat,
+                    }
+                })
+                .collect();
+            Batch { dir, jobs }
+        }
+
+        fn opts(parallel: usize) -> BatchOptions {
+            BatchOptions {
+                parallel,
+                deadline: None,
+                stall_timeout: Duration::from_secs(60),
+                echo_ffmpeg: false,
+            }
+        }
+
+        async fn run(
+            backend: &Arc<FakeBackend>,
+            b: &Batch,
+            opts: BatchOptions,
+            told: &Arc<Told>,
+        ) -> BatchOutcome {
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            run_batch(
+                backend.clone(),
+                b.jobs.clone(),
+                &b.dir.path().join("out"),
+                opts,
+                tx,
+                told.clone(),
+            )
+            .await
+        }
+
+        fn leftovers(b: &Batch) -> Vec<String> {
+            std::fs::read_dir(b.dir.path().join("out"))
+                .expect("out")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(place::TEMP_PREFIX))
+                .collect()
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn no_more_than_the_parallel_jobs_run_at_once_and_every_output_lands() {
+            let b = batch(6);
+            let fake = Arc::new(FakeBackend::new());
+            for j in &b.jobs {
+                fake.script(
+                    &j.spec.input,
+                    vec![Script::Succeed(Duration::from_secs(10))],
+                );
+            }
+            let told = Arc::new(Told::default());
+            let start = tokio::time::Instant::now();
+            let outcome = run(&fake, &b, opts(2), &told).await;
+            assert_eq!(fake.most_running(), 2);
+            // Three waves of two ten-second jobs.
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_secs(30) && took < Duration::from_secs(31),
+                "{took:?}"
+            );
+            assert!(outcome.results.iter().all(|r| r.status == Status::Done));
+            assert_eq!(outcome.results.len(), 6);
+            for j in &b.jobs {
+                let out = std::fs::read(&j.spec.output).expect("output in place");
+                assert_eq!(out, std::fs::read(&j.spec.input).expect("input"));
+            }
+            assert_eq!(told.done.lock().expect("lock").len(), 6);
+            assert_eq!(
+                fake.seen(|s| s.finish_calls),
+                1,
+                "idle workers released once"
+            );
+            assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_job_with_no_sign_of_life_is_stopped_by_the_watchdog_and_the_batch_goes_on() {
+            let b = batch(2);
+            let fake = Arc::new(FakeBackend::new());
+            fake.script(&b.jobs[0].spec.input, vec![Script::Hang]);
+            fake.script(
+                &b.jobs[1].spec.input,
+                vec![Script::Succeed(Duration::from_secs(300))],
+            );
+            let told = Arc::new(Told::default());
+            let start = tokio::time::Instant::now();
+            let outcome = run(&fake, &b, opts(2), &told).await;
+            let (hung, fine) = (&outcome.results[0], &outcome.results[1]);
+            assert_eq!(hung.status, Status::Failed);
+            let error = hung.error.as_deref().unwrap_or("");
+            assert!(
+                error.starts_with("stalled: no progress for 60 s"),
+                "{error}"
+            );
+            // The watchdog fired about a minute in, not at the end of the other job.
+            assert!(
+                hung.seconds >= 60.0 && hung.seconds < 61.0,
+                "{}",
+                hung.seconds
+            );
+            assert_eq!(fine.status, Status::Done, "{:?}", fine.error);
+            assert!(start.elapsed() >= Duration::from_secs(300));
+            assert_eq!(fake.seen(|s| s.cancelled.clone()), [0]);
+            assert!(!b.jobs[0].spec.output.exists());
+            assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+            let failed = told.failed.lock().expect("lock").clone();
+            assert_eq!(failed.len(), 1);
+            assert_eq!(failed[0].0, 0);
+            assert_eq!(*told.done.lock().expect("lock"), [1]);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_job_that_keeps_busy_is_never_stalled_and_ends_at_its_time_limit() {
+            let b = batch(1);
+            let fake = Arc::new(
+                FakeBackend::new().with_timeout(JobTimeout::Fixed(Duration::from_secs(3600))),
+            );
+            fake.script(&b.jobs[0].spec.input, vec![Script::Busy]);
+            let told = Arc::new(Told::default());
+            let outcome = run(&fake, &b, opts(1), &told).await;
+            let r = &outcome.results[0];
+            assert_eq!(r.status, Status::Failed);
+            let error = r.error.as_deref().unwrap_or("");
+            assert!(
+                error.starts_with("timed out: still running after 1h"),
+                "{error}"
+            );
+            assert!(r.seconds >= 3600.0 && r.seconds < 3602.0, "{}", r.seconds);
+            assert_eq!(fake.seen(|s| s.cancelled.clone()), [0]);
+            assert_eq!(fake.running(), 0);
+            assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_failed_job_keeps_ffmpegs_words_and_the_others_are_done() {
+            let b = batch(3);
+            let fake = Arc::new(FakeBackend::new());
+            fake.script(
+                &b.jobs[1].spec.input,
+                vec![Script::Fail(Duration::from_secs(2), || JobError::Ffmpeg {
+                    code: 1,
+                    tail: vec!["Invalid data found when processing input".into()],
+                })],
+            );
+            let told = Arc::new(Told::default());
+            let outcome = run(&fake, &b, opts(3), &told).await;
+            let status: Vec<_> = outcome.results.iter().map(|r| r.status).collect();
+            assert_eq!(status, [Status::Done, Status::Failed, Status::Done]);
+            let failed = &outcome.results[1];
+            assert_eq!(
+                failed.error.as_deref(),
+                Some("ffmpeg failed with exit code 1")
+            );
+            assert_eq!(failed.tail, ["Invalid data found when processing input"]);
+            assert!(!b.jobs[1].spec.output.exists());
+            assert_eq!(told.failed.lock().expect("lock").len(), 1);
+        }
+
+        // The input's bytes changed under the job: what it made describes bytes the file no
+        // longer holds, so it must not be put in place or recorded.
+        #[tokio::test(start_paused = true)]
+        async fn an_input_edited_while_its_job_runs_is_not_put_in_place_nor_recorded() {
+            let b = batch(1);
+            let fake = Arc::new(FakeBackend::new());
+            fake.script(
+                &b.jobs[0].spec.input,
+                vec![Script::Succeed(Duration::from_secs(10))],
+            );
+            let input = b.jobs[0].spec.input.clone();
+            let edit = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&input)
+                    .expect("open input");
+                std::io::Write::write_all(&mut f, b"more").expect("append");
+            });
+            let told = Arc::new(Told::default());
+            let outcome = run(&fake, &b, opts(1), &told).await;
+            edit.await.expect("edit");
+            let r = &outcome.results[0];
+            assert_eq!(r.status, Status::Failed);
+            let error = r.error.as_deref().unwrap_or("");
+            assert!(error.contains("changed while it was transcoded"), "{error}");
+            assert!(!b.jobs[0].spec.output.exists());
+            assert!(told.done.lock().expect("lock").is_empty());
+            assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+        }
     }
 }

@@ -18,21 +18,16 @@
 //! cannot be read is reported and left alone; `--rebuild-state` moves it aside and starts afresh,
 //! keeping every output.
 //!
-//! The output folder is locked (`flock` on `.isc-transcode/lock`) for the length of a run, so two
-//! runs never work on the same folder at once.
+//! The output folder's lock (`.isc-transcode/lock`) is [`crate::place::lock`].
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::ffi::OsStr;
-use std::io::{Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Folder inside the output folder that holds the state.
-pub const STATE_DIR: &str = ".isc-transcode";
+pub use crate::place::STATE_DIR;
 const DB_FILE: &str = "state.db";
-const LOCK_FILE: &str = "lock";
 
 /// Ordered migrations; `user_version` counts how many have been applied.
 const MIGRATIONS: &[&str] = &[
@@ -153,38 +148,9 @@ pub enum StateError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("cannot lock {}: {source}", path.display())]
-    Lock {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("another isc-transcode run{} is working on {}; not waiting (--no-wait)", holder.as_deref().map(|h| format!(" (pid {h})")).unwrap_or_default(), out.display())]
-    Busy {
-        out: PathBuf,
-        holder: Option<String>,
-    },
 }
 
-/// Identity of a file as the stat cache sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileStat {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i64,
-}
-
-impl FileStat {
-    pub fn of(meta: &std::fs::Metadata) -> FileStat {
-        FileStat {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        }
-    }
-}
+pub use crate::fsopen::FileStat;
 
 /// One recorded output.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,58 +171,6 @@ pub struct OutputRecord {
     pub host: String,
     pub seconds: f64,
     pub transcoded: bool,
-}
-
-/// The exclusive lock on an output folder, held until dropped.
-pub struct FolderLock {
-    _file: std::fs::File,
-}
-
-/// Lock the output folder. With `wait`, block (after calling `waiting` once) until the other
-/// run finishes; without, fail with [`StateError::Busy`].
-pub fn lock(
-    out: &Path,
-    wait: bool,
-    waiting: impl FnOnce(Option<String>),
-) -> Result<FolderLock, StateError> {
-    let dir = out.join(STATE_DIR);
-    std::fs::create_dir_all(&dir).map_err(|source| StateError::Dir {
-        path: dir.clone(),
-        source,
-    })?;
-    let path = dir.join(LOCK_FILE);
-    let lock_err = |source| StateError::Lock {
-        path: path.clone(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(lock_err)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = Some(holder.trim().to_string()).filter(|h| !h.is_empty());
-            if !wait {
-                return Err(StateError::Busy {
-                    out: out.to_path_buf(),
-                    holder,
-                });
-            }
-            waiting(holder);
-            file.lock().map_err(lock_err)?;
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
-    }
-    file.set_len(0).map_err(lock_err)?;
-    file.rewind().map_err(lock_err)?;
-    let _ = write!(file, "{}", std::process::id());
-    Ok(FolderLock { _file: file })
 }
 
 /// Where a file stands in the watch daemon's persisted queue.
@@ -795,18 +709,6 @@ mod tests {
         drop(c);
         let err = Store::open(dir.path(), false).err().expect("too new");
         assert!(matches!(err, StateError::TooNew { found: 99, .. }));
-    }
-
-    #[test]
-    fn second_lock_is_busy_without_wait() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let held = lock(dir.path(), false, |_| {}).expect("first");
-        let err = lock(dir.path(), false, |_| {}).err().expect("busy");
-        let msg = err.to_string();
-        assert!(matches!(err, StateError::Busy { .. }), "{msg}");
-        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
-        drop(held);
-        lock(dir.path(), false, |_| {}).expect("free again");
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! [`EngineFault`], so that nothing above the backends depends on the client library.
 
 pub mod docker;
+#[cfg(test)]
+pub(crate) mod fake;
 pub(crate) mod jobserver;
 pub mod local;
 pub mod transport;
@@ -27,7 +29,9 @@ use crate::preset::Preset;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, not std's: the time limits follow `tokio::time::pause()` in tests.
+use tokio::time::Instant;
 
 pub use crate::job::{
     Checker, EngineFault, JOB_TIMEOUT_CEILING, JOB_TIMEOUT_FLOOR, JOB_TIMEOUT_PER_SECOND, JobCtx,

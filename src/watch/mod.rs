@@ -48,7 +48,7 @@ use crate::preset::{self, Preset};
 use crate::record::StateRecorder;
 use crate::report::Event;
 use crate::schedule::{self, JobResult, Recorder, Status};
-use crate::state::{self, FileStat, QueueState, Store};
+use crate::state::{FileStat, QueueState, Store};
 use crate::{hash, scan};
 use candidates::{Candidate, Candidates};
 use events::Change;
@@ -236,7 +236,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
     let out = cfg.out.clone();
     let no_wait = args.run.no_wait;
     let locking = tokio::task::spawn_blocking(move || {
-        state::lock(&out, !no_wait, |holder| {
+        crate::place::lock(&out, !no_wait, |holder| {
             warn!(
                 holder = holder.as_deref().unwrap_or("unknown"),
                 out = %out.display(),

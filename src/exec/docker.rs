@@ -45,7 +45,6 @@ use super::jobserver::{
 };
 use super::transport::{self, Endpoint, TlsEnv};
 use super::{Backend, JobCtx, JobError, JobSpec, JobTimeout, Produced, Transfer};
-use crate::ffmpeg::StderrParser;
 use crate::media;
 use crate::place::Temp;
 use crate::preset;
@@ -1391,32 +1390,6 @@ fn readable_by(path: &Path, uid: u32, gid: u32) -> bool {
         mode & 0o040 != 0
     } else {
         mode & 0o004 != 0
-    }
-}
-
-/// Why a job failed, from the code in the job server's end mark and its `@isc:stage` marks.
-pub(crate) fn outcome_error(code: i64, parser: &StderrParser) -> JobError {
-    let tail = parser.tail();
-    let stage = parser.mark("stage").unwrap_or("ffmpeg").to_string();
-    match stage.as_str() {
-        "ffmpeg" => JobError::ffmpeg(code, parser),
-        "store" => JobError::Worker {
-            stage: "storing the input".into(),
-            code,
-            tail,
-        },
-        "probe" => JobError::Verify {
-            reason: format!(
-                "ffprobe cannot read the output: {}",
-                parser.mark("probe-error").unwrap_or("no details")
-            ),
-            tail,
-        },
-        other => JobError::Worker {
-            stage: other.to_string(),
-            code,
-            tail,
-        },
     }
 }
 

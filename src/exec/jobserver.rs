@@ -316,7 +316,7 @@ impl Session {
             let transferred = announced.is_some_and(|n| !streamed || n == bytes_out);
             if let Some(code) = ended {
                 if code != 0 {
-                    return Err(super::docker::outcome_error(code, &parser));
+                    return Err(outcome_error(code, &parser));
                 }
                 if asked_probe && transferred {
                     break;
@@ -688,6 +688,32 @@ pub(crate) fn settle_file(
             Ok((bytes, h.finish()))
         })
     })
+}
+
+/// Why a job failed, from the code in the job server's end mark and its `@isc:stage` marks.
+pub(crate) fn outcome_error(code: i64, parser: &StderrParser) -> JobError {
+    let tail = parser.tail();
+    let stage = parser.mark("stage").unwrap_or("ffmpeg").to_string();
+    match stage.as_str() {
+        "ffmpeg" => JobError::ffmpeg(code, parser),
+        "store" => JobError::Worker {
+            stage: "storing the input".into(),
+            code,
+            tail,
+        },
+        "probe" => JobError::Verify {
+            reason: format!(
+                "ffprobe cannot read the output: {}",
+                parser.mark("probe-error").unwrap_or("no details")
+            ),
+            tail,
+        },
+        other => JobError::Worker {
+            stage: other.to_string(),
+            code,
+            tail,
+        },
+    }
 }
 
 #[cfg(test)]

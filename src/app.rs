@@ -8,24 +8,25 @@
 //!    run);
 //! 4. only if something must run: choose and connect the backend, remove containers of dead
 //!    runs, make sure the image is there;
-//! 5. hand the jobs to the dispatcher and the events to the reporter;
-//! 6. turn the outcome into an exit code.
+//! 5. hand the whole plan to the dispatcher ([`schedule::run_plan`]), which makes every
+//!    result, and the events to the reporter;
+//! 6. the dispatcher's outcome says how the batch ended, [`crate::error`] which exit code that
+//!    is.
 
 use crate::cli::{BackendChoice, Cli, Command, RunArgs};
-use crate::copy::copy_job;
 use crate::engine::{parallelism, setup_docker, setup_local};
 use crate::error::{AppError, ExitCode};
 use crate::exec::Backend;
 use crate::exec::docker::{Engine, Limits, default_host};
 use crate::hash;
-use crate::job::{Event, Job, JobResult, JobSpec, Recorder, Status};
+use crate::job::{Event, Job, Recorder};
 use crate::place::remove_stale_temps;
 use crate::plan::{self, Action, HashEvent, Item, PlanOptions, replace_opts};
 use crate::preset::{self, Preset};
 use crate::record::StateRecorder;
 use crate::report::{self, BatchInfo, ReportOptions, human_bytes};
 use crate::scan::{self, ScanOptions};
-use crate::schedule;
+use crate::schedule::{self, BatchEnd};
 use crate::state::Store;
 use clap::Parser;
 use std::collections::HashMap;
@@ -116,17 +117,17 @@ fn show_status(out: &Path, failures: usize) -> Result<ExitCode, AppError> {
 }
 
 fn hash_files(files: &[PathBuf]) -> ExitCode {
-    let mut code = ExitCode::Success;
+    let mut end = BatchEnd::Success;
     for f in files {
         match hash::file(f, |_| {}) {
             Ok(sha) => println!("{sha}  {}", f.display()),
             Err(e) => {
                 eprintln!("error: cannot hash {}: {e}", f.display());
-                code = ExitCode::SomeFailed;
+                end = BatchEnd::SomeFailed;
             }
         }
     }
-    code
+    end.into()
 }
 
 async fn gc(host: Option<String>, all: bool, insecure: bool) -> Result<ExitCode, AppError> {
@@ -187,19 +188,13 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
     if scanned.jobs.is_empty() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let reporter = tokio::spawn(report::run(rx, BatchInfo::default(), opts));
-        for p in problems.drain(..) {
-            let _ = tx.send(Event::Problem(p));
-        }
+        let outcome = schedule::unplanned(problems, &tx);
         let _ = tx.send(Event::Note(
             "nothing to do: no media files found in the inputs".into(),
         ));
         drop(tx);
-        let summary = reporter.await.unwrap_or_default();
-        return Ok(if summary.failed == 0 {
-            ExitCode::Success
-        } else {
-            ExitCode::SomeFailed
-        });
+        let _ = reporter.await;
+        return Ok(outcome.end().into());
     }
 
     if args.dry_run {
@@ -249,133 +244,18 @@ async fn transcode(args: RunArgs) -> Result<ExitCode, AppError> {
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let reporter = tokio::spawn(report::run(rx, info, opts));
-    for p in problems.drain(..) {
-        let _ = tx.send(Event::Problem(p));
-    }
-    for it in &items {
-        let _ = tx.send(Event::Detail(format!(
-            "plan: {} {} -> {} ({})",
-            action_word(&it.action),
-            it.planned.input.display(),
-            it.planned.output.display(),
-            it.why
-        )));
-    }
-
-    let spec = |id: usize, it: &Item| JobSpec {
-        id,
-        input: it.planned.input.clone(),
-        output: it.planned.output.clone(),
-        preset: preset.clone(),
-        size: it.stat.size,
-        input_sha256: it.sha256.clone(),
-        index_reserve: None,
+    let outputs = schedule::Outputs {
+        out: &args.out,
+        store: &store,
+        replace: replace_opts(&args),
     };
-    let mut failed = false;
-    let mut to_run = Vec::new();
-    for (id, it) in items.iter().enumerate() {
-        match &it.action {
-            Action::Skip => {
-                let mut r = JobResult::without_run(&spec(id, it), Status::Skipped);
-                r.key = it.key.clone();
-                r.note = Some(it.why.clone());
-                let _ = tx.send(Event::Finished(r));
-            }
-            Action::Copy { from, record } => {
-                let r = copy_job(
-                    &spec(id, it),
-                    from,
-                    record,
-                    &args.out,
-                    &store,
-                    &it.why,
-                    replace_opts(&args),
-                );
-                failed |= r.status == Status::Failed;
-                let _ = tx.send(Event::Finished(r));
-            }
-            Action::Conflict => {
-                let job = spec(id, it);
-                let _ =
-                    store.record_failure(&job.input.display().to_string(), &preset.name, &it.why);
-                failed = true;
-                let _ = tx.send(Event::Finished(JobResult::failed(&job, &it.why)));
-            }
-            Action::Follow { .. } => {}
-            Action::Run => to_run.push(Job {
-                spec: spec(id, it),
-                input_stat: it.stat,
-            }),
-        }
-    }
-
-    let mut results: Vec<JobResult> = Vec::new();
-    let mut interrupted = false;
-    let mut out_of_time = false;
-    if !to_run.is_empty() {
-        let batch = run_jobs(to_run, &args, &preset, opts, tx.clone(), &store, deadline).await?;
-        interrupted = batch.interrupted;
-        out_of_time = batch.deadline_passed;
-        results = batch.results;
-    }
-    failed |= results.iter().any(|r| r.status == Status::Failed);
-
-    for (id, it) in items.iter().enumerate() {
-        let Action::Follow { primary } = &it.action else {
-            continue;
-        };
-        let job = spec(id, it);
-        let primary_result = results.iter().find(|r| r.id == *primary);
-        let r = match primary_result {
-            Some(p) if p.status == Status::Done => match store
-                .outputs_for_key(p.key.as_deref().unwrap_or(""))
-                .ok()
-                .and_then(|recs| {
-                    recs.into_iter()
-                        .find(|r| args.out.join(&r.output_path) == p.output)
-                }) {
-                Some(rec) => copy_job(
-                    &job,
-                    &p.output,
-                    &rec,
-                    &args.out,
-                    &store,
-                    &it.why,
-                    replace_opts(&args),
-                ),
-                None => JobResult::failed(&job, "the identical input it follows was not recorded"),
-            },
-            Some(p) if p.status == Status::Failed => JobResult::failed(
-                &job,
-                &format!("same content as {}, which failed", p.input.display()),
-            ),
-            _ => JobResult::without_run(&job, Status::NotStarted),
-        };
-        failed |= r.status == Status::Failed;
-        let _ = tx.send(Event::Finished(r));
-    }
-
-    drop(tx);
-    let summary = reporter.await.unwrap_or_default();
-    failed |= summary.failed > 0;
-    Ok(if interrupted {
-        ExitCode::Interrupted
-    } else if failed {
-        ExitCode::SomeFailed
-    } else if out_of_time && summary.not_started > 0 {
-        ExitCode::OutOfTime
-    } else {
-        ExitCode::Success
+    let outcome = schedule::run_plan(items, problems, &preset, &outputs, &tx, |jobs| {
+        run_jobs(jobs, &args, &preset, opts, tx.clone(), &store, deadline)
     })
-}
-
-fn action_word(a: &Action) -> &'static str {
-    match a {
-        Action::Skip => "skip",
-        Action::Copy { .. } | Action::Follow { .. } => "copy",
-        Action::Run => "run",
-        Action::Conflict => "fail",
-    }
+    .await?;
+    drop(tx);
+    let _ = reporter.await;
+    Ok(outcome.end().into())
 }
 
 /// Plan with hashing progress: a bar per large file in a terminal, a line elsewhere.
@@ -460,7 +340,7 @@ async fn dry_run(
         .map(|it| Step {
             input: it.planned.input.display().to_string(),
             output: Some(it.planned.output.display().to_string()),
-            action: action_word(&it.action),
+            action: it.action.word(),
             reason: it.why.clone(),
         })
         .collect();

@@ -4,7 +4,22 @@
 //! on. These are the errors that mean nothing can run at all (bad flags, a bad preset, no
 //! engine, a daemon that cannot start: [`WatchError`]), and they all exit with
 //! [`ExitCode::Usage`], but for a busy output folder under `--no-wait`.
+//!
+//! The codes, as the README lists them:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | every file is done ([`BatchEnd::Success`]) |
+//! | 1 | at least one file failed or could not be planned; the others are done ([`BatchEnd::SomeFailed`]) |
+//! | 2 | usage or configuration error ([`AppError`]): nothing was transcoded |
+//! | 3 | another run holds the output folder and `--no-wait` was given ([`crate::state::StateError::Busy`]) |
+//! | 4 | `--max-runtime` passed with files not started, none failed ([`BatchEnd::OutOfTime`]) |
+//! | 130 | interrupted by SIGINT or SIGTERM ([`BatchEnd::Interrupted`]) |
+//!
+//! How a batch ended is judged once, by [`crate::schedule::BatchOutcome::end`]; this module
+//! only says which number each ending is.
 
+use crate::schedule::BatchEnd;
 use std::path::PathBuf;
 
 /// The process exit codes, documented in the README.
@@ -22,6 +37,18 @@ pub enum ExitCode {
     OutOfTime = 4,
     /// Interrupted by SIGINT or SIGTERM.
     Interrupted = 130,
+}
+
+impl From<BatchEnd> for ExitCode {
+    /// How a batch ended ([`crate::schedule::BatchOutcome::end`]), as the process says it.
+    fn from(end: BatchEnd) -> ExitCode {
+        match end {
+            BatchEnd::Success => ExitCode::Success,
+            BatchEnd::SomeFailed => ExitCode::SomeFailed,
+            BatchEnd::OutOfTime => ExitCode::OutOfTime,
+            BatchEnd::Interrupted => ExitCode::Interrupted,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -87,6 +87,18 @@ pub(crate) fn replace_opts(args: &crate::cli::RunArgs) -> PlanOptions {
     }
 }
 
+impl Action {
+    /// The word `--dry-run` and `-v` show for it: a duplicate is a copy, a conflict a failure.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Action::Skip => "skip",
+            Action::Copy { .. } | Action::Follow { .. } => "copy",
+            Action::Run => "run",
+            Action::Conflict => "fail",
+        }
+    }
+}
+
 /// Progress of the hashing phase.
 #[derive(Debug, Clone)]
 pub enum HashEvent {

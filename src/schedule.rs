@@ -1,4 +1,9 @@
-//! The dispatcher: the one place that owns running jobs.
+//! The dispatcher: the one place that owns running jobs, and the one producer of results.
+//!
+//! [`run_plan`] carries out a batch's whole plan: every item gets exactly one [`JobResult`]
+//! from here, whether it was skipped, copied from an existing output, refused for a conflict,
+//! transcoded, or copied from the output of an identical input of the same batch; and
+//! [`BatchOutcome::end`] is the one judgement of how the batch went.
 //!
 //! It starts up to `jobs` jobs at once on a [`Backend`], and for each one it owns the parts that
 //! must be right whatever the backend:
@@ -19,12 +24,16 @@
 //!
 //! Workers never print: they send events, and the reporter owns the terminal.
 
+use crate::copy::copy_job;
 use crate::exec::Backend;
 use crate::job::{Event, JobCtx, JobError, JobSpec, Produced};
 use crate::place::{self, Replace};
+use crate::plan::{Action, Item, PlanOptions};
 use crate::preset::Preset;
-use crate::state::FileStat;
+use crate::scan::ScanProblem;
+use crate::state::{FileStat, Store};
 use crate::{media, verify};
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,12 +60,210 @@ fn changed(when: &str) -> JobError {
 }
 
 /// How the batch ended.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct BatchOutcome {
     pub results: Vec<JobResult>,
     pub interrupted: bool,
     /// `--max-runtime` stopped new jobs from starting.
     pub deadline_passed: bool,
+    /// Inputs that could not even be planned (unreadable, vanished): each counts as a failure.
+    pub problems: usize,
+}
+
+/// How a batch ended, in the words of its exit code ([`crate::error`] maps it to the number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchEnd {
+    /// Every file is done (or was done before).
+    Success,
+    /// At least one file failed, or could not be planned.
+    SomeFailed,
+    /// `--max-runtime` passed with files not started, and none failed.
+    OutOfTime,
+    /// A signal stopped the batch.
+    Interrupted,
+}
+
+impl BatchOutcome {
+    /// The one judgement of how the batch went: an interrupt outranks failures, which outrank
+    /// files left for lack of time.
+    pub fn end(&self) -> BatchEnd {
+        let failed = self.problems > 0
+            || self
+                .results
+                .iter()
+                .any(|r| matches!(r.status, Status::Failed | Status::Interrupted));
+        let left = self.results.iter().any(|r| r.status == Status::NotStarted);
+        if self.interrupted {
+            BatchEnd::Interrupted
+        } else if failed {
+            BatchEnd::SomeFailed
+        } else if self.deadline_passed && left {
+            BatchEnd::OutOfTime
+        } else {
+            BatchEnd::Success
+        }
+    }
+}
+
+/// Tell the reporter about the inputs that could not be planned; a batch of nothing else ends
+/// with them.
+pub fn unplanned(problems: Vec<ScanProblem>, events: &UnboundedSender<Event>) -> BatchOutcome {
+    let count = problems.len();
+    for p in problems {
+        let _ = events.send(Event::Problem(p));
+    }
+    BatchOutcome {
+        problems: count,
+        ..BatchOutcome::default()
+    }
+}
+
+/// Where a batch's outputs go and what is known of them: what the jobs that need no backend
+/// (copies of existing outputs, conflicts) take.
+pub struct Outputs<'a> {
+    pub out: &'a Path,
+    pub store: &'a Store,
+    /// What may stand at an output path (`--overwrite`, `--rebuild-state`).
+    pub replace: PlanOptions,
+}
+
+/// Carry out a whole plan, every item by its action, and say how it went. The inputs that
+/// could not be planned are reported first, then each item's plan (`-v`). Skips, copies and
+/// conflicts are settled here in plan order; then, only if some item must run, `run` is given
+/// those jobs (it chooses and connects the backend and calls [`run_batch`]; an error there ends
+/// the plan); then each duplicate gets a copy of its primary's output, once that is done.
+pub async fn run_plan<F, Fut, E>(
+    items: Vec<Item>,
+    problems: Vec<ScanProblem>,
+    preset: &Arc<Preset>,
+    outputs: &Outputs<'_>,
+    events: &UnboundedSender<Event>,
+    run: F,
+) -> Result<BatchOutcome, E>
+where
+    F: FnOnce(Vec<Job>) -> Fut,
+    Fut: Future<Output = Result<BatchOutcome, E>>,
+{
+    let mut outcome = unplanned(problems, events);
+    for it in &items {
+        let _ = events.send(Event::Detail(format!(
+            "plan: {} {} -> {} ({})",
+            it.action.word(),
+            it.planned.input.display(),
+            it.planned.output.display(),
+            it.why
+        )));
+    }
+    let spec = |id: usize, it: &Item| JobSpec {
+        id,
+        input: it.planned.input.clone(),
+        output: it.planned.output.clone(),
+        preset: preset.clone(),
+        size: it.stat.size,
+        input_sha256: it.sha256.clone(),
+        index_reserve: None,
+    };
+    let mut settled = Vec::new();
+    let mut to_run = Vec::new();
+    for (id, it) in items.iter().enumerate() {
+        let job = spec(id, it);
+        let result = match &it.action {
+            Action::Skip => JobResult {
+                key: it.key.clone(),
+                note: Some(it.why.clone()),
+                ..JobResult::without_run(&job, Status::Skipped)
+            },
+            Action::Copy { from, record } => copy_job(
+                &job,
+                from,
+                record,
+                outputs.out,
+                outputs.store,
+                &it.why,
+                outputs.replace,
+            ),
+            Action::Conflict => {
+                let _ = outputs.store.record_failure(
+                    &job.input.display().to_string(),
+                    &preset.name,
+                    &it.why,
+                );
+                JobResult::failed(&job, &it.why)
+            }
+            Action::Follow { .. } => continue,
+            Action::Run => {
+                to_run.push(Job {
+                    spec: job,
+                    input_stat: it.stat,
+                });
+                continue;
+            }
+        };
+        let _ = events.send(Event::Finished(result.clone()));
+        settled.push(result);
+    }
+
+    let ran = match to_run.is_empty() {
+        true => BatchOutcome::default(),
+        false => run(to_run).await?,
+    };
+    outcome.interrupted = ran.interrupted;
+    outcome.deadline_passed = ran.deadline_passed;
+
+    let mut followed = Vec::new();
+    for (id, it) in items.iter().enumerate() {
+        let Action::Follow { primary } = &it.action else {
+            continue;
+        };
+        let result = follow(
+            &spec(id, it),
+            &it.why,
+            ran.results.iter().find(|r| r.id == *primary),
+            outputs,
+        );
+        let _ = events.send(Event::Finished(result.clone()));
+        followed.push(result);
+    }
+    outcome.results = settled;
+    outcome.results.extend(ran.results);
+    outcome.results.extend(followed);
+    outcome.results.sort_by_key(|r| r.id);
+    Ok(outcome)
+}
+
+/// The result of a duplicate: a copy of its primary's output once that is done and recorded.
+fn follow(
+    job: &JobSpec,
+    why: &str,
+    primary: Option<&JobResult>,
+    outputs: &Outputs<'_>,
+) -> JobResult {
+    match primary {
+        Some(p) if p.status == Status::Done => match outputs
+            .store
+            .outputs_for_key(p.key.as_deref().unwrap_or(""))
+            .ok()
+            .and_then(|recs| {
+                recs.into_iter()
+                    .find(|r| outputs.out.join(&r.output_path) == p.output)
+            }) {
+            Some(rec) => copy_job(
+                job,
+                &p.output,
+                &rec,
+                outputs.out,
+                outputs.store,
+                why,
+                outputs.replace,
+            ),
+            None => JobResult::failed(job, "the identical input it follows was not recorded"),
+        },
+        Some(p) if p.status == Status::Failed => JobResult::failed(
+            job,
+            &format!("same content as {}, which failed", p.input.display()),
+        ),
+        _ => JobResult::without_run(job, Status::NotStarted),
+    }
 }
 
 /// How the dispatcher runs a batch.
@@ -159,6 +366,7 @@ pub async fn run_batch<B: Backend>(
         results,
         interrupted,
         deadline_passed,
+        problems: 0,
     }
 }
 
@@ -403,6 +611,149 @@ async fn produce<B: Backend>(
 mod tests {
     use super::*;
     use crate::exec::local::LocalBackend;
+
+    fn item(n: usize, action: Action) -> Item {
+        Item {
+            planned: crate::scan::Planned {
+                input: format!("in/{n}.mp4").into(),
+                output: format!("out/{n}.mp4").into(),
+                root: None,
+                size: 10,
+            },
+            stat: FileStat {
+                dev: 1,
+                ino: n as u64,
+                size: 10,
+                mtime_ns: 0,
+            },
+            sha256: None,
+            key: None,
+            action,
+            why: format!("why {n}"),
+        }
+    }
+
+    fn result(id: usize, status: Status) -> JobResult {
+        let job = JobSpec {
+            id,
+            input: "in/a.mp4".into(),
+            output: "out/a.mp4".into(),
+            preset: Arc::new(crate::preset::load("copy").expect("copy")),
+            size: 10,
+            input_sha256: None,
+            index_reserve: None,
+        };
+        JobResult::without_run(&job, status)
+    }
+
+    #[test]
+    fn the_batch_end_ranks_interrupts_then_failures_then_time() {
+        let of = |statuses: &[Status], interrupted, deadline_passed, problems| BatchOutcome {
+            results: statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| result(i, *s))
+                .collect(),
+            interrupted,
+            deadline_passed,
+            problems,
+        };
+        use Status::*;
+        assert_eq!(
+            of(&[Done, Skipped], false, false, 0).end(),
+            BatchEnd::Success
+        );
+        assert_eq!(of(&[], false, false, 0).end(), BatchEnd::Success);
+        assert_eq!(of(&[], false, false, 1).end(), BatchEnd::SomeFailed);
+        assert_eq!(
+            of(&[Done, Failed], false, false, 0).end(),
+            BatchEnd::SomeFailed
+        );
+        assert_eq!(
+            of(&[Done, NotStarted], false, true, 0).end(),
+            BatchEnd::OutOfTime
+        );
+        assert_eq!(
+            of(&[Done, NotStarted], false, false, 0).end(),
+            BatchEnd::Success,
+            "not started for no lack of time"
+        );
+        assert_eq!(
+            of(&[Failed, NotStarted], false, true, 0).end(),
+            BatchEnd::SomeFailed
+        );
+        assert_eq!(
+            of(&[Interrupted, NotStarted], true, true, 1).end(),
+            BatchEnd::Interrupted
+        );
+    }
+
+    // Each item gets exactly one result, from here: skips, conflicts and duplicates included.
+    #[tokio::test]
+    async fn a_plan_gives_every_item_one_result_and_one_finished_event() {
+        let store = Store::open_in_memory().expect("store");
+        let preset = Arc::new(crate::preset::load("copy").expect("copy"));
+        let items = vec![
+            item(0, Action::Skip),
+            item(1, Action::Run),
+            item(2, Action::Follow { primary: 1 }),
+            item(3, Action::Conflict),
+            item(4, Action::Run),
+            item(5, Action::Follow { primary: 4 }),
+        ];
+        let problems = vec![ScanProblem {
+            path: "in/bad.mp4".into(),
+            reason: "cannot read".into(),
+        }];
+        let outputs = Outputs {
+            out: Path::new("out"),
+            store: &store,
+            replace: PlanOptions::default(),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let outcome = run_plan(items, problems, &preset, &outputs, &tx, |jobs| async move {
+            let ids: Vec<usize> = jobs.iter().map(|j| j.spec.id).collect();
+            assert_eq!(ids, [1, 4], "only the items that must run");
+            Ok::<_, ()>(BatchOutcome {
+                results: vec![result(1, Status::Failed), result(4, Status::NotStarted)],
+                deadline_passed: true,
+                ..BatchOutcome::default()
+            })
+        })
+        .await
+        .expect("no backend error");
+        let statuses: Vec<(usize, Status)> =
+            outcome.results.iter().map(|r| (r.id, r.status)).collect();
+        assert_eq!(
+            statuses,
+            [
+                (0, Status::Skipped),
+                (1, Status::Failed),
+                (2, Status::Failed),
+                (3, Status::Failed),
+                (4, Status::NotStarted),
+                (5, Status::NotStarted),
+            ]
+        );
+        assert_eq!(outcome.problems, 1);
+        assert_eq!(outcome.end(), BatchEnd::SomeFailed);
+        assert_eq!(
+            outcome.results[2].error.as_deref(),
+            Some("same content as in/a.mp4, which failed")
+        );
+        drop(tx);
+        let mut finished = Vec::new();
+        let mut problems = 0;
+        while let Some(e) = rx.recv().await {
+            match e {
+                Event::Finished(r) => finished.push(r.id),
+                Event::Problem(_) => problems += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(problems, 1);
+        assert_eq!(finished, [0, 3, 2, 5], "the runner sends its own");
+    }
 
     // Regression guard for the reserve's way out: a room ffmpeg finds too small must not fail
     // the job, only cost it the usual second pass. Real ffmpeg, on this machine.

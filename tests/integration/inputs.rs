@@ -368,6 +368,24 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Connections the daemon serves at once (`metrics::MAX_CONNECTIONS`).
+const MAX_SERVED: usize = isc_transcode::metrics::MAX_CONNECTIONS;
+
+/// Connections waiting in the kernel's accept queue of the loopback listener on `port`: for a
+/// listening socket `/proc/net/tcp` gives that count as its `rx_queue`.
+fn accept_queue(port: u16) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let listening = f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A");
+        let queued = f.get(4)?.split_once(':')?.1;
+        listening
+            .then(|| usize::from_str_radix(queued, 16).ok())
+            .flatten()
+    })
+}
+
 fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::Write as _;
     let mut s = std::net::TcpStream::connect(addr)?;
@@ -429,7 +447,15 @@ fn a_flood_of_idle_metrics_connections_starves_nothing() {
         "the accept queue holds the flood: {:?}",
         flooding.elapsed()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    let port: u16 = addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port");
+    wait_until(
+        "the listener to take the connections it serves and leave the rest queued",
+        Duration::from_secs(10),
+        || accept_queue(port).is_some_and(|q| q <= flood.len() - MAX_SERVED),
+    );
     for n in 0..3 {
         distinct_copy(
             &samples().join("faststart.mp4"),

@@ -416,15 +416,9 @@ fn sigint_mid_batch_leaves_no_container_and_no_partial_file() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    let start = Instant::now();
-    while containers_for(&out).len() < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "jobs never started"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until("two jobs transcoding", Duration::from_secs(60), || {
+        ffmpeg_running_for(&out).len() >= 2
+    });
     let pid = child.id().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -464,15 +458,9 @@ fn sigkilled_run_leaves_no_container_for_long() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
-    let start = Instant::now();
-    while containers_for(tmp.path()).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "job never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_until("the job transcoding", Duration::from_secs(60), || {
+        !ffmpeg_running_for(tmp.path()).is_empty()
+    });
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
     // The container's main process reads the stdin this process held; the engine removes the

@@ -332,9 +332,22 @@ fn two_runs_on_one_output_folder_never_transcode_a_file_twice() {
             .spawn()
             .expect("spawn")
     };
+    // The second run must find the folder taken: it starts while the first, which holds the
+    // lock, is stopped, and the first goes on once the second is seen waiting for that lock.
     let first = spawn_with("h264");
-    std::thread::sleep(Duration::from_millis(300));
+    let lock = out.join(".isc-transcode/lock");
+    wait_until(
+        "the first run to lock the folder",
+        Duration::from_secs(30),
+        || lock.exists() && flocks_on(&lock).contains(&(first.id(), false)),
+    );
+    signal(first.id(), "STOP");
     let second = spawn_with("h264");
+    let second_waits = within(Duration::from_secs(30), || {
+        flocks_on(&lock).contains(&(second.id(), true))
+    });
+    signal(first.id(), "CONT");
+    assert!(second_waits, "the second run never waited for the lock");
     let (a, b) = (
         first.wait_with_output().expect("a"),
         second.wait_with_output().expect("b"),

@@ -6,6 +6,7 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub const IMAGE: &str = "isc-ffmpeg:latest";
 
@@ -109,52 +110,20 @@ pub fn streams<'a>(p: &'a Value, kind: &str) -> Vec<&'a Value> {
         .unwrap_or_default()
 }
 
-/// Top-level box types of an MP4 file, in order.
-pub fn mp4_boxes(path: &Path) -> Vec<String> {
-    let data = std::fs::read(path).expect("read mp4");
-    let mut boxes = Vec::new();
-    let mut off = 0usize;
-    while off + 8 <= data.len() {
-        let size = u32::from_be_bytes(data[off..off + 4].try_into().expect("4")) as usize;
-        boxes.push(String::from_utf8_lossy(&data[off + 4..off + 8]).into_owned());
-        let size = if size == 1 {
-            u64::from_be_bytes(data[off + 8..off + 16].try_into().expect("8")) as usize
-        } else {
-            size
-        };
-        assert!(size >= 8, "bad box size in {}", path.display());
-        off += size;
-    }
-    assert_eq!(off, data.len(), "boxes do not tile {}", path.display());
-    boxes
-}
-
-/// Top-level boxes of an MP4 file, in order, with their sizes; reads only the box headers.
+/// Top-level boxes of an MP4 file, in order, with their sizes, as the library walks them (the
+/// same reader that decides how an input travels); panics unless they tile the file.
 pub fn top_boxes(path: &Path) -> Vec<(String, u64)> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).expect("open mp4");
-    let len = f.metadata().expect("meta").len();
-    let mut boxes = Vec::new();
-    let mut off = 0u64;
-    while off + 8 <= len {
-        let mut head = [0u8; 16];
-        f.seek(SeekFrom::Start(off)).expect("seek");
-        f.read_exact(&mut head[..8]).expect("box header");
-        let mut size = u64::from(u32::from_be_bytes(head[..4].try_into().expect("4")));
-        if size == 1 {
-            f.read_exact(&mut head[8..]).expect("large size");
-            size = u64::from_be_bytes(head[8..].try_into().expect("8"));
+    let f = std::fs::File::open(path).expect("open mp4");
+    match isc_transcode::media::walk_boxes(f).expect("read mp4") {
+        isc_transcode::media::Walk::Complete(boxes) => {
+            boxes.iter().map(|b| (b.kind_str(), b.size)).collect()
         }
-        assert!(size >= 8, "bad box size in {}", path.display());
-        boxes.push((String::from_utf8_lossy(&head[4..8]).into_owned(), size));
-        off += size;
+        other => panic!("{}: boxes do not tile the file: {other:?}", path.display()),
     }
-    assert_eq!(off, len, "boxes do not tile {}", path.display());
-    boxes
 }
 
 pub fn assert_faststart(path: &Path) {
-    let boxes = mp4_boxes(path);
+    let boxes: Vec<String> = top_boxes(path).into_iter().map(|(k, _)| k).collect();
     let moov = boxes.iter().position(|b| b == "moov").expect("moov");
     let mdat = boxes.iter().position(|b| b == "mdat").expect("mdat");
     assert!(
@@ -221,16 +190,30 @@ pub fn make_media(path: &Path, args: &[&str]) {
     );
 }
 
-/// Whether `cond` holds now or comes to hold within ten seconds (polled every 100 ms).
-pub fn soon(cond: impl Fn() -> bool) -> bool {
-    let start = std::time::Instant::now();
+/// Whether `cond` holds now or comes to hold within `timeout` (polled every 50 ms).
+pub fn within(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
     while !cond() {
-        if start.elapsed() > std::time::Duration::from_secs(10) {
+        if Instant::now() >= end {
             return false;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     true
+}
+
+/// Whether `cond` holds now or comes to hold within ten seconds.
+pub fn soon(cond: impl FnMut() -> bool) -> bool {
+    within(Duration::from_secs(10), cond)
+}
+
+/// Wait for `cond` to hold; past `timeout`, panic saying what never happened. The wait of a
+/// test on an event it can observe, instead of a pause that hopes the event came.
+pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        within(timeout, cond),
+        "timed out after {timeout:?} waiting for {what}"
+    );
 }
 
 /// Whether the tool's containers for `dir` are gone, or go within ten seconds. A run ends its
@@ -286,6 +269,60 @@ pub fn runs_in(image: &str, what: &str) -> bool {
             .output()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(what))
     })
+}
+
+/// The tool's containers for output folders under `dir` in which ffmpeg itself runs (not just
+/// the job server whose script names it): a job there is past its set-up and transcoding.
+pub fn ffmpeg_running_for(dir: &Path) -> Vec<String> {
+    containers_for(dir)
+        .iter()
+        .filter_map(|l| l.split(' ').next())
+        .filter(|id| {
+            Command::new("docker")
+                .args(["top", id])
+                .output()
+                .is_ok_and(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .any(|l| l.contains(" ffmpeg -nostdin "))
+                })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `flock` locks on `path` in `/proc/locks`, as (pid, waiting) pairs: `waiting` marks a
+/// process blocked until the holder lets go.
+pub fn flocks_on(path: &Path) -> Vec<(u32, bool)> {
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("lock file"));
+    let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
+    locks
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (waiting, f) = match f.get(1) {
+                Some(&"->") => (true, &f[2..]),
+                _ => (false, &f[1..]),
+            };
+            let same_file = f
+                .get(4)
+                .and_then(|id| id.rsplit(':').next())
+                .is_some_and(|i| i == ino.to_string());
+            (f.first() == Some(&"FLOCK") && same_file)
+                .then(|| f.get(3).and_then(|p| p.parse().ok()))
+                .flatten()
+                .map(|pid| (pid, waiting))
+        })
+        .collect()
+}
+
+/// Send signal `sig` (`TERM`, `STOP`, ...) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill -{sig} {pid}");
 }
 
 /// Every file under `dir`, recursively, relative to it, leaving out the state folder.

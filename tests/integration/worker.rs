@@ -535,7 +535,12 @@ fn a_mounting_worker_is_removed_before_its_output_is_taken() {
     assert_eq!(o.status.code(), Some(0));
     let output = case.out().join("x.mp4");
     let first = std::fs::read(&output).expect("output");
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the worker is gone, no process of it is left to write.
+    assert!(
+        containers_gone(&case.dir),
+        "containers left: {:?}",
+        containers_for(&case.dir)
+    );
     let later = std::fs::read(&output).expect("output");
     assert!(
         !later.ends_with(b"EVIL"),

@@ -40,8 +40,8 @@
 //! `out.<ext>` in a scratch folder.
 
 use super::jobserver::{
-    EXIT_NO_MOUNT, EarlyWriteback, Mode, Request, SERVER_SCRIPT, Session, WORKER_MAIN, open_result,
-    settle_file,
+    EXIT_NO_MOUNT, EarlyWriteback, FRAME_STDERR, FRAME_STDOUT, Mode, Request, SERVER_SCRIPT,
+    Session, WORKER_MAIN, frame_header, open_result, settle_file,
 };
 use super::transport::{self, Endpoint, TlsEnv};
 use super::{Backend, JobCtx, JobError, JobSpec, JobTimeout, Produced, Transfer};
@@ -49,6 +49,7 @@ use crate::media;
 use crate::place::Temp;
 use crate::preset;
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, HostConfigLogConfig, Mount,
     MountType,
@@ -57,6 +58,7 @@ use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
+use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -795,7 +797,37 @@ fn scratch_volume() -> Mount {
 /// stdin, which ends the container.
 struct Worker {
     id: String,
-    session: Session,
+    session: Session<WorkerOutput, WorkerInput>,
+}
+
+/// A worker's output as its session reads it: framed ([`super::jobserver::FRAME_HEADER`]).
+type WorkerOutput = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+/// A worker's attached stdin.
+type WorkerInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
+/// The engine's attached output, which bollard has already taken apart into stdout and stderr
+/// messages, framed again for the session. Only the headers are new bytes; an engine error
+/// travels inside the I/O error, where the session finds it.
+fn framed(
+    output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+    >,
+) -> WorkerOutput {
+    let pieces = output.flat_map(|frame| {
+        let (stream, message) = match frame {
+            Ok(LogOutput::StdOut { message }) => (FRAME_STDOUT, message),
+            Ok(LogOutput::StdErr { message }) => (FRAME_STDERR, message),
+            Ok(_) => return futures_util::stream::iter(vec![]),
+            Err(e) => return futures_util::stream::iter(vec![Err(std::io::Error::other(e))]),
+        };
+        futures_util::stream::iter(match frame_header(stream, message.len()) {
+            Some(header) => vec![Ok(Bytes::copy_from_slice(&header)), Ok(message)],
+            None => vec![Err(std::io::Error::other(
+                "the engine sent a message too long to frame",
+            ))],
+        })
+    });
+    Box::pin(tokio_util::io::StreamReader::new(pieces))
 }
 
 /// Runs jobs in warm worker containers on one engine.
@@ -1006,7 +1038,7 @@ impl DockerBackend {
                 )
                 .await?;
             docker.start_container(&id, None).await?;
-            Ok::<_, JobError>(Session::attached(attach.output, attach.input))
+            Ok::<_, JobError>(Session::attached(framed(attach.output), attach.input))
         }
         .await;
         match started {

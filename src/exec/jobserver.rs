@@ -51,12 +51,11 @@ use crate::ffmpeg::{Probe, StderrParser};
 use crate::hash::Hasher;
 use crate::place::Temp;
 use crate::preset::Preset;
-use bollard::container::LogOutput;
-use futures_util::StreamExt;
+use bytes::{Bytes, BytesMut};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::task::AbortOnDropHandle;
 
 /// The job server, run as `sh -c SERVER_SCRIPT isc-worker`. Every process it starts that must
@@ -217,32 +216,136 @@ impl Served {
     }
 }
 
-type WorkerOutput = std::pin::Pin<
-    Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
->;
-type WorkerInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+/// The header of one frame of a worker's output: the stream (1 stdout, 2 stderr), three zero
+/// bytes, and the payload's length, big-endian. It is the engine's own framing of a container's
+/// attached output when it has no terminal, so one byte stream carries both of the worker's
+/// streams and keeps each one's bytes in order.
+pub(crate) const FRAME_HEADER: usize = 8;
 
-/// A job server running in a worker: the container's attached output stream and its stdin.
-pub(crate) struct Session {
-    output: WorkerOutput,
-    input: Option<WorkerInput>,
+/// The stream byte of a frame of stdout ([`FRAME_HEADER`]).
+pub(crate) const FRAME_STDOUT: u8 = 1;
+
+/// The stream byte of a frame of stderr ([`FRAME_HEADER`]).
+pub(crate) const FRAME_STDERR: u8 = 2;
+
+/// The header of a frame of `len` payload bytes on `stream` ([`FRAME_HEADER`]); `None` when
+/// `len` does not fit the header's four bytes.
+pub(crate) fn frame_header(stream: u8, len: usize) -> Option<[u8; FRAME_HEADER]> {
+    let len = u32::try_from(len).ok()?.to_be_bytes();
+    Some([stream, 0, 0, 0, len[0], len[1], len[2], len[3]])
+}
+
+/// Part of a frame of the worker's output.
+#[derive(Debug)]
+enum Frame {
+    StdOut(Bytes),
+    StdErr(Bytes),
+}
+
+/// Reads the worker's framed output ([`FRAME_HEADER`]) one piece of a frame at a time. Its
+/// state lives here, not in the future that reads, so that a read dropped by a `select!` loses
+/// nothing.
+struct Frames<R> {
+    reader: R,
+    header: [u8; FRAME_HEADER],
+    filled: usize,
+    stream: u8,
+    left: u64,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> Frames<R> {
+    fn new(reader: R) -> Frames<R> {
+        Frames {
+            reader,
+            header: [0; FRAME_HEADER],
+            filled: 0,
+            stream: 0,
+            left: 0,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next piece of stdout or stderr, at most [`IO_BUFFER`] bytes; frames of other streams
+    /// are skipped. `None` at the end of the output between frames; an end inside a frame is an
+    /// error. Cancel safe.
+    async fn next(&mut self) -> Option<std::io::Result<Frame>> {
+        loop {
+            if self.left == 0 {
+                let n = match self.reader.read(&mut self.header[self.filled..]).await {
+                    Ok(n) => n,
+                    Err(e) => return Some(Err(e)),
+                };
+                if n == 0 {
+                    return (self.filled > 0).then(|| Err(cut_short("a frame header")));
+                }
+                self.filled += n;
+                if self.filled == FRAME_HEADER {
+                    self.filled = 0;
+                    self.stream = self.header[0];
+                    let len = [
+                        self.header[4],
+                        self.header[5],
+                        self.header[6],
+                        self.header[7],
+                    ];
+                    self.left = u64::from(u32::from_be_bytes(len));
+                }
+                continue;
+            }
+            let want = self.left.min(IO_BUFFER as u64);
+            self.buf.reserve(want as usize);
+            let n = match (&mut self.reader).take(want).read_buf(&mut self.buf).await {
+                Ok(n) => n,
+                Err(e) => return Some(Err(e)),
+            };
+            if n == 0 {
+                return Some(Err(cut_short("a frame")));
+            }
+            self.left -= n as u64;
+            let piece = self.buf.split().freeze();
+            match self.stream {
+                FRAME_STDOUT => return Some(Ok(Frame::StdOut(piece))),
+                FRAME_STDERR => return Some(Ok(Frame::StdErr(piece))),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn cut_short(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("the output ended inside {what}"),
+    )
+}
+
+/// A job server running in a worker: what it says (`R`, framed: [`FRAME_HEADER`]) and its
+/// stdin (`W`). The engine's attached streams in production, anything in a test.
+pub(crate) struct Session<R, W> {
+    output: Option<Frames<R>>,
+    input: Option<W>,
     jobs: u64,
 }
 
 /// What the feeder task hands back: the worker's stdin, and the input's hash or why it failed.
-type Fed = (WorkerInput, Result<Option<String>, Feed>);
+type Fed<W> = (W, Result<Option<String>, Feed>);
 
 enum Feed {
     Read(std::io::Error),
     Write(std::io::Error),
 }
 
-impl Session {
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     /// The job server of a worker whose main process it is ([`WORKER_MAIN`]), over the
-    /// container's attached streams.
-    pub fn attached(output: WorkerOutput, input: WorkerInput) -> Session {
+    /// worker's framed output and its stdin.
+    pub fn attached(output: R, input: W) -> Session<R, W> {
         Session {
-            output,
+            output: Some(Frames::new(output)),
             input: Some(input),
             jobs: 0,
         }
@@ -254,7 +357,7 @@ impl Session {
     /// whole request timeout (120 s), deaf to SIGINT. Hanging up first lets the removal go on.
     pub fn hang_up(&mut self) {
         self.input = None;
-        self.output = Box::pin(futures_util::stream::empty());
+        self.output = None;
     }
 
     /// Run one job. Any error leaves the server out of step or gone: the caller must remove
@@ -356,8 +459,8 @@ impl Session {
                 continue;
             }
             tokio::select! {
-                frame = self.output.next() => match frame {
-                    Some(Ok(LogOutput::StdOut { message })) => {
+                frame = next_frame(self.output.as_mut()) => match frame {
+                    Some(Ok(Frame::StdOut(message))) => {
                         bytes_out += message.len() as u64;
                         let (Some(s), Some(h)) = (sink.as_mut(), output_hash.as_mut()) else {
                             return Err(JobError::Verify {
@@ -381,7 +484,7 @@ impl Session {
                         ctx.touch();
                         s.write_all(&message).await.map_err(JobError::Output)?;
                     }
-                    Some(Ok(LogOutput::StdErr { message })) => {
+                    Some(Ok(Frame::StdErr(message))) => {
                         pump_stderr(&mut parser, &message, req.job_id, ctx);
                         if let Some(why) = parser.violation() {
                             return Err(JobError::Untrusted(why.to_string()));
@@ -396,8 +499,10 @@ impl Session {
                         }
                         seen_marks = parser.marks.len();
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
+                    Some(Err(e)) => match e.downcast::<bollard::errors::Error>() {
+                        Ok(e) => return Err(e.into()),
+                        Err(e) => return Err(lost(&format!("cannot read from it: {e}"))),
+                    },
                     None => {
                         finish_stderr(&mut parser, req.job_id, ctx);
                         return Err(if parser.marks.is_empty() {
@@ -481,8 +586,44 @@ impl Session {
     }
 }
 
+/// The next piece of the worker's output; none once hung up ([`Session::hang_up`]).
+async fn next_frame<R: AsyncRead + Unpin>(
+    frames: Option<&mut Frames<R>>,
+) -> Option<std::io::Result<Frame>> {
+    match frames {
+        Some(frames) => frames.next().await,
+        None => None,
+    }
+}
+
 fn lost(why: &str) -> JobError {
     JobError::WorkerLost(why.to_string())
+}
+
+/// Why a job failed, from the code in the job server's end mark and its `@isc:stage` marks.
+pub(crate) fn outcome_error(code: i64, parser: &StderrParser) -> JobError {
+    let tail = parser.tail();
+    let stage = parser.mark("stage").unwrap_or("ffmpeg").to_string();
+    match stage.as_str() {
+        "ffmpeg" => JobError::ffmpeg(code, parser),
+        "store" => JobError::Worker {
+            stage: "storing the input".into(),
+            code,
+            tail,
+        },
+        "probe" => JobError::Verify {
+            reason: format!(
+                "ffprobe cannot read the output: {}",
+                parser.mark("probe-error").unwrap_or("no details")
+            ),
+            tail,
+        },
+        other => JobError::Worker {
+            stage: other.to_string(),
+            code,
+            tail,
+        },
+    }
 }
 
 /// What a mark of the job server says about one job.
@@ -551,7 +692,13 @@ pub(crate) fn encode(nonce: &str, req: &Request<'_>, size: u64) -> Result<Vec<u8
 
 /// Stream exactly `size` bytes of `path` into the server, hashing them when asked. The input
 /// is read once, whatever it is for.
-async fn feed(mut stdin: WorkerInput, path: PathBuf, size: u64, hash: bool, ctx: JobCtx) -> Fed {
+async fn feed<W: AsyncWrite + Unpin>(
+    mut stdin: W,
+    path: PathBuf,
+    size: u64,
+    hash: bool,
+    ctx: JobCtx,
+) -> Fed<W> {
     let result = async {
         let file = crate::fsopen::open_regular_async(&path)
             .await
@@ -690,35 +837,10 @@ pub(crate) fn settle_file(
     })
 }
 
-/// Why a job failed, from the code in the job server's end mark and its `@isc:stage` marks.
-pub(crate) fn outcome_error(code: i64, parser: &StderrParser) -> JobError {
-    let tail = parser.tail();
-    let stage = parser.mark("stage").unwrap_or("ffmpeg").to_string();
-    match stage.as_str() {
-        "ffmpeg" => JobError::ffmpeg(code, parser),
-        "store" => JobError::Worker {
-            stage: "storing the input".into(),
-            code,
-            tail,
-        },
-        "probe" => JobError::Verify {
-            reason: format!(
-                "ffprobe cannot read the output: {}",
-                parser.mark("probe-error").unwrap_or("no details")
-            ),
-            tail,
-        },
-        other => JobError::Worker {
-            stage: other.to_string(),
-            code,
-            tail,
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, DuplexStream};
 
     fn request<'a>(preset: &'a Arc<Preset>, args: Vec<String>) -> Request<'a> {
         Request {
@@ -825,5 +947,221 @@ mod tests {
         let mut req = request(&preset, vec![]);
         req.in_ext = "m p4";
         assert!(encode("n1", &req, 0).is_err());
+    }
+
+    /// A job server in a test: it reads jobs the way [`SERVER_SCRIPT`] does and answers the
+    /// way it does, with `stderr` in place of its own marks when given.
+    struct FakeWorker {
+        from_client: tokio::io::BufReader<DuplexStream>,
+        to_client: DuplexStream,
+    }
+
+    impl FakeWorker {
+        async fn frame(&mut self, stream: u8, bytes: &[u8]) {
+            let header = frame_header(stream, bytes.len()).expect("short frame");
+            self.to_client.write_all(&header).await.expect("header");
+            self.to_client.write_all(bytes).await.expect("payload");
+        }
+
+        async fn line(&mut self) -> String {
+            let mut line = String::new();
+            self.from_client.read_line(&mut line).await.expect("line");
+            line.trim_end_matches('\n').to_string()
+        }
+
+        /// Take one streamed job, answer `marks(nonce)` on stderr and, after a `send`, the
+        /// input with `out:` in front on stdout; answer a probe. Gives the header's words,
+        /// the arguments and the input received.
+        async fn serve(
+            &mut self,
+            marks: impl Fn(&str) -> Vec<String>,
+        ) -> (Vec<String>, Vec<String>, Vec<u8>) {
+            let header: Vec<String> = self.line().await.split(' ').map(String::from).collect();
+            let nargs: usize = header[7].parse().expect("nargs");
+            let mut args = Vec::new();
+            for _ in 0..nargs {
+                args.push(self.line().await);
+            }
+            let size: usize = header[6].parse().expect("size");
+            let mut input = vec![0u8; size];
+            self.from_client
+                .read_exact(&mut input)
+                .await
+                .expect("input");
+            let nonce = header[1].clone();
+            let output = [b"out:".as_slice(), &input].concat();
+            for mark in marks(&nonce) {
+                let mark = mark.replace("{len}", &output.len().to_string());
+                self.frame(FRAME_STDERR, format!("{mark}\n").as_bytes())
+                    .await;
+                if mark.contains(":send=") {
+                    for piece in output.chunks(10_000) {
+                        self.frame(FRAME_STDOUT, piece).await;
+                    }
+                }
+            }
+            if self.line().await == format!("probe {nonce}") {
+                let json = r#"{"streams":[{"codec_type":"audio","codec_name":"mp3"}],"format":{"duration":"1.0"}}"#;
+                self.frame(
+                    FRAME_STDERR,
+                    format!("@isc:{nonce}:stage=probe\n").as_bytes(),
+                )
+                .await;
+                self.frame(
+                    FRAME_STDERR,
+                    format!("@isc:{nonce}:probe:{json}\n").as_bytes(),
+                )
+                .await;
+                self.frame(FRAME_STDERR, format!("@isc:{nonce}:end=0\n").as_bytes())
+                    .await;
+            }
+            (header, args, input)
+        }
+    }
+
+    /// A session and the fake worker at its other end. The worker's output pipe is a few bytes
+    /// wide, so that headers and payloads arrive cut at every place.
+    fn session_with_fake_worker() -> (Session<DuplexStream, DuplexStream>, FakeWorker) {
+        let (client_out, worker_out) = tokio::io::duplex(5);
+        let (client_in, worker_in) = tokio::io::duplex(64 << 10);
+        (
+            Session::attached(client_out, client_in),
+            FakeWorker {
+                from_client: tokio::io::BufReader::new(worker_in),
+                to_client: worker_out,
+            },
+        )
+    }
+
+    fn streamed_marks(nonce: &str) -> Vec<String> {
+        vec![
+            format!("@isc:{nonce}:stage=ffmpeg"),
+            "size=       1kB time=00:00:01.00 bitrate=   8.0kbits/s speed=1x".to_string(),
+            format!("@isc:{nonce}:stage=send"),
+            format!("@isc:{nonce}:send={{len}}"),
+        ]
+    }
+
+    struct Job {
+        _tmp: tempfile::TempDir,
+        input: PathBuf,
+        size: u64,
+        sink: Temp,
+        preset: Arc<Preset>,
+        ctx: JobCtx,
+        _events: tokio::sync::mpsc::UnboundedReceiver<crate::report::Event>,
+    }
+
+    fn streamed_job(bytes: &[u8]) -> Job {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let input = tmp.path().join("in.wav");
+        std::fs::write(&input, bytes).expect("input");
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).expect("out");
+        let sink = crate::place::open_dir(&out, &out)
+            .expect("out dir")
+            .create_temp("mp3")
+            .expect("temp");
+        let (events, _events) = tokio::sync::mpsc::unbounded_channel();
+        let ctx = JobCtx::new(events, tokio_util::sync::CancellationToken::new(), false);
+        Job {
+            _tmp: tmp,
+            input,
+            size: bytes.len() as u64,
+            sink,
+            preset: Arc::new(crate::preset::load("mp3").expect("mp3 preset")),
+            ctx,
+            _events,
+        }
+    }
+
+    fn piped<'a>(job: &'a Job, args: Vec<String>) -> Request<'a> {
+        Request {
+            input: Some((&job.input, job.size)),
+            sink: Some(&job.sink),
+            hash_input: true,
+            ..request(&job.preset, args)
+        }
+    }
+
+    fn sha256(bytes: &[u8]) -> String {
+        let mut h = Hasher::new();
+        h.update(bytes);
+        h.finish()
+    }
+
+    #[tokio::test]
+    async fn a_streamed_job_runs_over_any_pair_of_pipes() {
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let job = streamed_job(&bytes);
+        let (mut session, mut worker) = session_with_fake_worker();
+        let args = vec![
+            "-i".to_string(),
+            "pipe:0".to_string(),
+            "out.mp3".to_string(),
+        ];
+        let (served, (header, sent_args, received)) = tokio::join!(
+            session.serve(piped(&job, args.clone()), &job.ctx),
+            worker.serve(streamed_marks),
+        );
+        let served = served.expect("served");
+        assert_eq!(header[0], "job");
+        assert_eq!(header[2..7], ["pipe", "mp4", "out.mp4", "-", "100000"]);
+        assert_eq!(sent_args, args);
+        assert_eq!(received, bytes, "the input arrived whole");
+        let expected = [b"out:".as_slice(), &bytes].concat();
+        let mut written = Vec::new();
+        std::io::Read::read_to_end(&mut job.sink.reopen().expect("reopen"), &mut written)
+            .expect("read");
+        assert_eq!(written, expected, "the output arrived whole");
+        assert_eq!(served.bytes_out, expected.len() as u64);
+        assert_eq!(
+            served.output_sha256.as_deref(),
+            Some(sha256(&expected).as_str())
+        );
+        assert_eq!(
+            served.input_sha256.as_deref(),
+            Some(sha256(&bytes).as_str())
+        );
+        assert_eq!(served.checked_by, Checker::Ffprobe);
+        assert_eq!(served.probe.audio().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_mark_without_the_jobs_nonce_is_refused() {
+        let job = streamed_job(b"input bytes");
+        let (mut session, mut worker) = session_with_fake_worker();
+        let worker = tokio::spawn(async move {
+            worker
+                .serve(|nonce| {
+                    vec![
+                        format!("@isc:{nonce}:stage=ffmpeg"),
+                        "@isc:0123456789abcdef0123456789abcdef:send=3".to_string(),
+                    ]
+                })
+                .await;
+        });
+        let served = session.serve(piped(&job, vec![]), &job.ctx).await;
+        match served {
+            Err(JobError::Untrusted(why)) => assert!(why.contains("nonce"), "{why}"),
+            other => panic!("{:?}", other.map(|s| s.bytes_out)),
+        }
+        session.hang_up();
+        worker.abort();
+    }
+
+    #[tokio::test]
+    async fn output_cut_inside_a_frame_is_an_error_not_an_end() {
+        let (mut reader, mut writer) = tokio::io::duplex(64);
+        let mut frames = Frames::new(&mut reader);
+        let header = frame_header(FRAME_STDERR, 10).expect("header");
+        writer.write_all(&header).await.expect("write");
+        writer.write_all(b"abc").await.expect("write");
+        drop(writer);
+        match frames.next().await {
+            Some(Ok(Frame::StdErr(b))) => assert_eq!(&b[..], b"abc"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(frames.next().await, Some(Err(_))));
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! The path a file takes through the modules:
 //!
-//! 1. [`cli`] mirrors the flags; [`app`] resolves them into a plan and runs it. Only the binary
-//!    uses [`app`]: the services it shares with the daemon sit below both.
+//! 1. [`cli`] mirrors the flags; [`config`] resolves them (preset loaded, engine named, defaults
+//!    applied); [`app`] wires the run. Only the binary uses [`app`]: the services it shares with
+//!    the daemon sit below both.
 //! 2. [`preset`] loads what to make (ffmpeg arguments as an array, plus the checks an output
 //!    must pass).
 //! 3. [`scan`] finds the inputs (walking folders, never the output folder) and maps each to its
@@ -13,8 +14,10 @@
 //!    them: what a job is ([`job::JobSpec`]), what it reports while it runs ([`job::JobEvent`],
 //!    [`job::Event`]), how it ended ([`job::JobResult`]) and why it failed ([`job::JobError`],
 //!    with the [`job::ErrorKind`] that says whether another engine would do better).
-//!    [`schedule`] is the dispatcher: it owns the running jobs, the temporary outputs, signals,
-//!    and the rename that makes an output final, which [`place`] makes safe: inside the output
+//!    [`plan`] decides per input (skip, copy, follow, run). [`schedule`] is the dispatcher and
+//!    the one producer of results: it settles skips and copies, owns the running jobs, the
+//!    checks an output must pass, and signals. [`place`] holds the output folder's rules (lock,
+//!    state folder, temporary names, publish = fsync + rename + folder fsync): inside the output
 //!    folder, through no link, over nothing this tool did not write.
 //! 5. [`exec`] holds the backends behind one small trait: [`exec::docker`] streams each input
 //!    into a container on a Docker engine and the output back; [`exec::local`] runs local

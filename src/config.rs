@@ -94,16 +94,6 @@ impl RunConfig {
             stall_timeout: args.stall_timeout,
         })
     }
-
-    /// What may stand at an output path for a job's output to replace it: `--overwrite` and
-    /// `--rebuild-state` only (the plan's other options do not apply to a single output).
-    pub fn replace_opts(&self) -> PlanOptions {
-        PlanOptions {
-            overwrite: self.plan.overwrite,
-            adopt: self.plan.adopt,
-            ..PlanOptions::default()
-        }
-    }
 }
 
 impl EngineConfig {
@@ -185,8 +175,7 @@ mod tests {
         );
         assert!(!c.wait_for_lock);
         assert!(c.plan.read_only, "a dry run writes nothing to the store");
-        let replace = c.replace_opts();
-        assert!(replace.overwrite && !replace.read_only && !replace.force);
+        assert!(c.plan.overwrite && !c.plan.force);
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! prepare a Docker engine (or find local ffmpeg), with the limits, the time limit and the
 //! provenance the flags say, and decide how many jobs run at once.
 
-use crate::cli::{RunArgs, TransferChoice};
+use crate::cli::RunArgs;
+use crate::config::EngineConfig;
 use crate::error::AppError;
-use crate::exec::JobTimeout;
-use crate::exec::docker::{DockerBackend, Engine, Limits, MountPolicy};
+use crate::exec::docker::{DockerBackend, Engine, Limits};
 use crate::exec::local::LocalBackend;
 use crate::record::Provenance;
 use crate::state::Store;
@@ -38,6 +38,7 @@ pub(crate) async fn setup_docker(
     count_cpus: bool,
 ) -> Result<(DockerBackend, Provenance, Option<usize>), AppError> {
     let host = engine.host.clone();
+    let resolved = EngineConfig::resolve(args);
     // Independent engine calls, made at once: each is a round trip on the job's critical path.
     let (removed, image, cpus) = tokio::join!(
         engine.remove_labelled(false),
@@ -74,13 +75,9 @@ pub(crate) async fn setup_docker(
     };
     let backend = DockerBackend::new(engine, args.image.clone(), limits, run_id())
         .with_out_dir(&args.out)
-        .with_job_timeout(job_timeout(args))
+        .with_job_timeout(resolved.job_timeout)
         .with_libraries(libs)
-        .with_transfer(match args.transfer {
-            TransferChoice::Auto => MountPolicy::Auto,
-            TransferChoice::Stream => MountPolicy::Never,
-            TransferChoice::Mount => MountPolicy::Always,
-        });
+        .with_transfer(resolved.transfer);
     // Known from an earlier run, or taken from each job's ffmpeg banner.
     let version = store.ffmpeg_version(&image.id)?;
     let provenance = Provenance {
@@ -91,18 +88,13 @@ pub(crate) async fn setup_docker(
     Ok((backend, provenance, cpus))
 }
 
-/// `--job-timeout`, else the limit derived from each input's duration.
-pub(crate) fn job_timeout(args: &RunArgs) -> JobTimeout {
-    args.job_timeout.map_or(JobTimeout::Auto, JobTimeout::Fixed)
-}
-
 /// The local backend, its provenance, and this machine's CPU count.
 pub(crate) async fn setup_local(
     args: &RunArgs,
 ) -> Result<(LocalBackend, Provenance, usize), AppError> {
     let local = LocalBackend::find()
         .ok_or(AppError::NoLocalFfmpeg)?
-        .with_job_timeout(job_timeout(args));
+        .with_job_timeout(EngineConfig::resolve(args).job_timeout);
     let provenance = Provenance {
         image: None,
         image_id: None,

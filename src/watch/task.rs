@@ -10,6 +10,7 @@ use crate::cli::OnSuccess;
 use crate::exec::docker::Engine;
 use crate::exec::{Backend, JobCtx, JobSpec};
 use crate::plan::{self, Action};
+use crate::schedule::file_stat;
 use crate::schedule::{self, JobResult, Recorder, Status};
 use crate::state::{FileStat, Store};
 use crate::{hash, scan};
@@ -72,13 +73,6 @@ pub(super) enum End {
 pub(super) struct Finished {
     pub(super) acc: Accepted,
     pub(super) end: End,
-}
-
-pub(super) fn file_stat(path: &Path) -> Option<FileStat> {
-    std::fs::metadata(path)
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| FileStat::of(&m))
 }
 
 /// Whether this exact file (by its cached hash) already has its output in place, without

@@ -13,11 +13,10 @@
 //! 6. the dispatcher's outcome says how the batch ended, [`crate::error`] which exit code that
 //!    is.
 
-use crate::cli::{BackendChoice, Cli, Command, RunArgs};
-use crate::engine::{parallelism, setup_docker, setup_local};
+use crate::cli::{Cli, Command, RunArgs};
+use crate::config::EngineConfig;
 use crate::error::{AppError, ExitCode};
-use crate::exec::Backend;
-use crate::exec::docker::{Engine, Limits, default_host};
+use crate::exec::docker::{Engine, default_host};
 use crate::hash;
 use crate::job::{Event, Job, Recorder};
 use crate::place::remove_stale_temps;
@@ -389,7 +388,7 @@ async fn dry_run(
     Ok(ExitCode::Success)
 }
 
-/// Choose the backend, connect, and run the jobs that must run.
+/// Connect the configured backend and run the jobs that must run on it.
 async fn run_jobs(
     jobs: Vec<Job>,
     args: &RunArgs,
@@ -399,86 +398,17 @@ async fn run_jobs(
     store: &Arc<Store>,
     deadline: Option<std::time::Instant>,
 ) -> Result<schedule::BatchOutcome, AppError> {
-    let host = args.host.clone().unwrap_or_else(default_host);
     let say = |s: String| {
         let _ = tx.send(Event::Note(s));
     };
-    let engine = match args.backend {
-        BackendChoice::Local => None,
-        BackendChoice::Docker => Some(Engine::connect(&host, args.insecure).await?),
-        BackendChoice::Auto => Some(
-            Engine::connect(&host, args.insecure)
-                .await
-                .map_err(AppError::no_engine)?,
-        ),
-    };
-    let recorder = |provenance| -> Arc<dyn Recorder> {
-        Arc::new(StateRecorder::new(
-            store.clone(),
-            args.out.clone(),
-            provenance,
-            replace_opts(args),
-        ))
-    };
-    match engine {
-        Some(engine) => {
-            let count_cpus = args.jobs.is_none() && jobs.len() > 1;
-            let (backend, provenance, cpus) =
-                setup_docker(engine, args, store, &say, count_cpus).await?;
-            // Fewer files than jobs at once: each job's share is bigger.
-            let backend = match (args.cpus, cpus) {
-                (None, Some(n)) => {
-                    backend.with_cpus(Limits::share(n, parallelism(args, cpus, jobs.len())))
-                }
-                _ => backend,
-            };
-            Ok(execute(
-                backend,
-                jobs,
-                args,
-                preset,
-                opts,
-                cpus,
-                tx.clone(),
-                recorder(provenance),
-                deadline,
-            )
-            .await)
-        }
-        None => {
-            let (local, provenance, cpus) = setup_local(args).await?;
-            Ok(execute(
-                local,
-                jobs,
-                args,
-                preset,
-                opts,
-                Some(cpus),
-                tx.clone(),
-                recorder(provenance),
-                deadline,
-            )
-            .await)
-        }
-    }
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site per backend, all plumbing"
-)]
-async fn execute<B: Backend>(
-    backend: B,
-    jobs: Vec<Job>,
-    args: &RunArgs,
-    preset: &Preset,
-    opts: ReportOptions,
-    cpus: Option<usize>,
-    tx: UnboundedSender<Event>,
-    recorder: Arc<dyn Recorder>,
-    deadline: Option<std::time::Instant>,
-) -> schedule::BatchOutcome {
-    let parallel = parallelism(args, cpus, jobs.len());
+    let backend =
+        crate::exec::connect::connect(&EngineConfig::resolve(args), &say, Some(jobs.len())).await?;
+    let recorder: Arc<dyn Recorder> = Arc::new(StateRecorder::new(
+        store.clone(),
+        args.out.clone(),
+        replace_opts(args),
+    ));
+    let parallel = backend.capacity().min(jobs.len()).max(1);
     if !opts.quiet {
         let _ = tx.send(Event::Note(format!(
             "{} file(s) to transcode with preset {} on {}, {} at once",
@@ -494,5 +424,5 @@ async fn execute<B: Backend>(
         stall_timeout: args.stall_timeout,
         echo_ffmpeg: opts.verbose >= 2,
     };
-    schedule::run_batch(Arc::new(backend), jobs, &args.out, batch, tx, recorder).await
+    Ok(schedule::run_batch(backend, jobs, &args.out, batch, tx, recorder).await)
 }

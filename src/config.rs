@@ -6,7 +6,7 @@
 //! the daemon) takes these structs, never the flags, so a fleet of engines can later be
 //! described by more than one [`EngineConfig`] without touching them.
 
-use crate::cli::{BackendChoice, RunArgs, TransferChoice};
+use crate::cli::{RunArgs, TransferChoice};
 use crate::error::AppError;
 use crate::exec::JobTimeout;
 use crate::exec::docker::{MountPolicy, default_host};
@@ -18,27 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where jobs run and how each job container is confined.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    pub backend: BackendChoice,
-    /// The engine's URL: `-H`, else `DOCKER_HOST`, else the local socket.
-    pub host: String,
-    /// `--insecure`: plain TCP off loopback is allowed.
-    pub insecure: bool,
-    pub image: String,
-    /// Jobs at once (`--jobs`); `None`: the engine's CPU count.
-    pub jobs: Option<usize>,
-    /// Bytes of memory (and swap) per job container.
-    pub memory: i64,
-    pub pids: i64,
-    /// CPUs per job container; `None`: one job's share of the engine.
-    pub cpus: Option<f64>,
-    pub job_timeout: JobTimeout,
-    pub transfer: MountPolicy,
-    /// The output folder, which a mounted job's private folder is made in.
-    pub out: PathBuf,
-}
+pub use crate::exec::connect::EngineConfig;
 
 /// A resolved batch run (and the part of the daemon's configuration it shares).
 #[derive(Debug, Clone)]
@@ -96,6 +76,8 @@ impl RunConfig {
     }
 }
 
+// The engine's configuration is the backends' own type; resolving it from the flags belongs
+// with the rest of the flags' resolution, here.
 impl EngineConfig {
     pub fn resolve(args: &RunArgs) -> EngineConfig {
         EngineConfig {

@@ -65,20 +65,8 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--backend local needs ffmpeg and ffprobe on PATH (Debian: apt-get install ffmpeg)")]
-    NoLocalFfmpeg,
-    /// `--backend auto` found no engine. It never falls back to this machine's ffmpeg: the
-    /// media may be hostile, and the containers are what keeps it away from this machine.
-    #[error(
-        "{source}\n\
-         --backend auto runs ffmpeg only in containers, never on this machine by itself. Start an \
-         engine (`sudo systemctl start docker`, or scripts/setup.sh), point -H or DOCKER_HOST at \
-         one, or choose --backend local to run this machine's ffmpeg on these files"
-    )]
-    NoEngine {
-        #[source]
-        source: crate::exec::docker::EngineError,
-    },
+    #[error(transparent)]
+    Connect(#[from] crate::exec::connect::ConnectError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
@@ -90,18 +78,6 @@ pub enum AppError {
 }
 
 impl AppError {
-    /// What `--backend auto` says when no engine answers; other engine errors (a refused
-    /// transport, a missing image) stay as they are.
-    pub fn no_engine(e: crate::exec::docker::EngineError) -> AppError {
-        use crate::exec::docker::EngineError;
-        match e {
-            EngineError::Unreachable { .. } | EngineError::Connect { .. } => {
-                AppError::NoEngine { source: e }
-            }
-            e => AppError::Engine(e),
-        }
-    }
-
     pub fn exit_code(&self) -> ExitCode {
         match self {
             AppError::Lock(crate::place::LockError::Busy { .. }) => ExitCode::Busy,

@@ -107,7 +107,21 @@ pub struct Produced {
     pub input_sha256: Option<String>,
     /// The output's sha256, computed while it was received.
     pub output_sha256: String,
-    /// The ffmpeg version that made it, from ffmpeg's banner.
+    /// The engine and the software that made it.
+    pub made_by: MadeBy,
+}
+
+/// Where an output was made and with what: stored with each output, so that a batch spread
+/// over several engines still says, per file, which engine, image and ffmpeg made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MadeBy {
+    /// The engine's address (`unix:///var/run/docker.sock`, `tcp://10.0.0.2:2376`) or `local`.
+    pub host: String,
+    /// The image as named (`isc-ffmpeg:latest`); `None` for local ffmpeg.
+    pub image: Option<String>,
+    /// The image's ID on that engine, which pins the exact bytes that ran.
+    pub image_id: Option<String>,
+    /// The ffmpeg version, from ffmpeg's banner (`None` when the banner did not say).
     pub ffmpeg_version: Option<String>,
 }
 
@@ -513,14 +527,14 @@ pub struct Job {
 /// Told about each output once it is in place, before it counts as done, and about failures.
 pub trait Recorder: Send + Sync + 'static {
     /// The output is renamed into place and synced; `input` is the input's identity, the same
-    /// before its bytes were read and after. Returns the job key it was recorded under.
+    /// before its bytes were read and after. What made it is in [`Produced::made_by`]. Returns
+    /// the job key it was recorded under.
     fn done(
         &self,
         job: &JobSpec,
         produced: &Produced,
         input: &FileStat,
         seconds: f64,
-        host: &str,
     ) -> Result<String, String>;
 
     fn failed(&self, job: &JobSpec, error: &str);

@@ -29,9 +29,10 @@
 //!    output is good enough to count.
 //! 7. [`report`] owns the terminal: bars in a terminal, plain lines elsewhere.
 //!
-//! Shared by the batch command and the daemon: [`engine`] makes a backend ready (connect,
-//! prepare the engine or find local ffmpeg, how many jobs at once), [`record`] records finished
-//! outputs in the [`state`] store, [`copy`] gives a job a copy of an output that already exists
+//! Shared by the batch command and the daemon: [`exec::connect`] makes a backend ready from an
+//! [`exec::connect::EngineConfig`] (connect, prepare the engine or find local ffmpeg, how many jobs it
+//! runs at once) and hands it over as `Arc<dyn Backend>`; [`record`] records finished outputs,
+//! each with the engine, image and ffmpeg that made it, in the [`state`] store, [`copy`] gives a job a copy of an output that already exists
 //! for the same content.
 //!
 //! [`watch`] is the daemon (`isc-transcode watch`): it follows folders, takes each file once it
@@ -53,7 +54,6 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod copy;
-pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod ffmpeg;

@@ -280,7 +280,7 @@ pub struct BatchOptions {
 }
 
 /// Run every job, at most `opts.parallel` at once.
-pub async fn run_batch<B: Backend>(
+pub async fn run_batch<B: Backend + ?Sized>(
     backend: Arc<B>,
     jobs: Vec<Job>,
     out_dir: &Path,
@@ -391,7 +391,7 @@ async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 /// Handle a stop signal. Returns true when the batch must end now.
-async fn stop<B: Backend>(
+async fn stop<B: Backend + ?Sized>(
     interrupted: &mut bool,
     cancel: &CancellationToken,
     events: &UnboundedSender<Event>,
@@ -415,7 +415,7 @@ async fn stop<B: Backend>(
     true
 }
 
-pub(crate) async fn run_one<B: Backend>(
+pub(crate) async fn run_one<B: Backend + ?Sized>(
     backend: &B,
     job: Job,
     out_root: &Path,
@@ -462,7 +462,7 @@ pub(crate) async fn run_one<B: Backend>(
             result.checked_by = Some(p.checked_by);
             result.media_seconds = p.input.duration.or(p.decoded);
             result.dropped = verify::dropped(&job.preset.check, &p.input, &p.probe);
-            match recorder.done(&job, &p, &input_stat, seconds, &result.host) {
+            match recorder.done(&job, &p, &input_stat, seconds) {
                 Ok(key) => result.key = Some(key),
                 Err(e) => {
                     result.status = Status::Failed;
@@ -509,7 +509,7 @@ async fn index_reserve(job: &JobSpec) -> Option<u64> {
 
 /// Run the job into a temp file, check it, and move it into place. `input_stat` is the input's
 /// identity as planned; `replace` says what may stand at the output path.
-async fn produce<B: Backend>(
+async fn produce<B: Backend + ?Sized>(
     backend: &B,
     job: &JobSpec,
     input_stat: &FileStat,
@@ -822,7 +822,6 @@ mod tests {
                 _: &Produced,
                 _: &FileStat,
                 _: f64,
-                _: &str,
             ) -> Result<String, String> {
                 self.done.lock().expect("lock").push(job.id);
                 Ok(format!("key-{}", job.id))

@@ -834,6 +834,10 @@ fn framed(
 pub struct DockerBackend {
     engine: Engine,
     image: String,
+    /// The image's ID on this engine, recorded with every output.
+    image_id: Option<String>,
+    /// Jobs at once ([`Backend::capacity`]).
+    capacity: usize,
     limits: Limits,
     run_id: String,
     client: String,
@@ -859,6 +863,8 @@ impl DockerBackend {
         DockerBackend {
             engine,
             image,
+            image_id: None,
+            capacity: 1,
             limits,
             run_id,
             client: client_id(),
@@ -870,6 +876,28 @@ impl DockerBackend {
             idle: Mutex::default(),
             slots: Default::default(),
             live: Arc::default(),
+        }
+    }
+
+    /// The image's ID, as the engine named it when the image was checked.
+    pub fn with_image_id(mut self, id: String) -> Self {
+        self.image_id = Some(id);
+        self
+    }
+
+    /// Run up to `jobs` jobs at once.
+    pub fn with_capacity(mut self, jobs: usize) -> Self {
+        self.capacity = jobs.max(1);
+        self
+    }
+
+    /// What made an output on this engine, with the version ffmpeg's banner named.
+    fn made_by(&self, ffmpeg_version: Option<String>) -> super::MadeBy {
+        super::MadeBy {
+            host: self.engine.host.clone(),
+            image: Some(self.image.clone()),
+            image_id: self.image_id.clone(),
+            ffmpeg_version,
         }
     }
 
@@ -1139,7 +1167,7 @@ impl DockerBackend {
             transfer,
             input_sha256: served.input_sha256,
             output_sha256,
-            ffmpeg_version: served.parser.ffmpeg_version.clone(),
+            made_by: self.made_by(served.parser.ffmpeg_version.clone()),
         })
     }
 }
@@ -1390,7 +1418,7 @@ impl DockerBackend {
             transfer: Transfer::Mount,
             input_sha256: job.input_sha256.clone(),
             output_sha256,
-            ffmpeg_version: served.parser.ffmpeg_version.clone(),
+            made_by: self.made_by(served.parser.ffmpeg_version.clone()),
         }))
     }
 }
@@ -1435,42 +1463,78 @@ fn input_ext(path: &Path) -> String {
         .unwrap_or_else(|| "bin".to_string())
 }
 
+/// How long a health check waits for the engine's answer.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Backend for DockerBackend {
     fn describe(&self) -> String {
         format!("docker {}", self.engine.host)
     }
 
-    async fn run(&self, job: &JobSpec, out: &Temp, ctx: &JobCtx) -> Result<Produced, JobError> {
-        super::within_timeout(self.job_timeout, job, ctx, |ctx| async move {
-            self.run_job(job, out, &ctx).await
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The engine answers a ping within [`HEALTH_TIMEOUT`].
+    fn health(&self) -> super::BoxFuture<'_, Result<(), super::EngineFault>> {
+        Box::pin(async {
+            match tokio::time::timeout(HEALTH_TIMEOUT, self.engine.docker.ping()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(super::EngineFault {
+                    status: None,
+                    message: format!(
+                        "{} did not answer within {} s",
+                        self.engine.host,
+                        HEALTH_TIMEOUT.as_secs()
+                    ),
+                }),
+            }
         })
-        .await
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: &'a JobSpec,
+        out: &'a Temp,
+        ctx: &'a JobCtx,
+    ) -> super::BoxFuture<'a, Result<Produced, JobError>> {
+        Box::pin(super::within_timeout(
+            self.job_timeout,
+            job,
+            ctx,
+            move |ctx| async move { self.run_job(job, out, &ctx).await },
+        ))
     }
 
     /// End the idle workers ([`DockerBackend::retire`]).
-    async fn finish(&self) {
-        let idle: Vec<Worker> = self
-            .idle
-            .lock()
-            .map(|mut idle| idle.drain(..).collect())
-            .unwrap_or_default();
-        for w in idle {
-            self.retire(w);
-        }
+    fn finish(&self) -> super::BoxFuture<'_, ()> {
+        Box::pin(async {
+            let idle: Vec<Worker> = self
+                .idle
+                .lock()
+                .map(|mut idle| idle.drain(..).collect())
+                .unwrap_or_default();
+            for w in idle {
+                self.retire(w);
+            }
+        })
     }
 
-    async fn abandon(&self) {
-        let ids: Vec<String> = self
-            .live
-            .lock()
-            .map(|l| l.iter().cloned().collect())
-            .unwrap_or_default();
-        let removals = ids.iter().map(|id| remove(&self.engine.docker, id));
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            futures_util::future::join_all(removals),
-        )
-        .await;
+    fn abandon(&self) -> super::BoxFuture<'_, ()> {
+        Box::pin(async {
+            let ids: Vec<String> = self
+                .live
+                .lock()
+                .map(|l| l.iter().cloned().collect())
+                .unwrap_or_default();
+            let removals = ids.iter().map(|id| remove(&self.engine.docker, id));
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                futures_util::future::join_all(removals),
+            )
+            .await;
+        })
     }
 }
 

@@ -12,7 +12,10 @@
 //! What depends on the engine (containers, streaming, ffmpeg's behaviour) is not here: the
 //! integration tests exercise that against the real engine and image.
 
-use super::{Backend, Checker, JobCtx, JobError, JobSpec, JobTimeout, Produced, Transfer};
+use super::{
+    Backend, BoxFuture, Checker, EngineFault, JobCtx, JobError, JobSpec, JobTimeout, MadeBy,
+    Produced, Transfer,
+};
 use crate::ffmpeg::{InputInfo, Progress};
 use crate::place::Temp;
 use std::collections::{HashMap, VecDeque};
@@ -187,7 +190,12 @@ fn produce(bytes: &[u8], out: &Temp) -> Result<Produced, JobError> {
             h.update(bytes);
             h.finish()
         },
-        ffmpeg_version: Some("fake".into()),
+        made_by: MadeBy {
+            host: "fake".into(),
+            image: None,
+            image_id: None,
+            ffmpeg_version: Some("fake".into()),
+        },
     })
 }
 
@@ -196,7 +204,39 @@ impl Backend for FakeBackend {
         "fake".into()
     }
 
-    async fn run(&self, job: &JobSpec, out: &Temp, ctx: &JobCtx) -> Result<Produced, JobError> {
+    fn capacity(&self) -> usize {
+        2
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), EngineFault>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: &'a JobSpec,
+        out: &'a Temp,
+        ctx: &'a JobCtx,
+    ) -> BoxFuture<'a, Result<Produced, JobError>> {
+        Box::pin(self.scripted(job, out, ctx))
+    }
+
+    fn finish(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async { self.note(|s| s.finish_calls += 1) })
+    }
+
+    fn abandon(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async { self.note(|s| s.abandon_calls += 1) })
+    }
+}
+
+impl FakeBackend {
+    async fn scripted(
+        &self,
+        job: &JobSpec,
+        out: &Temp,
+        ctx: &JobCtx,
+    ) -> Result<Produced, JobError> {
         let script = self.next_script(job);
         self.note(|s| s.started.push(job.id));
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -217,13 +257,5 @@ impl Backend for FakeBackend {
         };
         self.running.fetch_sub(1, Ordering::SeqCst);
         result
-    }
-
-    async fn finish(&self) {
-        self.note(|s| s.finish_calls += 1);
-    }
-
-    async fn abandon(&self) {
-        self.note(|s| s.abandon_calls += 1);
     }
 }

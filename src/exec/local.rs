@@ -7,8 +7,8 @@
 //! goes the same way through stdout (`file:/dev/stdout`), so `+faststart` can rewrite it in place.
 
 use super::{
-    Backend, Checker, JobCtx, JobError, JobSpec, JobTimeout, Produced, Transfer, decoded_seconds,
-    finish_stderr, pump_stderr,
+    Backend, BoxFuture, Checker, EngineFault, JobCtx, JobError, JobSpec, JobTimeout, MadeBy,
+    Produced, Transfer, decoded_seconds, finish_stderr, pump_stderr,
 };
 use crate::ffmpeg::{Probe, StderrParser};
 use crate::hash;
@@ -24,6 +24,8 @@ pub struct LocalBackend {
     ffmpeg: PathBuf,
     ffprobe: PathBuf,
     job_timeout: JobTimeout,
+    /// Jobs at once: `--jobs`, else this machine's CPU count.
+    capacity: usize,
 }
 
 impl LocalBackend {
@@ -33,12 +35,19 @@ impl LocalBackend {
             ffmpeg: which("ffmpeg")?,
             ffprobe: which("ffprobe")?,
             job_timeout: JobTimeout::Auto,
+            capacity: 1,
         })
     }
 
     /// Stop a job that runs longer than `timeout` allows.
     pub fn with_job_timeout(mut self, timeout: JobTimeout) -> Self {
         self.job_timeout = timeout;
+        self
+    }
+
+    /// Run up to `jobs` jobs at once.
+    pub fn with_capacity(mut self, jobs: usize) -> Self {
+        self.capacity = jobs.max(1);
         self
     }
 }
@@ -90,14 +99,33 @@ impl Backend for LocalBackend {
         format!("local {}", self.ffmpeg.display())
     }
 
-    async fn run(&self, job: &JobSpec, out: &Temp, ctx: &JobCtx) -> Result<Produced, JobError> {
-        super::within_timeout(self.job_timeout, job, ctx, |ctx| async move {
-            self.run_job(job, out, &ctx).await
-        })
-        .await
+    fn capacity(&self) -> usize {
+        self.capacity
     }
 
-    async fn abandon(&self) {}
+    /// This machine's ffmpeg is always there once found.
+    fn health(&self) -> BoxFuture<'_, Result<(), EngineFault>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: &'a JobSpec,
+        out: &'a Temp,
+        ctx: &'a JobCtx,
+    ) -> BoxFuture<'a, Result<Produced, JobError>> {
+        Box::pin(super::within_timeout(
+            self.job_timeout,
+            job,
+            ctx,
+            move |ctx| async move { self.run_job(job, out, &ctx).await },
+        ))
+    }
+
+    /// Every ffmpeg this backend starts is killed when its job's future is dropped.
+    fn abandon(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 impl LocalBackend {
@@ -184,7 +212,12 @@ impl LocalBackend {
             transfer: Transfer::Direct,
             input_sha256,
             output_sha256,
-            ffmpeg_version: parser.ffmpeg_version.clone(),
+            made_by: MadeBy {
+                host: "local".into(),
+                image: None,
+                image_id: None,
+                ffmpeg_version: parser.ffmpeg_version.clone(),
+            },
         })
     }
 }

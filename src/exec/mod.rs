@@ -1,5 +1,7 @@
 //! Executors: where ffmpeg actually runs.
 //!
+//! [`connect::connect`] turns a resolved [`connect::EngineConfig`] into a ready backend
+//! (`Arc<dyn Backend>`).
 //! Every backend implements one small trait, [`Backend`]: given a job, produce the output bytes
 //! at a path the caller chose, and report what ffmpeg said about the input and what ffprobe says
 //! about the output. Everything around that (temp files, verification, the atomic rename,
@@ -15,6 +17,7 @@
 //! outside [`docker`] that names the engine client's error type: it turns it into
 //! [`EngineFault`], so that nothing above the backends depends on the client library.
 
+pub mod connect;
 pub mod docker;
 #[cfg(test)]
 pub(crate) mod fake;
@@ -35,7 +38,7 @@ use tokio::time::Instant;
 
 pub use crate::job::{
     Checker, EngineFault, JOB_TIMEOUT_CEILING, JOB_TIMEOUT_FLOOR, JOB_TIMEOUT_PER_SECOND, JobCtx,
-    JobError, JobEvent, JobSpec, JobTimeout, PROGRESS_EVERY, Produced, Transfer,
+    JobError, JobEvent, JobSpec, JobTimeout, MadeBy, PROGRESS_EVERY, Produced, Transfer,
 };
 
 pub(crate) use crate::random::hex as random_hex;
@@ -103,33 +106,51 @@ where
     }
 }
 
+/// A boxed future that may be sent between threads: what [`Backend`]'s methods return, so that
+/// the trait is object-safe and callers hold any backend as `Arc<dyn Backend>`.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// A place where ffmpeg runs.
+///
+/// Object-safe: [`connect::connect`] returns `Arc<dyn Backend>`, and the dispatcher and the daemon never
+/// need to know which backend they drive. What a fleet scheduler needs from an engine is here:
+/// how many jobs it runs well at once ([`Backend::capacity`]), whether it answers
+/// ([`Backend::health`]), and, in every [`Produced`], which engine and software made the output.
 pub trait Backend: Send + Sync + 'static {
-    /// Where jobs run, for messages: `docker unix:///var/run/docker.sock`, `local`.
+    /// Where jobs run, for messages: `docker unix:///var/run/docker.sock`, `local /usr/bin/ffmpeg`.
     fn describe(&self) -> String;
+
+    /// How many jobs this backend runs well at once: `--jobs` when given, else its CPU count
+    /// (1 when it was not counted because one job was all there was to run).
+    fn capacity(&self) -> usize;
+
+    /// Whether the backend can take jobs now: the engine answers a ping within a few seconds.
+    /// An error says why not.
+    fn health(&self) -> BoxFuture<'_, Result<(), EngineFault>>;
 
     /// Run one job, writing the output bytes to `out`: a temporary file the caller made in the
     /// output folder, open. A backend writes through that descriptor (or, for a mounted job,
     /// renames its result over the temporary name in the folder's descriptor) and never opens
-    /// the temporary file by path.
+    /// the temporary file by path. The [`Produced`] it returns names, in
+    /// [`Produced::made_by`], the engine, image and ffmpeg that made the output.
     ///
     /// On cancellation the backend stops ffmpeg and cleans up what it created (containers),
     /// then returns [`JobError::Cancelled`].
-    fn run(
-        &self,
-        job: &JobSpec,
-        out: &Temp,
-        ctx: &JobCtx,
-    ) -> impl Future<Output = Result<Produced, JobError>> + Send;
+    fn run<'a>(
+        &'a self,
+        job: &'a JobSpec,
+        out: &'a Temp,
+        ctx: &'a JobCtx,
+    ) -> BoxFuture<'a, Result<Produced, JobError>>;
 
     /// Release what the backend keeps between jobs (warm containers) at the end of a batch.
-    fn finish(&self) -> impl Future<Output = ()> + Send {
-        async {}
+    fn finish(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 
     /// Remove whatever the backend still holds (e.g. containers), quickly. Used when the user
     /// insists on leaving now.
-    fn abandon(&self) -> impl Future<Output = ()> + Send;
+    fn abandon(&self) -> BoxFuture<'_, ()>;
 }
 
 /// Read back an output that ffmpeg, as `parser` heard it, made with success, open at offset 0: `Some` probe when
@@ -205,9 +226,9 @@ pub(crate) fn finish_stderr(parser: &mut StderrParser, id: usize, ctx: &JobCtx) 
     }
 }
 
-impl From<bollard::errors::Error> for JobError {
+impl From<bollard::errors::Error> for EngineFault {
     fn from(e: bollard::errors::Error) -> Self {
-        JobError::Engine(match e {
+        match e {
             bollard::errors::Error::DockerResponseServerError {
                 status_code,
                 message,
@@ -219,7 +240,13 @@ impl From<bollard::errors::Error> for JobError {
                 status: None,
                 message: e.to_string(),
             },
-        })
+        }
+    }
+}
+
+impl From<bollard::errors::Error> for JobError {
+    fn from(e: bollard::errors::Error) -> Self {
+        JobError::Engine(e.into())
     }
 }
 

@@ -24,7 +24,6 @@ pub(super) struct Config {
     pub(super) grace: Duration,
     /// With a canonical `move:` folder.
     pub(super) on_success: OnSuccess,
-    pub(super) jobs: Option<u16>,
     pub(super) plan: PlanOptions,
     pub(super) stall_timeout: Duration,
     pub(super) echo_ffmpeg: bool,
@@ -93,7 +92,6 @@ impl Config {
             retries: args.retries,
             grace: args.grace,
             on_success,
-            jobs: run.jobs,
             plan: PlanOptions {
                 force: run.force,
                 verify: run.verify,

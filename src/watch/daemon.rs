@@ -9,13 +9,13 @@ use super::events::{self, Change};
 use super::queue::{self, Accepted, Queue};
 use super::settle::{Settler, Verdict};
 use super::task::{self, End, Finished, JobEnv, already_done};
-use crate::error::ExitCode;
-use crate::exec::docker::{Engine, EngineError};
+use crate::config::EngineConfig;
+use crate::exec::connect::ConnectError;
 use crate::exec::{Backend, JobCtx};
 use crate::metrics::{JobOutcome, Metrics};
 use crate::report::Event;
 use crate::schedule::Recorder;
-use crate::schedule::file_stat;
+use crate::schedule::{BatchEnd, file_stat};
 use crate::state::{FileStat, QueueState, Store};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -63,34 +63,34 @@ impl Signals {
     }
 }
 
-/// Connect to the engine, retrying with backoff until it answers. `None`: a signal came first.
-/// An address or TLS setup that the transport rules refuse is an error at once: waiting would
-/// not change it.
+/// Make the engine ready, retrying with backoff until it answers. `None`: a signal came first.
+/// An address or TLS setup that the transport rules refuse, or a missing image, is an error at
+/// once: waiting would not change it.
 pub(super) async fn wait_for_engine(
-    host: &str,
-    insecure: bool,
+    engine: &EngineConfig,
+    say: &(dyn Fn(String) + Send + Sync),
     signals: &mut Signals,
     metrics: &Metrics,
     up: &AtomicBool,
-) -> Result<Option<Engine>, EngineError> {
+) -> Result<Option<Arc<dyn Backend>>, ConnectError> {
     let mut failures = 0;
     loop {
         let backoff = crate::backoff::doubling(PROBE_MIN, PROBE_MAX, failures);
         let attempt = tokio::select! {
-            r = Engine::connect(host, insecure) => r,
+            r = crate::exec::connect::connect(engine, say, None) => r,
             () = signals.recv() => return Ok(None),
         };
         match attempt {
-            Ok(e) => {
+            Ok(backend) => {
                 up.store(true, Ordering::Relaxed);
-                return Ok(Some(e));
+                return Ok(Some(backend));
             }
-            Err(e @ EngineError::Transport(_)) => return Err(e),
-            Err(e) => {
+            Err(e) if e.is_unreachable() => {
                 up.store(false, Ordering::Relaxed);
-                metrics.set_engine_up(host, false);
+                metrics.set_engine_up(&engine.host, false);
                 warn!(error = %e, retry_in_s = backoff.as_secs(), "the Docker engine does not answer; retrying");
             }
+            Err(e) => return Err(e),
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
@@ -141,8 +141,8 @@ struct EngineState {
 }
 
 /// The dispatcher: owns every file's state and the running jobs.
-pub(super) struct Daemon<B: Backend> {
-    env: Arc<JobEnv<B>>,
+pub(super) struct Daemon {
+    env: Arc<JobEnv>,
     cfg: Arc<Config>,
     shared: Shared,
     settler: Settler,
@@ -168,15 +168,15 @@ pub(super) struct Daemon<B: Backend> {
     grace_over: bool,
 }
 
-impl<B: Backend> Daemon<B> {
+impl Daemon {
+    /// `engine_host` names the engine on the metrics (`None` for local ffmpeg).
     pub(super) fn new(
         cfg: Config,
-        backend: B,
-        engine: Option<Engine>,
+        backend: Arc<dyn Backend>,
+        engine_host: Option<String>,
         recorder: Arc<dyn Recorder>,
-        cpus: usize,
         shared: Shared,
-    ) -> Daemon<B> {
+    ) -> Daemon {
         let cfg = Arc::new(cfg);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         tokio::spawn(drain_job_events(rx));
@@ -184,8 +184,8 @@ impl<B: Backend> Daemon<B> {
         let env = Arc::new(JobEnv {
             cfg: cfg.clone(),
             host: backend.describe(),
-            backend: Arc::new(backend),
-            engine,
+            engine_host,
+            backend: backend.clone(),
             recorder,
             store: shared.store.clone(),
             cands: shared.cands.clone(),
@@ -207,7 +207,7 @@ impl<B: Backend> Daemon<B> {
                 failed_probes: 0,
                 probe_at: None,
             },
-            parallel: cfg.jobs.map_or(cpus, usize::from).max(1),
+            parallel: backend.capacity().max(1),
             base_ctx,
             next_id: 0,
             next_rescan: Instant::now() + cfg.rescan,
@@ -223,7 +223,7 @@ impl<B: Backend> Daemon<B> {
         mut self,
         mut signals: Signals,
         mut changes: UnboundedReceiver<Change>,
-    ) -> ExitCode {
+    ) -> BatchEnd {
         info!(
             folders = ?self.cfg.roots,
             out = %self.cfg.out.display(),
@@ -251,7 +251,7 @@ impl<B: Backend> Daemon<B> {
                 () = signals.recv() => {
                     if self.stopping.is_some() {
                         self.leave_now().await;
-                        return ExitCode::Interrupted;
+                        return BatchEnd::Interrupted;
                     }
                     self.begin_stop();
                 }
@@ -281,7 +281,7 @@ impl<B: Backend> Daemon<B> {
         // The idle warm workers go too: nothing of the daemon stays on the engine.
         self.env.backend.finish().await;
         info!("stopped");
-        ExitCode::Success
+        BatchEnd::Success
     }
 
     fn next_wake(&mut self) -> Option<Instant> {
@@ -333,12 +333,9 @@ impl<B: Backend> Daemon<B> {
         }
         if self.engine.probe_at.is_some_and(|at| now >= at) {
             self.engine.probe_at = None;
-            if let Some(engine) = self.env.engine.clone() {
-                self.probes
-                    .spawn(async move { task::engine_answers(&engine).await });
-            } else {
-                self.on_probe(true);
-            }
+            let backend = self.env.backend.clone();
+            self.probes
+                .spawn(async move { backend.health().await.is_ok() });
         }
     }
 
@@ -736,8 +733,8 @@ impl<B: Backend> Daemon<B> {
         self.engine.failed_probes = 0;
         self.engine.probe_at = Some(Instant::now() + PROBE_MIN);
         self.shared.engine_up.store(false, Ordering::Relaxed);
-        if let Some(e) = &self.env.engine {
-            self.shared.metrics.set_engine_up(&e.host, false);
+        if let Some(host) = &self.env.engine_host {
+            self.shared.metrics.set_engine_up(host, false);
         }
         warn!(error = %error, "the engine does not answer; files stay queued; reconnecting");
     }
@@ -750,8 +747,8 @@ impl<B: Backend> Daemon<B> {
             self.engine.up = true;
             self.engine.probe_at = None;
             self.shared.engine_up.store(true, Ordering::Relaxed);
-            if let Some(e) = &self.env.engine {
-                self.shared.metrics.set_engine_up(&e.host, true);
+            if let Some(host) = &self.env.engine_host {
+                self.shared.metrics.set_engine_up(host, true);
             }
         } else {
             self.engine.failed_probes = self.engine.failed_probes.saturating_add(1);

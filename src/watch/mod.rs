@@ -43,8 +43,8 @@ pub mod settle;
 mod task;
 
 use crate::cli::{BackendChoice, LogFormat, OnSuccess, WatchArgs};
+use crate::config::EngineConfig;
 use crate::error::{AppError, ExitCode};
-use crate::exec::docker::{Engine, default_host};
 use crate::metrics::Metrics;
 use crate::record::StateRecorder;
 use crate::state::Store;
@@ -155,18 +155,18 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
         None => None,
     };
 
-    let host = args.run.host.clone().unwrap_or_else(default_host);
+    let engine = EngineConfig::resolve(&args.run);
     let say = |s: String| info!("{s}");
-    let engine = match args.run.backend {
-        BackendChoice::Local => None,
-        BackendChoice::Docker => Some(
-            wait_for_engine(&host, args.run.insecure, &mut signals, &metrics, &engine_up).await?,
-        ),
-        BackendChoice::Auto => Some(Some(
-            Engine::connect(&host, args.run.insecure)
-                .await
-                .map_err(AppError::no_engine)?,
-        )),
+    // The engine's name on the metrics; local ffmpeg has none.
+    let engine_host = (engine.backend != BackendChoice::Local).then(|| engine.host.clone());
+    let backend = match engine.backend {
+        // Waits for the engine: a daemon started before it must not give up.
+        BackendChoice::Docker => {
+            wait_for_engine(&engine, &say, &mut signals, &metrics, &engine_up).await?
+        }
+        BackendChoice::Auto | BackendChoice::Local => {
+            Some(crate::exec::connect::connect(&engine, &say, None).await?)
+        }
     };
     let shared = Shared {
         store: store.clone(),
@@ -174,37 +174,22 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
         metrics: metrics.clone(),
         engine_up: engine_up.clone(),
     };
-    let code = match engine {
-        Some(None) => ExitCode::Success,
-        Some(Some(engine)) => {
-            metrics.set_engine_up(&engine.host, true);
-            let count_cpus = args.run.jobs.is_none();
-            let (backend, provenance, cpus) =
-                crate::engine::setup_docker(engine.clone(), &args.run, &store, &say, count_cpus)
-                    .await?;
-            // Not counted only when `--jobs` decides.
-            let cpus = cpus.unwrap_or(1);
+    let code = match backend {
+        None => ExitCode::Success,
+        Some(backend) => {
+            if let Some(host) = &engine_host {
+                metrics.set_engine_up(host, true);
+            }
             let recorder = Arc::new(StateRecorder::new(
                 store.clone(),
                 cfg.out.clone(),
-                provenance,
                 crate::plan::replace_opts(&args.run),
             ));
-            Daemon::new(cfg, backend, Some(engine), recorder, cpus, shared)
+            // A stop after the grace period is a clean end; a second signal is an interruption.
+            Daemon::new(cfg, backend, engine_host, recorder, shared)
                 .run(signals, changes)
                 .await
-        }
-        None => {
-            let (backend, provenance, cpus) = crate::engine::setup_local(&args.run).await?;
-            let recorder = Arc::new(StateRecorder::new(
-                store.clone(),
-                cfg.out.clone(),
-                provenance,
-                crate::plan::replace_opts(&args.run),
-            ));
-            Daemon::new(cfg, backend, None, recorder, cpus, shared)
-                .run(signals, changes)
-                .await
+                .into()
         }
     };
     drop(watcher);

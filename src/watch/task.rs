@@ -7,7 +7,6 @@ use super::config::Config;
 use super::on_success;
 use super::queue::Accepted;
 use crate::cli::OnSuccess;
-use crate::exec::docker::Engine;
 use crate::exec::{Backend, JobCtx, JobSpec};
 use crate::plan::{self, Action};
 use crate::schedule::file_stat;
@@ -16,27 +15,15 @@ use crate::state::{FileStat, Store};
 use crate::{hash, scan};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::{error, info};
 
-/// How long one engine probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Whether the engine answers a ping within [`PROBE_TIMEOUT`]: a failed job asks to tell the
-/// engine's fault from the file's, the daemon to know when to resume.
-pub(super) async fn engine_answers(engine: &Engine) -> bool {
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, engine.docker.ping()).await,
-        Ok(Ok(_))
-    )
-}
-
 /// What a job task needs.
-pub(super) struct JobEnv<B: Backend> {
+pub(super) struct JobEnv {
     pub(super) cfg: Arc<Config>,
-    pub(super) backend: Arc<B>,
+    pub(super) backend: Arc<dyn Backend>,
     pub(super) host: String,
-    pub(super) engine: Option<Engine>,
+    /// The engine's name on the metrics (`None` for local ffmpeg).
+    pub(super) engine_host: Option<String>,
     pub(super) recorder: Arc<dyn Recorder>,
     pub(super) store: Arc<Store>,
     pub(super) cands: Arc<Candidates>,
@@ -96,17 +83,12 @@ pub(super) fn already_done(store: &Store, cfg: &Config, output: &Path, st: &File
 }
 
 /// One accepted file, from plan to `--on-success`.
-pub(super) async fn job<B: Backend>(
-    env: Arc<JobEnv<B>>,
-    acc: Accepted,
-    id: usize,
-    ctx: JobCtx,
-) -> Finished {
+pub(super) async fn job(env: Arc<JobEnv>, acc: Accepted, id: usize, ctx: JobCtx) -> Finished {
     let end = job_inner(&env, &acc, id, &ctx).await;
     Finished { acc, end }
 }
 
-async fn job_inner<B: Backend>(env: &JobEnv<B>, acc: &Accepted, id: usize, ctx: &JobCtx) -> End {
+async fn job_inner(env: &JobEnv, acc: &Accepted, id: usize, ctx: &JobCtx) -> End {
     let cfg = &env.cfg;
     let store = env.store.clone();
     let output = env.cands.output_for(&acc.file);
@@ -258,9 +240,8 @@ async fn job_inner<B: Backend>(env: &JobEnv<B>, acc: &Accepted, id: usize, ctx: 
                 error.push_str("\n  ");
                 error.push_str(line);
             }
-            if let Some(engine) = &env.engine
-                && !engine_answers(engine).await
-            {
+            // The engine's fault, not the file's: the file waits until the engine is back.
+            if env.backend.health().await.is_err() {
                 return End::EngineDown(error);
             }
             End::Failed {

@@ -281,7 +281,7 @@ fn sigkill_mid_batch_then_the_next_run_finishes_exactly_the_rest() {
         })
         .collect();
     let o = transcode(&dir, &out, "h264");
-    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let done = lines_starting(&o, "done");
     let skipped = lines_starting(&o, "skipped");
     assert_eq!(done.len() + skipped.len(), 6);

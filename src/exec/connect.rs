@@ -1,0 +1,179 @@
+//! From a resolved engine configuration to a backend ready for jobs.
+//!
+//! [`connect`] is the one place that knows which backends exist. The batch command and the
+//! daemon call it with an [`EngineConfig`] and get an `Arc<dyn Backend>`; nothing above it
+//! matches on the kind of backend. For a Docker engine it also prepares the engine: containers
+//! left by runs that are gone are removed, the image is checked, the job limits are settled
+//! (one job's CPU share needs the engine's CPU count), and a library volume is made where the
+//! engine's storage makes every ffmpeg start slow.
+
+use super::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy};
+use super::local::LocalBackend;
+use super::{Backend, JobTimeout};
+use crate::cli::BackendChoice;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where jobs run and how each job container is confined: one engine, resolved from the flags
+/// ([`crate::config`]) with every default applied.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub backend: BackendChoice,
+    /// The engine's URL: `-H`, else `DOCKER_HOST`, else the local socket.
+    pub host: String,
+    /// `--insecure`: plain TCP off loopback is allowed.
+    pub insecure: bool,
+    pub image: String,
+    /// Jobs at once (`--jobs`); `None`: the engine's CPU count.
+    pub jobs: Option<usize>,
+    /// Bytes of memory (and swap) per job container.
+    pub memory: i64,
+    pub pids: i64,
+    /// CPUs per job container; `None`: one job's share of the engine.
+    pub cpus: Option<f64>,
+    pub job_timeout: JobTimeout,
+    pub transfer: MountPolicy,
+    /// The output folder, which a mounted job's private folder is made in.
+    pub out: PathBuf,
+}
+
+/// Why no backend could be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("--backend local needs ffmpeg and ffprobe on PATH (Debian: apt-get install ffmpeg)")]
+    NoLocalFfmpeg,
+    /// `--backend auto` found no engine. It never falls back to this machine's ffmpeg: the
+    /// media may be hostile, and the containers are what keeps it away from this machine.
+    #[error(
+        "{source}\n\
+         --backend auto runs ffmpeg only in containers, never on this machine by itself. Start an \
+         engine (`sudo systemctl start docker`, or scripts/setup.sh), point -H or DOCKER_HOST at \
+         one, or choose --backend local to run this machine's ffmpeg on these files"
+    )]
+    NoEngine {
+        #[source]
+        source: EngineError,
+    },
+}
+
+impl ConnectError {
+    /// The engine did not answer: trying again later may succeed. A refused transport, a
+    /// missing image or missing local ffmpeg stay as they are however long one waits.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Engine(EngineError::Unreachable { .. } | EngineError::Connect { .. })
+                | ConnectError::NoEngine { .. }
+        )
+    }
+}
+
+/// Make the configured backend ready. `jobs` is how many jobs are known to come (`None` for the
+/// daemon, which cannot know): with one job the engine is not asked for its CPU count, a round
+/// trip on that job's critical path, and with fewer jobs than CPUs each job gets a bigger
+/// share. `say` takes messages for the user (containers removed, library volume refused).
+pub async fn connect(
+    cfg: &EngineConfig,
+    say: &(dyn Fn(String) + Send + Sync),
+    jobs: Option<usize>,
+) -> Result<Arc<dyn Backend>, ConnectError> {
+    let engine =
+        match cfg.backend {
+            BackendChoice::Local => {
+                let local = LocalBackend::find()
+                    .ok_or(ConnectError::NoLocalFfmpeg)?
+                    .with_job_timeout(cfg.job_timeout)
+                    .with_capacity(cfg.jobs.unwrap_or_else(num_cpus_local));
+                return Ok(Arc::new(local));
+            }
+            BackendChoice::Docker => Engine::connect(&cfg.host, cfg.insecure).await?,
+            BackendChoice::Auto => Engine::connect(&cfg.host, cfg.insecure)
+                .await
+                .map_err(|e| match e {
+                    EngineError::Unreachable { .. } | EngineError::Connect { .. } => {
+                        ConnectError::NoEngine { source: e }
+                    }
+                    e => ConnectError::Engine(e),
+                })?,
+        };
+    Ok(Arc::new(setup_docker(engine, cfg, say, jobs).await?))
+}
+
+/// Make a connected engine ready for jobs: remove containers of dead runs, make sure the image
+/// is there, and settle the job limits. Independent engine calls are made at once: each is a
+/// round trip before the first job can start.
+async fn setup_docker(
+    engine: Engine,
+    cfg: &EngineConfig,
+    say: &(dyn Fn(String) + Send + Sync),
+    jobs: Option<usize>,
+) -> Result<DockerBackend, EngineError> {
+    let host = engine.host.clone();
+    // The CPU count is the default for `--jobs`, and one job's share needs it when several
+    // run at once.
+    let count_cpus = match cfg.jobs {
+        None => jobs.is_none_or(|n| n > 1),
+        Some(j) => cfg.cpus.is_none() && j > 1,
+    };
+    let (removed, image, cpus) = tokio::join!(
+        engine.remove_labelled(false),
+        engine.ensure_image(&cfg.image, say),
+        async {
+            match count_cpus {
+                true => engine.cpus().await.map(Some),
+                false => Ok(None),
+            }
+        }
+    );
+    let (removed, image, cpus) = (removed?, image?, cpus?);
+    if removed > 0 {
+        say(format!(
+            "removed {removed} container(s) left on {host} by runs that are gone"
+        ));
+    }
+    let capacity = cfg.jobs.or(cpus).unwrap_or(1).max(1);
+    // Fewer files than jobs at once: each job's share is bigger.
+    let parallel = jobs.map_or(capacity, |n| capacity.min(n).max(1));
+    let limits = Limits {
+        memory: cfg.memory,
+        pids: cfg.pids,
+        cpus: cfg
+            .cpus
+            .or_else(|| cpus.and_then(|n| Limits::share(n, parallel))),
+    };
+    // A speed-up only: without it jobs still run, each ffmpeg start just costs more.
+    let libs = match engine.library_mount(&cfg.image, &image, &limits).await {
+        Ok(libs) => libs,
+        Err(e) => {
+            say(format!("not using a library volume: {e}"));
+            None
+        }
+    };
+    Ok(
+        DockerBackend::new(engine, cfg.image.clone(), limits, run_id())
+            .with_image_id(image.id)
+            .with_capacity(capacity)
+            .with_out_dir(&cfg.out)
+            .with_job_timeout(cfg.job_timeout)
+            .with_libraries(libs)
+            .with_transfer(cfg.transfer),
+    )
+}
+
+/// A unique id for this run, used in container names and labels.
+pub(crate) fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:06x}", std::process::id(), nanos & 0xff_ffff)
+}
+
+/// This machine's CPU count, 1 when it cannot be told.
+pub(crate) fn num_cpus_local() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

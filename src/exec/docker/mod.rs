@@ -38,32 +38,52 @@
 //!
 //! Nothing in the container ever sees a user's file name: the server works on `in.<ext>` and
 //! `out.<ext>` in a scratch folder.
+//!
+//! The code is split by concern, so that each can be read and changed on its own:
+//! - this file: the labels and limits, [`Engine`] (connecting, the worker image, leftovers, the
+//!   library volume), what every container of this tool shares (its lock-down, its tmpfs, its
+//!   removal), and [`DockerBackend`] with the [`Backend`] implementation that sends each job
+//!   down the mounted or the streamed path;
+//! - `client`: who this process is on the engine's labels, and whether another client still
+//!   lives; it touches only this host, never the engine;
+//! - `pool`: the warm workers: configured, created, attached and started, taken for a job and
+//!   given back, retired in step or removed after a failure;
+//! - `stream`: a job streamed through a pooled worker;
+//! - `mount`: when a job is mounted, and the job in a worker of its own that mounts its input.
+//!
+//! Dependencies point one way (`scripts/module-graph.sh` checks it): `pool`, `stream` and
+//! `mount` add methods to [`DockerBackend`] and use this file (`stream` also takes the name of
+//! the spooled input from `mount`); this file reaches them only through those methods, and names
+//! no submodule but `client`, which names nothing here. That is why the pieces the setup
+//! containers share with the workers (the lock-down, the tmpfs, the removal) and the worker
+//! handle the pool's idle list holds live here rather than in `pool`.
 
-use super::jobserver::{
-    EXIT_NO_MOUNT, EarlyWriteback, FRAME_STDERR, FRAME_STDOUT, Mode, Request, SERVER_SCRIPT,
-    Session, WORKER_MAIN, frame_header, open_result, settle_file,
-};
+mod client;
+mod mount;
+mod pool;
+mod stream;
+
+use super::jobserver::Session;
 use super::transport::{self, Endpoint, TlsEnv};
-use super::{Backend, JobCtx, JobError, JobSpec, JobTimeout, Produced, Transfer};
-use crate::media;
+use super::{Backend, JobCtx, JobError, JobSpec, JobTimeout, Produced};
 use crate::place::Temp;
-use crate::preset;
 use bollard::Docker;
-use bollard::container::LogOutput;
 use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, HostConfigLogConfig, Mount,
     MountType,
 };
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
-use bytes::Bytes;
+use client::forget_client;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub use client::{client_id, client_is_dead, clients_dir};
 
 /// Label present on every container this tool creates.
 pub const LABEL_TOOL: &str = "io.isc-transcode";
@@ -87,99 +107,6 @@ pub struct UsrVolume {
     pub mount: Mount,
     /// The real folder of ffmpeg's libraries, when the loader should look there first.
     pub lib_dir: Option<String>,
-}
-
-/// This process, as [`LABEL_CLIENT`] names it: the host's name and 128 random bits, made once
-/// per process.
-///
-/// A pid cannot name a client: two clients in different PID namespaces (containers, `unshare`)
-/// can have the same pid on the same host, and each would read the other's pid in its own
-/// namespace, find another process or none, and remove the other's live workers. So the client
-/// takes a random id, and proves it is alive by holding an exclusive `flock` on a file named by
-/// that id in [`clients_dir`] for as long as it runs: the kernel drops the lock when the process
-/// ends, however it ends, and a lock is seen alike from every PID namespace that shares the
-/// folder.
-pub fn client_id() -> String {
-    static CLIENT: std::sync::OnceLock<(String, Option<std::fs::File>)> =
-        std::sync::OnceLock::new();
-    let (label, _lock) = CLIENT.get_or_init(|| {
-        let id = super::random_hex(16).unwrap_or_else(|_| {
-            // No entropy from the OS: an id that no lock file backs, so no client ever judges
-            // this one dead.
-            format!("nolock-{}", std::process::id())
-        });
-        let lock = hold_client_lock(&id);
-        (format!("{} {id}", hostname()), lock)
-    });
-    label.clone()
-}
-
-fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// The folder of the clients' lock files ([`client_id`]), shared by every user of this host:
-/// `$TMPDIR/isc-transcode-clients`, sticky and world-writable like `/tmp` itself.
-pub fn clients_dir() -> std::path::PathBuf {
-    std::env::temp_dir().join("isc-transcode-clients")
-}
-
-/// Create this client's lock file and lock it, or `None` when the folder cannot be used (then
-/// this client is never judged dead by anyone).
-fn hold_client_lock(id: &str) -> Option<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = clients_dir();
-    if std::fs::create_dir(&dir).is_ok() {
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
-    }
-    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-        return None;
-    }
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(dir.join(id))
-        .ok()?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
-    Some(file)
-}
-
-/// Whether the client named by a [`LABEL_CLIENT`] value is certainly gone: it ran on this host,
-/// its lock file is there and nobody holds its lock. Clients on other hosts, clients whose lock
-/// file this host does not see (another `/tmp`), and labels of another form are never judged
-/// dead: there is no way to know from here.
-pub fn client_is_dead(label: &str) -> bool {
-    let mut parts = label.split(' ');
-    let (Some(host), Some(id), None) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    if host != hostname() || id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return false;
-    }
-    let flags = rustix::fs::OFlags::RDONLY
-        | rustix::fs::OFlags::NOFOLLOW
-        | rustix::fs::OFlags::NONBLOCK
-        | rustix::fs::OFlags::CLOEXEC;
-    let Ok(fd) = rustix::fs::open(clients_dir().join(id), flags, rustix::fs::Mode::empty()) else {
-        return false;
-    };
-    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok()
-}
-
-/// Remove the lock file of a client judged dead ([`client_is_dead`]) once its containers are
-/// gone.
-fn forget_client(label: &str) {
-    if let Some((_, id)) = label.split_once(' ')
-        && id.len() == 32
-        && id.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        let _ = std::fs::remove_file(clients_dir().join(id));
-    }
 }
 
 /// Inputs at least this big are mounted rather than streamed, when mounting works: a worker of
@@ -782,17 +709,6 @@ async fn remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error>
     }
 }
 
-/// A pooled worker's scratch folder `/work`: an anonymous volume, on the engine's disk rather
-/// than in its memory, because spooled inputs and every output lie there; the engine fills it
-/// with the image's `/work` (owner and mode included) and removes it with the container.
-fn scratch_volume() -> Mount {
-    Mount {
-        target: Some("/work".to_string()),
-        typ: Some(MountType::VOLUME),
-        ..Default::default()
-    }
-}
-
 /// A started worker container and its job server. Dropping the session closes the container's
 /// stdin, which ends the container.
 struct Worker {
@@ -804,31 +720,6 @@ struct Worker {
 type WorkerOutput = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 /// A worker's attached stdin.
 type WorkerInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
-
-/// The engine's attached output, which bollard has already taken apart into stdout and stderr
-/// messages, framed again for the session. Only the headers are new bytes; an engine error
-/// travels inside the I/O error, where the session finds it.
-fn framed(
-    output: std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
-    >,
-) -> WorkerOutput {
-    let pieces = output.flat_map(|frame| {
-        let (stream, message) = match frame {
-            Ok(LogOutput::StdOut { message }) => (FRAME_STDOUT, message),
-            Ok(LogOutput::StdErr { message }) => (FRAME_STDERR, message),
-            Ok(_) => return futures_util::stream::iter(vec![]),
-            Err(e) => return futures_util::stream::iter(vec![Err(std::io::Error::other(e))]),
-        };
-        futures_util::stream::iter(match frame_header(stream, message.len()) {
-            Some(header) => vec![Ok(Bytes::copy_from_slice(&header)), Ok(message)],
-            None => vec![Err(std::io::Error::other(
-                "the engine sent a message too long to frame",
-            ))],
-        })
-    });
-    Box::pin(tokio_util::io::StreamReader::new(pieces))
-}
 
 /// Runs jobs in warm worker containers on one engine.
 pub struct DockerBackend {
@@ -931,536 +822,6 @@ impl DockerBackend {
         self.mount = mount;
         self
     }
-
-    fn wants_mount(&self, job: &JobSpec, ctx: &JobCtx) -> bool {
-        match self.mount {
-            MountPolicy::Never => false,
-            MountPolicy::Always => true,
-            MountPolicy::Auto => {
-                let (uid, gid) = worker_user();
-                // Measured on the 20 s 720p encode (9.7 MB in, 6.2 MB out): a mounted worker
-                // of its own instead of a new pooled one that streams, 4.59 s -> 4.50 s, and
-                // 0.11 CPU-s less for the engine.
-                let spare_start = ctx.last_wave
-                    && self
-                        .idle
-                        .lock()
-                        .map(|idle| idle.is_empty())
-                        .unwrap_or(false);
-                (job.size >= MOUNT_THRESHOLD || spare_start)
-                    && self.engine.host.starts_with("unix://")
-                    && !self.mount_failed.load(std::sync::atomic::Ordering::Relaxed)
-                    && readable_by(&job.input, uid, gid)
-            }
-        }
-    }
-
-    fn container_config(&self, slot: usize) -> ContainerCreateBody {
-        let labels = HashMap::from([
-            (
-                LABEL_TOOL.to_string(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            ),
-            (LABEL_RUN.to_string(), self.run_id.clone()),
-            (LABEL_SLOT.to_string(), slot.to_string()),
-            (LABEL_OUT.to_string(), self.out_dir.clone()),
-            (LABEL_CLIENT.to_string(), self.client.clone()),
-        ]);
-        ContainerCreateBody {
-            image: Some(self.image.clone()),
-            // The image's ENTRYPOINT never runs: a wrapper there would sit between the engine
-            // and the job server.
-            entrypoint: Some(
-                ["sh", "-c", WORKER_MAIN, "isc-worker", SERVER_SCRIPT]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-            ),
-            cmd: Some(vec![]),
-            working_dir: Some("/work".to_string()),
-            env: self
-                .libs
-                .as_ref()
-                .and_then(|l| l.lib_dir.as_ref())
-                .map(|d| vec![format!("LD_LIBRARY_PATH={d}")]),
-            user: Some("65534:65534".to_string()),
-            attach_stdin: Some(true),
-            open_stdin: Some(true),
-            stdin_once: Some(true),
-            tty: Some(false),
-            network_disabled: Some(true),
-            labels: Some(labels),
-            host_config: Some(HostConfig {
-                mounts: Some(
-                    self.libs
-                        .iter()
-                        .map(|libs| libs.mount.clone())
-                        .chain([scratch_volume()])
-                        .collect(),
-                ),
-                tmpfs: Some(scratch_tmpfs(None)),
-                auto_remove: Some(true),
-                ..self.limits.host_config()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// An idle worker from the pool, or a new one.
-    async fn checkout(&self) -> Result<Worker, JobError> {
-        if let Some(w) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
-            return Ok(w);
-        }
-        self.start_worker(None).await
-    }
-
-    /// Give a worker back after a successful job.
-    fn checkin(&self, worker: Worker) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(worker);
-        }
-    }
-
-    /// Create and start a worker. A worker for one mounted job gets its mounts and runs as
-    /// `user`; pooled workers mount nothing.
-    async fn start_worker(
-        &self,
-        mounted: Option<(Vec<Mount>, (u32, u32))>,
-    ) -> Result<Worker, JobError> {
-        let slot = self
-            .slots
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("isc-transcode-{}-w{slot}", self.run_id);
-        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
-        let docker = &self.engine.docker;
-        let mut config = self.container_config(slot);
-        if let Some((mounts, (uid, gid))) = mounted {
-            config.user = Some(format!("{uid}:{gid}"));
-            if let Some(hc) = config.host_config.as_mut() {
-                let kept = hc.mounts.take().unwrap_or_default().into_iter();
-                let kept = kept.filter(|m| m.target.as_deref() != Some("/work"));
-                hc.mounts = Some(kept.chain(mounts).collect());
-                hc.tmpfs = Some(scratch_tmpfs(Some((uid, gid))));
-            }
-        }
-        let id = docker.create_container(Some(opts), config).await?.id;
-        if let Ok(mut live) = self.live.lock() {
-            live.insert(id.clone());
-        }
-        let started = async {
-            // Attach before starting, so that nothing the job server says is missed, and hold
-            // the container's stdin for its whole life: when this process goes away, the
-            // container ends and the engine removes it. No log replay: it would corrupt output.
-            let attach = docker
-                .attach_container(
-                    &id,
-                    Some(
-                        AttachContainerOptionsBuilder::default()
-                            .stdin(true)
-                            .stdout(true)
-                            .stderr(true)
-                            .stream(true)
-                            .logs(false)
-                            .build(),
-                    ),
-                )
-                .await?;
-            docker.start_container(&id, None).await?;
-            Ok::<_, JobError>(Session::attached(framed(attach.output), attach.input))
-        }
-        .await;
-        match started {
-            Ok(session) => Ok(Worker { id, session }),
-            Err(e) => {
-                self.destroy(&id).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// End a worker that is idle and in step, without waiting for the engine: closing its
-    /// channels is enough. The job server reads EOF and exits; the container's `cat` reads EOF,
-    /// the container stops and the engine removes it (`auto_remove`), tens of milliseconds later.
-    /// That is the path a killed client's workers take too. Waiting for the removal instead (a
-    /// force-remove) held every run up by about 55 ms on fuse-overlayfs, for nothing the user
-    /// gets. A worker that saw anything go wrong is [`DockerBackend::destroy`]ed instead.
-    fn retire(&self, worker: Worker) {
-        if let Ok(mut live) = self.live.lock() {
-            live.remove(&worker.id);
-        }
-        drop(worker);
-    }
-
-    /// [`DockerBackend::destroy`] a worker after hanging up on it ([`Session::hang_up`]): its
-    /// removal must not wait on output that nobody will read.
-    async fn destroy_worker(&self, worker: &mut Worker) {
-        worker.session.hang_up();
-        self.destroy(&worker.id).await;
-    }
-
-    async fn destroy(&self, id: &str) {
-        let _ = remove(&self.engine.docker, id).await;
-        if let Ok(mut live) = self.live.lock() {
-            live.remove(id);
-        }
-    }
-
-    async fn run_in(
-        &self,
-        worker: &mut Worker,
-        job: &JobSpec,
-        out: &Temp,
-        ctx: &JobCtx,
-    ) -> Result<Produced, JobError> {
-        let input_path = job.input.clone();
-        let (layout, size) = tokio::task::spawn_blocking(move || {
-            Ok::<_, std::io::Error>((
-                media::sniff(&input_path)?,
-                std::fs::metadata(&input_path)?.len(),
-            ))
-        })
-        .await
-        .map_err(|e| JobError::Input(std::io::Error::other(e)))?
-        .map_err(JobError::Input)?;
-        let (transfer, mode) =
-            if job.preset.transfer == preset::Transfer::Auto && layout.streams_from_pipe() {
-                (Transfer::Pipe, Mode::Pipe)
-            } else {
-                (Transfer::Spool, Mode::Spool)
-            };
-        let in_ext = input_ext(&job.input);
-        let out_name = format!("out.{}", job.preset.extension);
-        let input_arg = match mode {
-            Mode::Pipe => "pipe:0".to_string(),
-            _ => format!("in.{in_ext}"),
-        };
-        ctx.started(job.id, &self.engine.host, transfer);
-        let served = worker
-            .session
-            .serve(
-                Request {
-                    mode,
-                    in_ext: &in_ext,
-                    out_name: &out_name,
-                    token: "-",
-                    input: Some((&job.input, size)),
-                    sink: Some(out),
-                    mounted: None,
-                    args: job.ffmpeg_args(&input_arg, &out_name),
-                    preset: &job.preset,
-                    hash_input: job.input_sha256.is_none(),
-                    job_id: job.id,
-                },
-                ctx,
-            )
-            .await?;
-        let decoded = served.decoded();
-        let output_sha256 = served.output_sha256.ok_or_else(|| {
-            JobError::Output(std::io::Error::other("the streamed output was not hashed"))
-        })?;
-        Ok(Produced {
-            input: served.parser.input.clone(),
-            probe: served.probe,
-            checked_by: served.checked_by,
-            decoded,
-            bytes_out: served.bytes_out,
-            transfer,
-            input_sha256: served.input_sha256,
-            output_sha256,
-            made_by: self.made_by(served.parser.ffmpeg_version.clone()),
-        })
-    }
-}
-
-impl DockerBackend {
-    /// Run one job in a worker of its own that mounts the input read-only at `/in` and a private
-    /// folder next to the output at `/out`. ffmpeg reads and writes at disk speed and nothing
-    /// crosses the engine's API but ffmpeg's messages. The outer `Err` says mounting is not
-    /// possible here (the caller streams instead); the inner result is the job's.
-    async fn run_mounted(
-        &self,
-        job: &JobSpec,
-        out: &Temp,
-        ctx: &JobCtx,
-    ) -> Result<Result<Produced, JobError>, String> {
-        let input = job
-            .input
-            .canonicalize()
-            .map_err(|e| format!("{}: {e}", job.input.display()))?;
-        // The file judged here is the one the worker must see: its identity goes with the job,
-        // and the job server refuses a mount that shows anything else (a path swapped for
-        // another file, a FIFO, or a link after this check). Its hash is read from this
-        // descriptor, not from the path again.
-        let opened = match crate::fsopen::open_regular(&input) {
-            Ok(f) => f,
-            Err(e) => return Ok(Err(JobError::Input(e))),
-        };
-        let identity = match rustix::fs::fstat(&opened) {
-            Ok(st) => format!("{}:{}", st.st_dev, st.st_ino),
-            Err(e) => return Ok(Err(JobError::Input(e.into()))),
-        };
-        let root = rustix::process::geteuid().is_root();
-        let (uid, gid) = worker_user();
-        if !readable_by(&input, uid, gid) {
-            return Err(format!(
-                "{} is not readable by the worker's user {uid}",
-                input.display()
-            ));
-        }
-        let folder = crate::place::PrivateDir::beside(out).map_err(|e| {
-            format!(
-                "cannot create a job folder next to {}: {e}",
-                out.path().display()
-            )
-        })?;
-        let prepared = (|| {
-            let token = super::random_hex(16)?;
-            let flags = rustix::fs::OFlags::WRONLY
-                | rustix::fs::OFlags::CREATE
-                | rustix::fs::OFlags::EXCL
-                | rustix::fs::OFlags::NOFOLLOW
-                | rustix::fs::OFlags::CLOEXEC;
-            let probe = rustix::fs::openat(
-                folder.fd(),
-                ".isc-probe",
-                flags,
-                rustix::fs::Mode::from_raw_mode(0o644),
-            )?;
-            std::io::Write::write_all(&mut std::fs::File::from(probe), token.as_bytes())?;
-            if root {
-                let owner = Some(rustix::fs::Uid::from_raw(uid));
-                let group = Some(rustix::fs::Gid::from_raw(gid));
-                rustix::fs::fchown(folder.fd(), owner, group)?;
-            }
-            Ok::<_, std::io::Error>(token)
-        })();
-        let token =
-            prepared.map_err(|e| format!("cannot prepare {}: {e}", folder.path().display()))?;
-        let token = format!("{token}/{identity}");
-        let dir_fd = folder.fd();
-        let in_ext = input_ext(&job.input);
-        let mounts = vec![
-            Mount {
-                target: Some(format!("/in/input.{in_ext}")),
-                source: Some(input.to_string_lossy().into_owned()),
-                typ: Some(MountType::BIND),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            Mount {
-                target: Some("/out".to_string()),
-                source: Some(folder.path().to_string_lossy().into_owned()),
-                typ: Some(MountType::BIND),
-                read_only: Some(false),
-                ..Default::default()
-            },
-        ];
-        let mut worker = tokio::select! {
-            w = self.start_worker(Some((mounts, (uid, gid)))) => match w {
-                Ok(w) => w,
-                // A bind source the engine cannot find answers 400: not this machine's files.
-                Err(JobError::Engine(super::EngineFault {
-                    status: Some(400),
-                    message,
-                })) => return Err(message),
-                Err(e) => return Ok(Err(e)),
-            },
-            _ = ctx.cancel.cancelled() => return Ok(Err(JobError::Cancelled)),
-        };
-        // The input's hash, when the plan did not need it, is taken on another core while
-        // ffmpeg works: the file is read once more, but not on the job's critical path.
-        let input_hash = job.input_sha256.is_none().then(|| {
-            let hash_ctx = ctx.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::hash::open_file(&opened, |_| hash_ctx.touch())
-            })
-        });
-        let result = tokio::select! {
-            r = self.mounted_job(&mut worker, job, &in_ext, dir_fd, out, &token, ctx) => r,
-            _ = ctx.cancel.cancelled() => Ok(Err(JobError::Cancelled)),
-        };
-        if matches!(result, Ok(Ok(_))) {
-            self.retire(worker);
-        } else {
-            self.destroy_worker(&mut worker).await;
-        }
-        match (result, input_hash) {
-            (Ok(Ok(mut produced)), Some(hashing)) => match hashing.await {
-                Ok(Ok(sha)) => {
-                    produced.input_sha256 = Some(sha);
-                    Ok(Ok(produced))
-                }
-                Ok(Err(e)) => Ok(Err(JobError::Input(e))),
-                Err(e) => Ok(Err(JobError::Input(std::io::Error::other(e)))),
-            },
-            (result, Some(hashing)) => {
-                hashing.abort();
-                result
-            }
-            (result, None) => result,
-        }
-    }
-
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one job's whole context, used once"
-    )]
-    async fn mounted_job(
-        &self,
-        worker: &mut Worker,
-        job: &JobSpec,
-        in_ext: &str,
-        dir_fd: &std::os::fd::OwnedFd,
-        out: &Temp,
-        token: &str,
-        ctx: &JobCtx,
-    ) -> Result<Result<Produced, JobError>, String> {
-        let out_name = format!("/out/out.{}", job.preset.extension);
-        let name = format!("out.{}", job.preset.extension);
-        ctx.started(job.id, &self.engine.host, Transfer::Mount);
-        let writeback = match (job.index_reserve, dir_fd.try_clone()) {
-            (Some(_), Ok(fd)) => Some(EarlyWriteback::start(fd, name.clone())),
-            _ => None,
-        };
-        let served = worker
-            .session
-            .serve(
-                Request {
-                    mode: Mode::Mount,
-                    in_ext,
-                    out_name: &out_name,
-                    token,
-                    input: None,
-                    sink: None,
-                    mounted: Some((dir_fd, &name)),
-                    args: job.ffmpeg_args(&format!("/in/input.{in_ext}"), &out_name),
-                    preset: &job.preset,
-                    hash_input: false,
-                    job_id: job.id,
-                },
-                ctx,
-            )
-            .await;
-        drop(writeback);
-        let served = match served {
-            Ok(s) => s,
-            Err(JobError::Worker { stage, code, .. })
-                if code == EXIT_NO_MOUNT && stage == "mount" =>
-            {
-                return Err("the engine's mount is not this machine's folder".to_string());
-            }
-            Err(e) => return Ok(Err(e)),
-        };
-        let decoded = served.decoded();
-        // The worker is removed, every process in it killed, before its output is opened for
-        // keeps: nothing it left running can change the bytes once they are hashed and checked.
-        self.destroy_worker(worker).await;
-        let taken = async {
-            let file = Arc::new(open_result(dir_fd, &name)?);
-            // The index read while the worker ran chose the check; it must still say the same.
-            if served.checked_by == super::Checker::Index {
-                let again =
-                    super::read_back_file(&job.preset, &served.parser, file.clone()).await?;
-                if again.as_ref() != Some(&served.probe) {
-                    return Err(JobError::Untrusted(
-                        "its output changed after it was checked".to_string(),
-                    ));
-                }
-            }
-            let (bytes, sha) = settle_file(file.clone(), ctx.clone())
-                .await
-                .map_err(|e| JobError::Output(std::io::Error::other(e)))?
-                .map_err(JobError::Output)?;
-            let root = rustix::process::geteuid().is_root();
-            let name = name.clone();
-            let (out_dir, out_name) = (
-                out.dir().try_clone().map_err(JobError::Output)?,
-                out.name().to_os_string(),
-            );
-            let dir_fd = dir_fd.try_clone().map_err(JobError::Output)?;
-            // Take the file over (as root: give it back to root) by its descriptor, and move
-            // it over the caller's temporary file, by names in the two folders' descriptors.
-            tokio::task::spawn_blocking(move || {
-                if root {
-                    rustix::fs::fchown(
-                        &*file,
-                        Some(rustix::fs::Uid::ROOT),
-                        Some(rustix::fs::Gid::ROOT),
-                    )?;
-                }
-                rustix::fs::renameat(&dir_fd, name.as_str(), &out_dir, &out_name)?;
-                let moved =
-                    rustix::fs::statat(&out_dir, &out_name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
-                let held = rustix::fs::fstat(&*file)?;
-                if (moved.st_dev, moved.st_ino) != (held.st_dev, held.st_ino) {
-                    return Err(std::io::Error::other(
-                        "the output moved was not the file that was checked",
-                    ));
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await
-            .map_err(|e| JobError::Output(std::io::Error::other(e)))?
-            .map_err(JobError::Output)?;
-            Ok::<_, JobError>((bytes, sha))
-        }
-        .await;
-        let (bytes_out, output_sha256) = match taken {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(Ok(Produced {
-            input: served.parser.input.clone(),
-            probe: served.probe,
-            checked_by: served.checked_by,
-            decoded,
-            bytes_out,
-            transfer: Transfer::Mount,
-            input_sha256: job.input_sha256.clone(),
-            output_sha256,
-            made_by: self.made_by(served.parser.ffmpeg_version.clone()),
-        }))
-    }
-}
-
-/// The user a mounted job runs as. As root, nobody (who then owns the job's output folder);
-/// otherwise the user who started this tool, so that the output is theirs.
-fn worker_user() -> (u32, u32) {
-    if rustix::process::geteuid().is_root() {
-        (65534, 65534)
-    } else {
-        (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        )
-    }
-}
-
-/// Whether `uid:gid` may read `path`, judged by its permission bits alone (a bind mount skips
-/// the folders above it).
-fn readable_by(path: &Path, uid: u32, gid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::metadata(path) else {
-        return false;
-    };
-    let mode = m.mode();
-    if m.uid() == uid {
-        mode & 0o400 != 0
-    } else if m.gid() == gid {
-        mode & 0o040 != 0
-    } else {
-        mode & 0o004 != 0
-    }
-}
-
-/// A safe extension for the spooled input: the input's own when it is short and alphanumeric
-/// (some demuxers use it as a hint), else `bin`.
-fn input_ext(path: &Path) -> String {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .filter(|e| !e.is_empty() && e.len() <= 8 && e.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .unwrap_or_else(|| "bin".to_string())
 }
 
 /// How long a health check waits for the engine's answer.
@@ -1592,36 +953,6 @@ impl DockerBackend {
 mod tests {
     use super::*;
 
-    // Regression: clients were named by hostname and pid, and a client whose pid meant another
-    // process in this PID namespace was judged dead, so two clients in different namespaces
-    // removed each other's live workers.
-    #[test]
-    fn own_client_is_alive_and_a_released_one_is_dead() {
-        let me = client_id();
-        assert_eq!(me, client_id(), "made once per process");
-        assert!(!client_is_dead(&me));
-        let (host, id) = me.split_once(' ').expect("host and id");
-        assert_eq!(id.len(), 32);
-        // A client that has ended: its file is there, its lock is free.
-        let other = super::super::random_hex(16).expect("random");
-        let path = clients_dir().join(&other);
-        std::fs::write(&path, b"").expect("lock file");
-        assert!(client_is_dead(&format!("{host} {other}")));
-        // One that still runs holds the lock, from whatever process or namespace.
-        let held = std::fs::File::open(&path).expect("open");
-        rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .expect("lock");
-        assert!(!client_is_dead(&format!("{host} {other}")));
-        drop(held);
-        assert!(client_is_dead(&format!("{host} {other}")));
-        forget_client(&format!("{host} {other}"));
-        assert!(!path.exists());
-        // Nothing to go by: never dead.
-        assert!(!client_is_dead(&format!("{host} {other}")), "no lock file");
-        assert!(!client_is_dead(&format!("some-other-host {id}")));
-        assert!(!client_is_dead(&format!("{host} 1 1")), "the old pid form");
-    }
-
     // Pins what lets `Engine::connect` skip version negotiation: bollard puts no API version in
     // request paths, so an engine older than bollard's default version answers every request.
     #[tokio::test]
@@ -1650,13 +981,5 @@ mod tests {
         assert!(docker.info().await.is_err());
         let seen = seen.lock().expect("lock").clone();
         assert_eq!(seen, ["/_ping", "/info"], "paths as sent: {seen:?}");
-    }
-
-    #[test]
-    fn spool_name_never_carries_user_text() {
-        assert_eq!(input_ext(Path::new("/x/clip.MP4")), "mp4");
-        assert_eq!(input_ext(Path::new("/x/$(rm -rf).m; ls")), "bin");
-        assert_eq!(input_ext(Path::new("/x/noext")), "bin");
-        assert_eq!(input_ext(Path::new("/x/a.verylongextension")), "bin");
     }
 }

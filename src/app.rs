@@ -493,6 +493,7 @@ async fn execute<B: Backend>(
         deadline,
         stall_timeout: args.stall_timeout,
         echo_ffmpeg: opts.verbose >= 2,
+        stops: schedule::signal_stops(),
     };
     schedule::run_batch(Arc::new(backend), jobs, &args.out, batch, tx, recorder).await
 }

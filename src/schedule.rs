@@ -412,14 +412,23 @@ pub async fn run_batch<B: Backend>(
     }
 }
 
-/// Resolves when the job has shown no sign of life for `timeout`.
+/// Resolves when the job has shown no sign of life for `timeout`; never once the job is
+/// cancelled (a stop): it is quiet then because its backend is cleaning up, and it ends
+/// interrupted, not stalled.
 async fn watchdog(ctx: &JobCtx, timeout: Duration) -> Duration {
-    loop {
-        let idle = ctx.idle();
-        if idle >= timeout {
-            return idle;
+    let quiet = async {
+        loop {
+            let idle = ctx.idle();
+            if idle >= timeout {
+                return idle;
+            }
+            tokio::time::sleep(timeout - idle + Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(timeout - idle + Duration::from_millis(50)).await;
+    };
+    tokio::select! {
+        biased;
+        () = ctx.cancel.cancelled() => std::future::pending().await,
+        idle = quiet => idle,
     }
 }
 
@@ -1235,6 +1244,27 @@ mod tests {
             assert_eq!(fake.seen(|s| s.cancelled.clone()), [0]);
             assert_eq!(fake.seen(|s| s.abandon_calls), 0);
             assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+        }
+
+        // Regression: a job stopped by the user whose cleanup outlasted the stall timeout
+        // ended "stalled", failed, and was recorded as a failure.
+        #[tokio::test(start_paused = true)]
+        async fn a_stopped_job_quiet_while_it_cleans_up_is_interrupted_not_stalled() {
+            let b = batch(1);
+            let fake = Arc::new(FakeBackend::new());
+            fake.script(
+                &b.jobs[0].spec.input,
+                vec![Script::SlowToStop(Duration::from_secs(120))],
+            );
+            let told = Arc::new(Told::default());
+            let (tx, stops) = stops();
+            let sent = stop_after(&tx, Duration::from_secs(5));
+            let (outcome, _) = run_until(&fake, &b, opts(1), &told, stops).await;
+            assert!(sent.await.expect("sent"));
+            let r = &outcome.results[0];
+            assert_eq!(r.status, Status::Interrupted, "{:?}", r.error);
+            assert!(r.seconds >= 125.0 && r.seconds < 126.0, "{}", r.seconds);
+            assert!(told.failed.lock().expect("lock").is_empty());
         }
 
         #[tokio::test(start_paused = true)]

@@ -35,6 +35,7 @@ use crate::preset::Preset;
 use crate::scan::ScanProblem;
 use crate::state::{FileStat, Store};
 use crate::{media, verify};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -344,6 +345,8 @@ pub async fn run_batch<B: Backend>(
     let host = backend.describe();
     let mut pending = jobs.into_iter();
     let mut running = JoinSet::new();
+    // What each running task runs: a task aborted by a second stop still gets its result.
+    let mut running_specs = HashMap::new();
     let mut results = Vec::new();
     let mut interrupted = false;
     // On tokio's clock, which is the system's outside tests and follows `tokio::time::pause()`
@@ -373,20 +376,23 @@ pub async fn run_batch<B: Backend>(
                 host.clone(),
                 recorder.clone(),
             );
-            running.spawn(async move {
+            let spec = job.spec.clone();
+            let task = running.spawn(async move {
                 let ctx = JobCtx {
                     last_wave,
                     ..ctx.for_job()
                 };
                 run_one(&*backend, job, &out_root, &ctx, host, &*recorder, stall).await
             });
+            running_specs.insert(task.id(), spec);
         }
         if running.is_empty() {
             break;
         }
         tokio::select! {
-            Some(joined) = running.join_next() => {
-                if let Ok(result) = joined {
+            Some(joined) = running.join_next_with_id() => {
+                if let Ok((id, result)) = joined {
+                    running_specs.remove(&id);
                     let _ = events.send(Event::Finished(result.clone()));
                     results.push(result);
                 }
@@ -395,6 +401,20 @@ pub async fn run_batch<B: Backend>(
                 if stop(&mut interrupted, &cancel, &events, &*backend, &mut running).await { break; }
             }
         }
+    }
+    while let Some(joined) = running.join_next_with_id().await {
+        let result = match joined {
+            Ok((_, result)) => result,
+            Err(e) => match running_specs.remove(&e.id()) {
+                Some(spec) if e.is_cancelled() => JobResult {
+                    error: Some("interrupted; left without waiting for its cleanup".into()),
+                    ..JobResult::without_run(&spec, Status::Interrupted)
+                },
+                _ => continue,
+            },
+        };
+        let _ = events.send(Event::Finished(result.clone()));
+        results.push(result);
     }
     // Remove the idle workers before saying how it went: nothing of this run stays behind.
     backend.finish().await;
@@ -432,7 +452,8 @@ async fn watchdog(ctx: &JobCtx, timeout: Duration) -> Duration {
     }
 }
 
-/// Handle a stop request. Returns true when the batch must end now.
+/// Handle a stop request. Returns true when the batch must end now: its tasks are aborted then,
+/// and the caller collects them.
 async fn stop<B: Backend>(
     interrupted: &mut bool,
     cancel: &CancellationToken,
@@ -453,7 +474,6 @@ async fn stop<B: Backend>(
     let _ = events.send(Event::Note("leaving now".into()));
     running.abort_all();
     backend.abandon().await;
-    while running.join_next().await.is_some() {}
     true
 }
 
@@ -1267,6 +1287,8 @@ mod tests {
             assert!(told.failed.lock().expect("lock").is_empty());
         }
 
+        // Regression: a job abandoned by the second stop got no result at all, so it was
+        // missing from the summary and the report.
         #[tokio::test(start_paused = true)]
         async fn a_second_stop_leaves_at_once_and_abandons_what_is_still_cleaning_up() {
             let b = batch(3);
@@ -1300,6 +1322,13 @@ mod tests {
             assert_eq!(fake.running(), 0, "nothing left running behind the batch");
             assert!(outcome.interrupted);
             assert_eq!(outcome.end(), BatchEnd::Interrupted);
+            use Status::*;
+            assert_eq!(statuses(&outcome), [Interrupted, Interrupted, NotStarted]);
+            assert_eq!(
+                outcome.results[0].error.as_deref(),
+                Some("interrupted; left without waiting for its cleanup")
+            );
+            assert_eq!(outcome.results[1].error.as_deref(), Some("interrupted"));
             let interrupted = notes
                 .iter()
                 .position(|n| n.starts_with("interrupted: stopping the running jobs"));

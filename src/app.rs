@@ -423,6 +423,7 @@ async fn run_jobs(
         deadline,
         stall_timeout: args.stall_timeout,
         echo_ffmpeg: opts.verbose >= 2,
+        stops: schedule::signal_stops(),
     };
     Ok(schedule::run_batch(backend, jobs, &args.out, batch, tx, recorder).await)
 }

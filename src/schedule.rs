@@ -18,9 +18,11 @@
 //!   hash is never remembered for bytes the file no longer holds;
 //! - a failure is recorded for that file and the batch goes on.
 //!
-//! Signals: the first SIGINT/SIGTERM stops starting jobs and cancels the running ones (each
+//! Stops: the first stop request stops starting jobs and cancels the running ones (each
 //! backend removes its containers; temp files are deleted when their handles drop). A second one
-//! removes whatever containers remain, at once, and leaves.
+//! removes whatever containers remain, at once, and leaves. The requests come from the caller
+//! ([`Stops`]): a run takes them from SIGINT and SIGTERM ([`signal_stops`]), a test sends its
+//! own, so that what an interrupt does is tested without signalling the test process.
 //!
 //! Workers never print: they send events, and the reporter owns the terminal.
 
@@ -33,12 +35,13 @@ use crate::preset::Preset;
 use crate::scan::ScanProblem;
 use crate::state::{FileStat, Store};
 use crate::{media, verify};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -267,7 +270,7 @@ fn follow(
 }
 
 /// How the dispatcher runs a batch.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BatchOptions {
     /// Jobs at once.
     pub parallel: usize,
@@ -277,9 +280,55 @@ pub struct BatchOptions {
     pub stall_timeout: Duration,
     /// Echo ffmpeg's messages as they come.
     pub echo_ffmpeg: bool,
+    /// The user's requests to stop: in a run, SIGINT and SIGTERM ([`signal_stops`]).
+    pub stops: Stops,
 }
 
-/// Run every job, at most `opts.parallel` at once.
+/// Requests to stop a batch: the first cancels the running jobs, the second leaves at once.
+#[derive(Debug)]
+pub struct Stops(mpsc::Receiver<()>);
+
+impl Stops {
+    /// The stop requests sent on the other end of `rx`. Once every sender is gone, none comes.
+    pub fn new(rx: mpsc::Receiver<()>) -> Stops {
+        Stops(rx)
+    }
+
+    /// Resolves at the next stop request; never, when no one can send one any more.
+    async fn next(&mut self) {
+        if self.0.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Stop requests from SIGINT and SIGTERM: Ctrl-C, `kill`, a service manager. The handlers are
+/// installed now, so a signal from here on is not lost, and heard until the [`Stops`] is
+/// dropped. If they cannot be installed, no stop ever comes and the batch runs to its end.
+/// Call it within the tokio runtime.
+pub fn signal_stops() -> Stops {
+    let (tx, rx) = mpsc::channel(2);
+    if let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = int.recv() => {}
+                    Some(()) = term.recv() => {}
+                    () = tx.closed() => return,
+                }
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Stops(rx)
+}
+
+/// Run every job, at most `opts.parallel` at once, until they end or `opts.stops` says to stop.
 pub async fn run_batch<B: Backend + ?Sized>(
     backend: Arc<B>,
     jobs: Vec<Job>,
@@ -289,25 +338,24 @@ pub async fn run_batch<B: Backend + ?Sized>(
     recorder: Arc<dyn Recorder>,
 ) -> BatchOutcome {
     let cancel = CancellationToken::new();
+    let mut stops = opts.stops;
     let ctx = JobCtx::new(events.clone(), cancel.clone(), opts.echo_ffmpeg);
     let parallel = opts.parallel;
     let out_root = Arc::new(out_dir.to_path_buf());
     let host = backend.describe();
     let mut pending = jobs.into_iter();
     let mut running = JoinSet::new();
+    // What each running task runs: a task aborted by a second stop still gets its result.
+    let mut running_specs = HashMap::new();
     let mut results = Vec::new();
     let mut interrupted = false;
-    let (mut sigint, mut sigterm) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(i), Ok(t)) => (Some(i), Some(t)),
-        _ => (None, None),
-    };
+    // On tokio's clock, which is the system's outside tests and follows `tokio::time::pause()`
+    // in them.
+    let deadline = opts.deadline.map(tokio::time::Instant::from_std);
 
     let mut deadline_passed = false;
     loop {
-        if !deadline_passed && opts.deadline.is_some_and(|d| Instant::now() >= d) {
+        if !deadline_passed && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             deadline_passed = true;
             if pending.len() > 0 {
                 let _ = events.send(Event::Note(format!(
@@ -328,31 +376,45 @@ pub async fn run_batch<B: Backend + ?Sized>(
                 host.clone(),
                 recorder.clone(),
             );
-            running.spawn(async move {
+            let spec = job.spec.clone();
+            let task = running.spawn(async move {
                 let ctx = JobCtx {
                     last_wave,
                     ..ctx.for_job()
                 };
                 run_one(&*backend, job, &out_root, &ctx, host, &*recorder, stall).await
             });
+            running_specs.insert(task.id(), spec);
         }
         if running.is_empty() {
             break;
         }
         tokio::select! {
-            Some(joined) = running.join_next() => {
-                if let Ok(result) = joined {
+            Some(joined) = running.join_next_with_id() => {
+                if let Ok((id, result)) = joined {
+                    running_specs.remove(&id);
                     let _ = events.send(Event::Finished(result.clone()));
                     results.push(result);
                 }
             }
-            _ = recv(&mut sigint), if sigint.is_some() => {
-                if stop(&mut interrupted, &cancel, &events, &*backend, &mut running).await { break; }
-            }
-            _ = recv(&mut sigterm), if sigterm.is_some() => {
+            () = stops.next() => {
                 if stop(&mut interrupted, &cancel, &events, &*backend, &mut running).await { break; }
             }
         }
+    }
+    while let Some(joined) = running.join_next_with_id().await {
+        let result = match joined {
+            Ok((_, result)) => result,
+            Err(e) => match running_specs.remove(&e.id()) {
+                Some(spec) if e.is_cancelled() => JobResult {
+                    error: Some("interrupted; left without waiting for its cleanup".into()),
+                    ..JobResult::without_run(&spec, Status::Interrupted)
+                },
+                _ => continue,
+            },
+        };
+        let _ = events.send(Event::Finished(result.clone()));
+        results.push(result);
     }
     // Remove the idle workers before saying how it went: nothing of this run stays behind.
     backend.finish().await;
@@ -370,27 +432,28 @@ pub async fn run_batch<B: Backend + ?Sized>(
     }
 }
 
-/// Resolves when the job has shown no sign of life for `timeout`.
+/// Resolves when the job has shown no sign of life for `timeout`; never once the job is
+/// cancelled (a stop): it is quiet then because its backend is cleaning up, and it ends
+/// interrupted, not stalled.
 async fn watchdog(ctx: &JobCtx, timeout: Duration) -> Duration {
-    loop {
-        let idle = ctx.idle();
-        if idle >= timeout {
-            return idle;
+    let quiet = async {
+        loop {
+            let idle = ctx.idle();
+            if idle >= timeout {
+                return idle;
+            }
+            tokio::time::sleep(timeout - idle + Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(timeout - idle + Duration::from_millis(50)).await;
+    };
+    tokio::select! {
+        biased;
+        () = ctx.cancel.cancelled() => std::future::pending().await,
+        idle = quiet => idle,
     }
 }
 
-async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
-    match s {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// Handle a stop signal. Returns true when the batch must end now.
+/// Handle a stop request. Returns true when the batch must end now: its tasks are aborted then,
+/// and the caller collects them.
 async fn stop<B: Backend + ?Sized>(
     interrupted: &mut bool,
     cancel: &CancellationToken,
@@ -411,7 +474,6 @@ async fn stop<B: Backend + ?Sized>(
     let _ = events.send(Event::Note("leaving now".into()));
     running.abort_all();
     backend.abandon().await;
-    while running.join_next().await.is_some() {}
     true
 }
 
@@ -879,25 +941,74 @@ mod tests {
                 deadline: None,
                 stall_timeout: Duration::from_secs(60),
                 echo_ffmpeg: false,
+                stops: stops().1,
             }
         }
 
+        /// Stop requests the test sends: none ever, once the sender is dropped.
+        fn stops() -> (mpsc::Sender<()>, Stops) {
+            let (tx, rx) = mpsc::channel(4);
+            (tx, Stops::new(rx))
+        }
+
+        /// A stop request after `after`, as a user presses Ctrl-C; true if the batch was still
+        /// there to hear it.
+        fn stop_after(tx: &mpsc::Sender<()>, after: Duration) -> tokio::task::JoinHandle<bool> {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                tx.send(()).await.is_ok()
+            })
+        }
+
+        /// Run the batch until it ends or `stops` says so; its outcome and the notes it sent.
+        async fn run_until(
+            backend: &Arc<FakeBackend>,
+            b: &Batch,
+            opts: BatchOptions,
+            told: &Arc<Told>,
+            stops: Stops,
+        ) -> (BatchOutcome, Vec<String>) {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let outcome = run_batch(
+                backend.clone(),
+                b.jobs.clone(),
+                &b.dir.path().join("out"),
+                BatchOptions { stops, ..opts },
+                tx,
+                told.clone(),
+            )
+            .await;
+            let mut notes = Vec::new();
+            while let Ok(e) = rx.try_recv() {
+                if let Event::Note(n) = e {
+                    notes.push(n);
+                }
+            }
+            (outcome, notes)
+        }
+
+        /// Run the batch with no one to stop it.
         async fn run(
             backend: &Arc<FakeBackend>,
             b: &Batch,
             opts: BatchOptions,
             told: &Arc<Told>,
         ) -> BatchOutcome {
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-            run_batch(
-                backend.clone(),
-                b.jobs.clone(),
-                &b.dir.path().join("out"),
-                opts,
-                tx,
-                told.clone(),
-            )
-            .await
+            let (_no_one, stops) = stops();
+            run_until(backend, b, opts, told, stops).await.0
+        }
+
+        fn statuses(outcome: &BatchOutcome) -> Vec<Status> {
+            outcome.results.iter().map(|r| r.status).collect()
+        }
+
+        fn outputs(b: &Batch) -> Vec<usize> {
+            b.jobs
+                .iter()
+                .filter(|j| j.spec.output.exists())
+                .map(|j| j.spec.id)
+                .collect()
         }
 
         fn leftovers(b: &Batch) -> Vec<String> {
@@ -1055,6 +1166,269 @@ mod tests {
             assert!(error.contains("changed while it was transcoded"), "{error}");
             assert!(!b.jobs[0].spec.output.exists());
             assert!(told.done.lock().expect("lock").is_empty());
+            assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stop_cancels_the_running_jobs_starts_no_other_and_keeps_nothing() {
+            let b = batch(4);
+            let fake = Arc::new(FakeBackend::new());
+            for j in &b.jobs {
+                fake.script(
+                    &j.spec.input,
+                    vec![Script::Succeed(Duration::from_secs(60))],
+                );
+            }
+            let told = Arc::new(Told::default());
+            let (tx, stops) = stops();
+            let out = b.dir.path().join("out");
+            let user = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let temps = std::fs::read_dir(&out)
+                    .expect("out")
+                    .flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(place::TEMP_PREFIX)
+                    })
+                    .count();
+                (temps, tx.send(()).await.is_ok())
+            });
+            let start = tokio::time::Instant::now();
+            let (outcome, notes) = run_until(&fake, &b, opts(2), &told, stops).await;
+            let (temps_while_running, heard) = user.await.expect("user");
+            assert!(heard);
+            assert_eq!(
+                temps_while_running, 2,
+                "the running jobs' temporary outputs"
+            );
+            use Status::*;
+            assert_eq!(
+                statuses(&outcome),
+                [Interrupted, Interrupted, NotStarted, NotStarted]
+            );
+            assert_eq!(outcome.results[0].error.as_deref(), Some("interrupted"));
+            assert!(outcome.interrupted);
+            assert_eq!(outcome.end(), BatchEnd::Interrupted);
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+                "{took:?}"
+            );
+            assert_eq!(fake.seen(|s| s.started.clone()), [0, 1]);
+            let mut cancelled = fake.seen(|s| s.cancelled.clone());
+            cancelled.sort();
+            assert_eq!(cancelled, [0, 1]);
+            assert_eq!(fake.running(), 0);
+            assert!(
+                notes
+                    .iter()
+                    .any(|n| n.starts_with("interrupted: stopping the running jobs")),
+                "{notes:?}"
+            );
+            assert!(!notes.iter().any(|n| n == "leaving now"), "{notes:?}");
+            assert_eq!(fake.seen(|s| s.finish_calls), 1);
+            assert_eq!(fake.seen(|s| s.abandon_calls), 0);
+            assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+            assert!(outputs(&b).is_empty(), "{:?}", outputs(&b));
+            assert!(told.done.lock().expect("lock").is_empty());
+            assert!(told.failed.lock().expect("lock").is_empty());
+        }
+
+        // The first stop waits for the backends to clean up: a slow one keeps the batch.
+        #[tokio::test(start_paused = true)]
+        async fn after_one_stop_the_batch_waits_for_a_backend_slow_to_clean_up() {
+            let b = batch(2);
+            let fake = Arc::new(FakeBackend::new());
+            fake.script(
+                &b.jobs[0].spec.input,
+                vec![Script::SlowToStop(Duration::from_secs(20))],
+            );
+            let told = Arc::new(Told::default());
+            let (tx, stops) = stops();
+            let sent = stop_after(&tx, Duration::from_secs(5));
+            let start = tokio::time::Instant::now();
+            let (outcome, _) = run_until(&fake, &b, opts(1), &told, stops).await;
+            assert!(sent.await.expect("sent"));
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_secs(25) && took < Duration::from_secs(26),
+                "{took:?}"
+            );
+            assert_eq!(
+                statuses(&outcome),
+                [Status::Interrupted, Status::NotStarted]
+            );
+            assert_eq!(fake.seen(|s| s.cancelled.clone()), [0]);
+            assert_eq!(fake.seen(|s| s.abandon_calls), 0);
+            assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+        }
+
+        // Regression: a job stopped by the user whose cleanup outlasted the stall timeout
+        // ended "stalled", failed, and was recorded as a failure.
+        #[tokio::test(start_paused = true)]
+        async fn a_stopped_job_quiet_while_it_cleans_up_is_interrupted_not_stalled() {
+            let b = batch(1);
+            let fake = Arc::new(FakeBackend::new());
+            fake.script(
+                &b.jobs[0].spec.input,
+                vec![Script::SlowToStop(Duration::from_secs(120))],
+            );
+            let told = Arc::new(Told::default());
+            let (tx, stops) = stops();
+            let sent = stop_after(&tx, Duration::from_secs(5));
+            let (outcome, _) = run_until(&fake, &b, opts(1), &told, stops).await;
+            assert!(sent.await.expect("sent"));
+            let r = &outcome.results[0];
+            assert_eq!(r.status, Status::Interrupted, "{:?}", r.error);
+            assert!(r.seconds >= 125.0 && r.seconds < 126.0, "{}", r.seconds);
+            assert!(told.failed.lock().expect("lock").is_empty());
+        }
+
+        // Regression: a job abandoned by the second stop got no result at all, so it was
+        // missing from the summary and the report.
+        #[tokio::test(start_paused = true)]
+        async fn a_second_stop_leaves_at_once_and_abandons_what_is_still_cleaning_up() {
+            let b = batch(3);
+            let fake = Arc::new(FakeBackend::new());
+            fake.script(
+                &b.jobs[0].spec.input,
+                vec![Script::SlowToStop(Duration::from_secs(3600))],
+            );
+            fake.script(
+                &b.jobs[1].spec.input,
+                vec![Script::Succeed(Duration::from_secs(60))],
+            );
+            let told = Arc::new(Told::default());
+            let (tx, stops) = stops();
+            let first = stop_after(&tx, Duration::from_secs(5));
+            let second = stop_after(&tx, Duration::from_secs(10));
+            let start = tokio::time::Instant::now();
+            let (outcome, notes) = run_until(&fake, &b, opts(2), &told, stops).await;
+            assert!(first.await.expect("first"));
+            assert!(second.await.expect("second"));
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+                "left at the second stop, not after the cleanup: {took:?}"
+            );
+            let mut asked = fake.seen(|s| s.asked_to_stop.clone());
+            asked.sort();
+            assert_eq!(asked, [0, 1], "the first stop reached both");
+            assert_eq!(fake.seen(|s| s.cancelled.clone()), [1], "0 never ended");
+            assert_eq!(fake.seen(|s| s.abandon_calls), 1);
+            assert_eq!(fake.running(), 0, "nothing left running behind the batch");
+            assert!(outcome.interrupted);
+            assert_eq!(outcome.end(), BatchEnd::Interrupted);
+            use Status::*;
+            assert_eq!(statuses(&outcome), [Interrupted, Interrupted, NotStarted]);
+            assert_eq!(
+                outcome.results[0].error.as_deref(),
+                Some("interrupted; left without waiting for its cleanup")
+            );
+            assert_eq!(outcome.results[1].error.as_deref(), Some("interrupted"));
+            let interrupted = notes
+                .iter()
+                .position(|n| n.starts_with("interrupted: stopping the running jobs"));
+            let leaving = notes.iter().position(|n| n == "leaving now");
+            assert!(
+                interrupted.is_some() && leaving.is_some() && interrupted < leaving,
+                "{notes:?}"
+            );
+            assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+            assert!(outputs(&b).is_empty(), "{:?}", outputs(&b));
+            assert!(told.done.lock().expect("lock").is_empty());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stop_after_the_batch_ended_changes_nothing() {
+            let b = batch(2);
+            let fake = Arc::new(FakeBackend::new());
+            for j in &b.jobs {
+                fake.script(
+                    &j.spec.input,
+                    vec![Script::Succeed(Duration::from_secs(10))],
+                );
+            }
+            let told = Arc::new(Told::default());
+            let (tx, stops) = stops();
+            let late = stop_after(&tx, Duration::from_secs(20));
+            let (outcome, notes) = run_until(&fake, &b, opts(2), &told, stops).await;
+            assert!(!late.await.expect("late"), "no one left to hear it");
+            assert!(tx.send(()).await.is_err());
+            assert_eq!(statuses(&outcome), [Status::Done, Status::Done]);
+            assert!(!outcome.interrupted);
+            assert_eq!(outcome.end(), BatchEnd::Success);
+            assert!(
+                !notes
+                    .iter()
+                    .any(|n| n.starts_with("interrupted") || n == "leaving now"),
+                "{notes:?}"
+            );
+            assert_eq!(fake.seen(|s| s.abandon_calls), 0);
+            assert_eq!(fake.seen(|s| s.finish_calls), 1);
+            assert_eq!(outputs(&b), [0, 1]);
+            assert_eq!(*told.done.lock().expect("lock"), [0, 1]);
+        }
+
+        // No one to send a stop (the signal handlers could not be installed) is not a stop.
+        #[tokio::test(start_paused = true)]
+        async fn a_batch_no_one_can_stop_runs_to_its_end() {
+            let b = batch(3);
+            let fake = Arc::new(FakeBackend::new());
+            for j in &b.jobs {
+                fake.script(
+                    &j.spec.input,
+                    vec![Script::Succeed(Duration::from_secs(10))],
+                );
+            }
+            let told = Arc::new(Told::default());
+            let (tx, stops) = stops();
+            drop(tx);
+            let (outcome, _) = run_until(&fake, &b, opts(1), &told, stops).await;
+            assert_eq!(statuses(&outcome), [Status::Done; 3]);
+            assert!(!outcome.interrupted);
+            assert_eq!(outputs(&b), [0, 1, 2]);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn past_the_deadline_no_job_starts_and_the_running_ones_finish() {
+            let b = batch(4);
+            let fake = Arc::new(FakeBackend::new());
+            for (j, secs) in b.jobs.iter().zip([30, 2, 4, 1]) {
+                fake.script(
+                    &j.spec.input,
+                    vec![Script::Succeed(Duration::from_secs(secs))],
+                );
+            }
+            let told = Arc::new(Told::default());
+            let start = tokio::time::Instant::now();
+            let mut o = opts(2);
+            o.deadline = Some((start + Duration::from_secs(5)).into_std());
+            let (_no_one, stops) = stops();
+            let (outcome, notes) = run_until(&fake, &b, o, &told, stops).await;
+            // 1 ends at 2 s and 2 starts; 2 ends at 6 s, past the deadline: 3 never starts,
+            // and 0 runs to its end at 30 s.
+            use Status::*;
+            assert_eq!(statuses(&outcome), [Done, Done, Done, NotStarted]);
+            assert_eq!(fake.seen(|s| s.started.clone()), [0, 1, 2]);
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_secs(30) && took < Duration::from_secs(31),
+                "{took:?}"
+            );
+            assert!(outcome.deadline_passed);
+            assert!(!outcome.interrupted);
+            assert_eq!(outcome.end(), BatchEnd::OutOfTime);
+            assert!(
+                notes
+                    .iter()
+                    .any(|n| n == "--max-runtime reached: starting no new job; 1 running, 1 left"),
+                "{notes:?}"
+            );
+            assert_eq!(outputs(&b), [0, 1, 2]);
+            assert!(fake.seen(|s| s.cancelled.is_empty()));
             assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
         }
     }

@@ -36,6 +36,9 @@ pub(crate) enum Script {
     Busy,
     /// Works for this long, then fails with the error `make` builds.
     Fail(Duration, fn() -> JobError),
+    /// Keeps showing progress until it is cancelled, then takes this long, silent, to clean up
+    /// before it ends cancelled: a backend slow to remove its container.
+    SlowToStop(Duration),
 }
 
 /// How often a working script reports progress.
@@ -48,6 +51,9 @@ pub(crate) struct Seen {
     pub started: Vec<usize>,
     /// Job ids whose attempt ended by cancellation.
     pub cancelled: Vec<usize>,
+    /// Job ids whose attempt noticed its cancellation, in that order, whether or not it got to
+    /// end (a [`Script::SlowToStop`] may be abandoned while it cleans up).
+    pub asked_to_stop: Vec<usize>,
     pub finish_calls: usize,
     pub abandon_calls: usize,
 }
@@ -138,7 +144,25 @@ impl FakeBackend {
                 Err(JobError::Cancelled)
             }
             Script::Hang => std::future::pending().await,
+            Script::SlowToStop(cleanup) => {
+                tokio::select! {
+                    () = work(job, ctx, None) => {}
+                    () = ctx.cancel.cancelled() => {}
+                }
+                self.note(|s| s.asked_to_stop.push(job.id));
+                tokio::time::sleep(cleanup).await;
+                Err(JobError::Cancelled)
+            }
         }
+    }
+}
+
+/// One running attempt, in [`FakeBackend::running`] while it lives.
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -241,21 +265,27 @@ impl FakeBackend {
         self.note(|s| s.started.push(job.id));
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_running.fetch_max(now, Ordering::SeqCst);
+        // Counted down when the attempt ends or is dropped (aborted) half-way.
+        let _running = Running(&self.running);
         let attempt = |ctx: JobCtx| async move {
-            let r = tokio::select! {
-                r = self.attempt(job, out, &ctx, script) => r,
-                _ = ctx.cancel.cancelled() => Err(JobError::Cancelled),
+            let r = match script {
+                Script::SlowToStop(_) => self.attempt(job, out, &ctx, script).await,
+                script => tokio::select! {
+                    r = self.attempt(job, out, &ctx, script) => r,
+                    () = ctx.cancel.cancelled() => {
+                        self.note(|s| s.asked_to_stop.push(job.id));
+                        Err(JobError::Cancelled)
+                    }
+                },
             };
             if matches!(r, Err(JobError::Cancelled)) {
                 self.note(|s| s.cancelled.push(job.id));
             }
             r
         };
-        let result = match self.timeout {
+        match self.timeout {
             Some(t) => super::within_timeout(t, job, ctx, attempt).await,
             None => attempt(ctx.clone()).await,
-        };
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        result
+        }
     }
 }

@@ -314,7 +314,9 @@ fn an_input_edited_during_its_job_is_never_recorded_as_done_and_runs_again() {
         .spawn()
         .expect("start");
     let end = Instant::now() + Duration::from_secs(60);
-    while !runs_in(EDIT_WAIT, "/usr/local/bin/ffmpeg") {
+    // This run's job, not one of another run on the same engine with the same image: the edit
+    // must not come before this job has planned and hashed its input.
+    while running_for(&out, "/usr/local/bin/ffmpeg").is_empty() {
         assert!(Instant::now() < end, "the job never started");
         assert!(
             child.try_wait().expect("wait").is_none(),

@@ -262,19 +262,16 @@ pub fn containers_of(image: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether a container of `image` runs a process whose command line contains `what`.
-pub fn runs_in(image: &str, what: &str) -> bool {
-    containers_of(image).iter().any(|c| {
-        Command::new("docker")
-            .args(["top", c])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(what))
-    })
-}
-
 /// The tool's containers for output folders under `dir` in which ffmpeg itself runs (not just
 /// the job server whose script names it): a job there is past its set-up and transcoding.
 pub fn ffmpeg_running_for(dir: &Path) -> Vec<String> {
+    running_for(dir, " ffmpeg -nostdin ")
+}
+
+/// The tool's containers for output folders under `dir` that run a process whose command line
+/// contains `what`: this test's containers only, never those of a run elsewhere on the same
+/// engine with the same image.
+pub fn running_for(dir: &Path, what: &str) -> Vec<String> {
     containers_for(dir)
         .iter()
         .filter_map(|l| l.split(' ').next())
@@ -285,7 +282,7 @@ pub fn ffmpeg_running_for(dir: &Path) -> Vec<String> {
                 .is_ok_and(|o| {
                     String::from_utf8_lossy(&o.stdout)
                         .lines()
-                        .any(|l| l.contains(" ffmpeg -nostdin "))
+                        .any(|l| l.contains(what))
                 })
         })
         .map(str::to_string)

@@ -726,7 +726,7 @@ fn watch_deletes_an_input_edited_during_its_job_only_after_transcoding_the_new_b
     wait_until(
         "the first job's ffmpeg to run",
         Duration::from_secs(60),
-        || runs_in(image, "sleep 600"),
+        || !running_for(&out, "sleep 600").is_empty(),
     );
     let before = identity(&clip);
     edit_tail_in_place(&clip, b"EDITED!!");

@@ -11,10 +11,21 @@
 #    finished run writes them, with their outputs in place), so the daemon keeps them as known
 #    files exactly as it would after transcoding them. The CPU of the initial scan itself is
 #    printed too.
+# 3. CPU used over the same idle time by a daemon whose engine is away, so that it probes with
+#    backoff instead of working: utime+stime as in 2, and how many probes it made.
+#    a. Away from the start: `--backend docker -H unix://<tmp>/nothing.sock`, a socket path
+#       with nothing listening. Measured from its first "does not answer" record on.
+#    b. Gone after the start (if socat is installed): the engine is reached through a socat
+#       proxy (UNIX-LISTEN to /var/run/docker.sock) that is killed once the initial scan is
+#       done; a file dropped in then makes the daemon find the engine gone (an idle daemon
+#       only learns it from a job). Measured from its "files stay queued" record on, with that
+#       file queued.
+# The integration tests assert what these runs do, never how long they take or what CPU they
+# use: those figures are this script's.
 #
 # Usage: scripts/bench-watch.sh            (debug build; ISC_BENCH_PROFILE=release for release)
 # Env:   ISC_BENCH_FILES   latency samples (default 8)
-#        ISC_BENCH_IDLE    idle seconds (default 60)
+#        ISC_BENCH_IDLE    idle seconds, for 2 and 3 each (default 60)
 #        ISC_BENCH_SETTLE  --settle for the latency part (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,16 +47,27 @@ docker image inspect "${ISC_IMAGE:-isc-ffmpeg:latest}" >/dev/null || { echo "ben
 
 work=$(mktemp -d /var/tmp/isc-bench-watch.XXXXXX)
 pid=
+proxy=
+# Stop the socat proxy: its forked children (one per connection) first, then itself.
+stop_proxy() {
+    [ -n "$proxy" ] || return 0
+    pkill -KILL -P "$proxy" 2>/dev/null || true
+    kill -KILL "$proxy" 2>/dev/null || true
+    wait "$proxy" 2>/dev/null || true
+    proxy=
+}
 cleanup() {
     [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    stop_proxy
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-# Wait until the daemon's log has a record with this message.
+# Wait until the daemon's log has a record with this message (the log may not exist yet: the
+# daemon was just started in the background).
 wait_log() {
     local log=$1 msg=$2 deadline=$((SECONDS + ${3:-120}))
-    until grep -q "\"message\":\"$msg\"" "$log"; do
+    until grep -qs "\"message\":\"$msg\"" "$log"; do
         [ $SECONDS -lt $deadline ] || { echo "bench-watch: timed out waiting for '$msg'" >&2; cat "$log" >&2; exit 1; }
         sleep 0.2
     done
@@ -143,6 +165,53 @@ started=$(grep -c '"message":"job started"' "$log" || true)
 kill -TERM "$pid"; wait "$pid" || true; pid=
 hz=$(getconf CLK_TCK)
 
+# --- 3a. idle CPU, the engine away from the start ------------------------------------------
+away_dir="$work/away"
+mkdir -p "$away_dir/in"
+log="$away_dir/log.json"
+"$bin" watch "$away_dir/in" -o "$away_dir/out" -p copy --backend docker \
+    -H "unix://$work/nothing.sock" --log-format json -v 2>"$log" &
+pid=$!
+wait_log "$log" "the Docker engine does not answer; retrying" 30
+sleep 1
+a0=$(ticks "$pid")
+probes0=$(grep -c '"message":"the Docker engine does not answer; retrying"' "$log" || true)
+sleep "$idle"
+a1=$(ticks "$pid")
+probes1=$(grep -c '"message":"the Docker engine does not answer; retrying"' "$log" || true)
+kill -TERM "$pid"; wait "$pid" || true; pid=
+
+# --- 3b. idle CPU, the engine gone after the start ------------------------------------------
+gone=
+if command -v socat >/dev/null; then
+    gone_dir="$work/gone"
+    mkdir -p "$gone_dir/in"
+    sock="$work/proxy.sock"
+    socat "UNIX-LISTEN:$sock,fork" UNIX-CONNECT:/var/run/docker.sock &
+    proxy=$!
+    deadline=$((SECONDS + 10))
+    until [ -S "$sock" ]; do
+        [ $SECONDS -lt $deadline ] || { echo "bench-watch: socat did not listen" >&2; exit 1; }
+        sleep 0.1
+    done
+    log="$gone_dir/log.json"
+    "$bin" watch "$gone_dir/in" -o "$gone_dir/out" -p copy --backend docker \
+        -H "unix://$sock" --settle 1 --log-format json -v 2>"$log" &
+    pid=$!
+    wait_log "$log" "initial scan done"
+    stop_proxy
+    cp samples/faststart.mp4 "$gone_dir/in/queued.mp4"
+    wait_log "$log" "the engine does not answer; files stay queued; reconnecting" 60
+    sleep 1
+    g0=$(ticks "$pid")
+    gprobes0=$(grep -c '"message":"the engine still does not answer"' "$log" || true)
+    sleep "$idle"
+    g1=$(ticks "$pid")
+    gprobes1=$(grep -c '"message":"the engine still does not answer"' "$log" || true)
+    kill -TERM "$pid"; wait "$pid" || true; pid=
+    gone="$g0 $g1 $((gprobes1 - gprobes0))"
+fi
+
 echo "bench-watch ($profile build, $(nproc) cores, engine $(docker version --format '{{.Server.Version}}'))"
 echo "settle -> job started, beyond --settle $settle s: $latency"
 python3 - "$scan_ticks" "$t0" "$t1" "$hz" "$idle" "$done_before" "$started" <<'EOF'
@@ -152,4 +221,17 @@ print(f"start-up (connect, scan of 10,000 files, {int(done)} found done): "
       f"{scan / hz * 1000:.0f} ms CPU; jobs started: {int(started)}")
 print(f"idle for {idle:.0f} s watching 10,000 files: {(t1 - t0) / hz * 1000:.0f} ms CPU "
       f"({(t1 - t0) / hz / idle * 100:.3f} % of one core)")
+EOF
+python3 - "$a0" "$a1" "$hz" "$idle" "$((probes1 - probes0))" "${gone:-}" <<'EOF'
+import sys
+a0, a1, hz, idle, probes = (float(x) for x in sys.argv[1:6])
+def line(what, t0, t1, probes):
+    print(f"idle for {idle:.0f} s, {what}: {(t1 - t0) / hz * 1000:.0f} ms CPU "
+          f"({(t1 - t0) / hz / idle * 100:.3f} % of one core); probes: {int(probes)}")
+line("engine away from the start", a0, a1, probes)
+if sys.argv[6]:
+    g0, g1, gprobes = (float(x) for x in sys.argv[6].split())
+    line("engine gone after the start, one file queued", g0, g1, gprobes)
+else:
+    print("engine gone after the start: not measured (needs socat)")
 EOF

@@ -259,45 +259,13 @@ fn names_with_control_characters_are_escaped_and_json_keeps_them() {
     );
 }
 
-/// Start `isc-transcode watch` with its log (text) in a file; returns the child and the log path.
-fn start_watch(input: &Path, out: &Path, extra: &[&str]) -> (Child, PathBuf) {
-    let log = out.with_extension("log");
-    let child = bin()
-        .arg("watch")
-        .arg(input)
-        .arg("-o")
-        .arg(out)
-        .args(["--backend", "docker", "-p", "copy", "--settle", "0.5"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start watch");
-    (child, log)
-}
-
-fn wait_log(log: &Path, what: &str, limit: Duration, cond: impl Fn(&str) -> bool) -> String {
-    let end = Instant::now() + limit;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if cond(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out waiting for {what}; log:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn stop(child: &mut Child) -> Option<i32> {
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success());
-    wait_or_kill(child, Duration::from_secs(60), "the daemon").code()
+/// The daemon copying files half a second after they stop changing, once its initial scan is
+/// done.
+fn start_watch(input: &Path, out: &Path, extra: &[&str]) -> Daemon {
+    let args = [&["-p", "copy", "--settle", "0.5"], extra].concat();
+    let d = Daemon::spawn(input, out, &args, &[]);
+    d.wait_scanned();
+    d
 }
 
 // Regression: the daemon followed symlinks planted in its folders (by the walk and by the
@@ -324,21 +292,18 @@ fn the_daemon_never_follows_a_link_out_and_its_text_log_escapes_names() {
     );
     // Found by the first scan ...
     symlink(private.join("key.mp4"), input.join("stolen.mp4")).expect("ln");
-    let (mut child, log) = start_watch(&input, &out, &["--log-format", "text"]);
-    wait_log(&log, "the initial scan", Duration::from_secs(30), |t| {
-        t.contains("initial scan done")
-    });
+    let mut d = start_watch(&input, &out, &["--log-format", "text"]);
     // ... and by events: a link to a file, a link to a folder, and a real file with a name
     // that tries to forge a log line.
     symlink(private.join("key.mp4"), input.join("stolen2.mp4")).expect("ln");
     symlink(private.join("deep"), input.join("elsewhere")).expect("ln");
     let (forged, _) = hostile_names();
     std::fs::copy(samples().join("faststart.mp4"), input.join(&forged)).expect("cp");
-    let text = wait_log(&log, "the real file done", Duration::from_secs(60), |t| {
+    d.wait_log("the real file done", Duration::from_secs(60), |t| {
         t.contains("job done") && t.matches("symlink out of the watched folders").count() >= 3
     });
-    assert_eq!(stop(&mut child), Some(0));
-    let text = std::fs::read_to_string(&log).unwrap_or(text);
+    assert_eq!(d.stop(), Some(0));
+    let text = d.log();
     eprintln!("{text}");
     assert!(!has_controls(&text), "{text:?}");
     assert!(
@@ -418,43 +383,36 @@ fn a_flood_of_idle_metrics_connections_starves_nothing() {
     let input = tmp.path().join("in");
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&input).expect("mkdir");
-    let (mut child, log) = start_watch(
+    let mut d = start_watch(
         &input,
         &out,
         &["--log-format", "json", "--metrics", "0", "-j", "1"],
     );
-    let text = wait_log(&log, "the listener", Duration::from_secs(30), |t| {
-        t.contains("initial scan done")
-    });
-    let addr = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|r| r["message"] == "serving /metrics and /healthz")
+    let addr = d
+        .records("serving /metrics and /healthz")
+        .first()
         .and_then(|r| r["addr"].as_str().map(str::to_string))
         .expect("the bound address is logged");
     assert!(
         addr.starts_with("127.0.0.1:"),
         "a port alone is loopback: {addr}"
     );
-    let before = open_fds(child.id());
+    let before = open_fds(d.pid());
 
-    let flooding = Instant::now();
     let flood: Vec<std::net::TcpStream> = (0..500)
         .map(|_| std::net::TcpStream::connect(&addr).expect("flood connect"))
         .collect();
-    assert!(
-        flooding.elapsed() < Duration::from_secs(5),
-        "the accept queue holds the flood: {:?}",
-        flooding.elapsed()
-    );
     let port: u16 = addr
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .expect("port");
+    // Every connection of the flood is served or queued at once: a backlog shorter than the
+    // flood would cap the queue below this (the rest waiting on SYN retries), whatever the
+    // timing.
     wait_until(
-        "the listener to take the connections it serves and leave the rest queued",
+        "the listener to take the connections it serves and hold the rest in its queue",
         Duration::from_secs(10),
-        || accept_queue(port).is_some_and(|q| q <= flood.len() - MAX_SERVED),
+        || accept_queue(port) == Some(flood.len() - MAX_SERVED),
     );
     for n in 0..3 {
         distinct_copy(
@@ -466,14 +424,14 @@ fn a_flood_of_idle_metrics_connections_starves_nothing() {
     let mut most = 0;
     let end = Instant::now() + Duration::from_secs(90);
     loop {
-        most = most.max(open_fds(child.id()));
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.matches("\"job done\"").count() >= 3 {
+        most = most.max(open_fds(d.pid()));
+        if d.records("job done").len() >= 3 {
             break;
         }
         assert!(
             Instant::now() < end,
-            "files not done under the flood:\n{text}"
+            "files not done under the flood:\n{}",
+            d.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -497,7 +455,7 @@ fn a_flood_of_idle_metrics_connections_starves_nothing() {
             .any(|l| l == "isc_transcode_jobs_total{status=\"done\"} 3"),
         "{body}"
     );
-    assert_eq!(stop(&mut child), Some(0));
+    assert_eq!(d.stop(), Some(0));
     assert_eq!(files_under(&out).len(), 3);
 }
 
@@ -581,8 +539,8 @@ fn measured(args: &[&std::ffi::OsStr]) -> (u64, Output) {
     (kb, o)
 }
 
-// A tree of 100,000 files: walked in bounded time and memory, the media among them done once,
-// and a re-run skips them without reading anything.
+// A tree of 100,000 files: walked in bounded memory, the media among them done once, and a
+// re-run skips them without reading anything.
 #[test]
 fn a_tree_of_100000_files_is_scanned_in_bounded_time_and_memory_and_rerun_skips() {
     require_engine();
@@ -638,7 +596,8 @@ fn a_tree_of_100000_files_is_scanned_in_bounded_time_and_memory_and_rerun_skips(
         stdout(&o)
     );
     assert!(opened.opened().is_empty(), "the re-run read no input");
+    // The wall time is printed, not asserted: it is a benchmark's figure, and
+    // scripts/bench-inputs.sh measures it (on a million files).
     eprintln!("first run {first:?} ({kb} KiB peak), re-run {second:?} ({kb2} KiB peak)");
-    assert!(first < Duration::from_secs(30) && second < Duration::from_secs(15));
     assert!(kb < 200_000 && kb2 < 200_000, "{kb} / {kb2} KiB");
 }

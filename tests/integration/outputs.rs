@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Everything under `dir` except `skip` (the output folder): each entry with its content or, for
@@ -314,7 +314,9 @@ fn an_input_edited_during_its_job_is_never_recorded_as_done_and_runs_again() {
         .spawn()
         .expect("start");
     let end = Instant::now() + Duration::from_secs(60);
-    while !runs_in(EDIT_WAIT, "/usr/local/bin/ffmpeg") {
+    // This run's job, not one of another run on the same engine with the same image: the edit
+    // must not come before this job has planned and hashed its input.
+    while running_for(&out, "/usr/local/bin/ffmpeg").is_empty() {
         assert!(Instant::now() < end, "the job never started");
         assert!(
             child.try_wait().expect("wait").is_none(),
@@ -454,78 +456,10 @@ fn a_name_that_is_not_utf8_is_skipped_on_a_rerun() {
     );
 }
 
-/// The daemon, logging JSON to a file.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(input: &Path, out: &Path, extra: &[&str]) -> Daemon {
-        let log = out.parent().expect("parent").join("watch.log");
-        let child = bin()
-            .arg("watch")
-            .arg(input)
-            .arg("-o")
-            .arg(out)
-            .args([
-                "--backend",
-                "docker",
-                "--log-format",
-                "json",
-                "--settle",
-                "0.5",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start watch");
-        Daemon { child, log }
-    }
-
-    fn records(&self, message: &str) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|r| {
-                r["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with(message))
-            })
-            .collect()
-    }
-
-    fn wait_for(&self, message: &str) -> Vec<Value> {
-        let end = Instant::now() + Duration::from_secs(90);
-        loop {
-            let r = self.records(message);
-            if !r.is_empty() {
-                return r;
-            }
-            assert!(
-                Instant::now() < end,
-                "no {message:?} in the log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The daemon, logging JSON to a file, taking files half a second after they stop changing.
+fn start_watch(input: &Path, out: &Path, extra: &[&str]) -> Daemon {
+    let args = [&["--log-format", "json", "--settle", "0.5"], extra].concat();
+    Daemon::spawn(input, out, &args, &[])
 }
 
 // Regression: the daemon overwrote a file it had not made at an output path, and deleted
@@ -540,9 +474,13 @@ fn watch_never_overwrites_a_file_it_did_not_write() {
     let mine = b"not made by the tool".to_vec();
     std::fs::write(out.join("a.mp4"), &mine).expect("w");
     std::fs::copy(samples().join("faststart.mp4"), input.join("a.mp4")).expect("cp");
-    let mut d = Daemon::start(&input, &out, &["--on-success", "delete", "--retries", "0"]);
-    let failed = d.wait_for("failed every attempt");
-    d.stop();
+    let mut d = start_watch(&input, &out, &["--on-success", "delete", "--retries", "0"]);
+    let failed = "failed every attempt";
+    d.wait_for("the job to fail", Duration::from_secs(90), |d| {
+        !d.records_starting(failed).is_empty()
+    });
+    let failed = d.records_starting(failed);
+    assert_eq!(d.stop(), Some(0));
     let want = format!(
         "output exists and was not made by isc-transcode: {}",
         out.join("a.mp4").display()

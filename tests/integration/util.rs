@@ -1,11 +1,12 @@
-//! Shared helpers: a temp folder per test, the real binary, host ffprobe, engine queries.
+//! Shared helpers: a temp folder per test, the real binary, host ffprobe, engine queries, the
+//! watch daemon with its log in a file, the state store's tables.
 //!
 //! Tests that need Docker call [`require_engine`], which fails (never skips) when the engine or
 //! the worker image is missing: a missing engine must not turn into a green run.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const IMAGE: &str = "isc-ffmpeg:latest";
@@ -261,19 +262,16 @@ pub fn containers_of(image: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether a container of `image` runs a process whose command line contains `what`.
-pub fn runs_in(image: &str, what: &str) -> bool {
-    containers_of(image).iter().any(|c| {
-        Command::new("docker")
-            .args(["top", c])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(what))
-    })
-}
-
 /// The tool's containers for output folders under `dir` in which ffmpeg itself runs (not just
 /// the job server whose script names it): a job there is past its set-up and transcoding.
 pub fn ffmpeg_running_for(dir: &Path) -> Vec<String> {
+    running_for(dir, " ffmpeg -nostdin ")
+}
+
+/// The tool's containers for output folders under `dir` that run a process whose command line
+/// contains `what`: this test's containers only, never those of a run elsewhere on the same
+/// engine with the same image.
+pub fn running_for(dir: &Path, what: &str) -> Vec<String> {
     containers_for(dir)
         .iter()
         .filter_map(|l| l.split(' ').next())
@@ -284,7 +282,7 @@ pub fn ffmpeg_running_for(dir: &Path) -> Vec<String> {
                 .is_ok_and(|o| {
                     String::from_utf8_lossy(&o.stdout)
                         .lines()
-                        .any(|l| l.contains(" ffmpeg -nostdin "))
+                        .any(|l| l.contains(what))
                 })
         })
         .map(str::to_string)
@@ -530,4 +528,170 @@ pub fn stat_cache(out: &Path) -> Vec<(i64, i64, String)> {
         .expect("query")
         .map(|v| v.expect("row"))
         .collect()
+}
+
+/// Every value of `column` in the state store's `outputs` table, in row order.
+pub fn outputs_column(out: &Path, column: &str) -> Vec<String> {
+    let db = rusqlite::Connection::open(out.join(".isc-transcode/state.db")).expect("db");
+    db.prepare(&format!("SELECT {column} FROM outputs"))
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|v| v.expect("row"))
+        .collect()
+}
+
+/// A running `isc-transcode watch` whose stderr (its log, text or JSON) goes to a file.
+///
+/// Dropping it kills the process, so no daemon outlives a test that failed half-way; a test
+/// that checks how the daemon ends calls [`Daemon::stop`] or [`Daemon::wait_exit`].
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    /// The output folder, whose name the backend puts on its containers
+    /// (`io.isc-transcode.out`).
+    pub out: PathBuf,
+    /// When it was started, in seconds since the epoch.
+    pub started: f64,
+}
+
+impl Daemon {
+    /// Start `isc-transcode watch <input> -o <out> --backend docker <args>` with `env` added.
+    /// The log goes to a file of its own beside `out`: a test that restarts the daemon gets
+    /// one log per start.
+    pub fn spawn(input: &Path, out: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let started = now();
+        let log = out
+            .parent()
+            .expect("out has a parent")
+            .join(format!("watch-{started:.6}.log"));
+        let child = bin()
+            .arg("watch")
+            .arg(input)
+            .arg("-o")
+            .arg(out)
+            .args(["--backend", "docker"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start isc-transcode watch");
+        Daemon {
+            child,
+            log,
+            out: out.to_path_buf(),
+            started,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log so far, as text.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every JSON log record so far (lines that are not JSON are left out).
+    pub fn all(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// JSON records with this message.
+    pub fn records(&self, message: &str) -> Vec<Value> {
+        self.all()
+            .into_iter()
+            .filter(|r| r["message"] == message)
+            .collect()
+    }
+
+    /// JSON records whose message starts with `prefix`.
+    pub fn records_starting(&self, prefix: &str) -> Vec<Value> {
+        self.all()
+            .into_iter()
+            .filter(|r| r["message"].as_str().is_some_and(|m| m.starts_with(prefix)))
+            .collect()
+    }
+
+    /// JSON records with this message about this input.
+    pub fn about(&self, message: &str, path: &Path) -> Vec<Value> {
+        let p = path.display().to_string();
+        self.records(message)
+            .into_iter()
+            .filter(|r| r["path"] == p.as_str())
+            .collect()
+    }
+
+    /// Wait for `cond` to hold; past `timeout`, panic saying what never came, with the log.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut(&Daemon) -> bool) {
+        if !within(timeout, || cond(self)) {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Wait for the text of the log to satisfy `cond`; that text.
+    pub fn wait_log(&self, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) -> String {
+        self.wait_for(what, timeout, |d| cond(&d.log()));
+        self.log()
+    }
+
+    /// Wait for the daemon's initial scan to be done (its log says so, as text or JSON).
+    pub fn wait_scanned(&self) {
+        self.wait_log("the initial scan", Duration::from_secs(30), |t| {
+            t.contains("initial scan done")
+        });
+    }
+
+    /// Send signal `sig` (`TERM`, `INT`, `KILL`, ...).
+    pub fn signal(&self, sig: &str) {
+        signal(self.pid(), sig);
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    /// Wait for the process to exit; its exit code. Past `timeout` it is killed and the test
+    /// fails: the daemon hangs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the daemon did not exit within {timeout:?}: it hangs; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then wait (at most a minute) for it to exit; its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(60))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

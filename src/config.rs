@@ -10,7 +10,7 @@ use crate::cli::{BackendChoice, RunArgs, TransferChoice};
 use crate::error::AppError;
 use crate::exec::JobTimeout;
 use crate::exec::docker::{MountPolicy, default_host};
-use crate::plan::PlanOptions;
+use crate::plan::{PlanOptions, replace_opts};
 use crate::preset::{self, Preset};
 use crate::report::ReportOptions;
 use crate::scan::ScanOptions;
@@ -49,6 +49,9 @@ pub struct RunConfig {
     pub scan: ScanOptions,
     /// How the plan treats records and what stands at output paths.
     pub plan: PlanOptions,
+    /// What the jobs may replace at an output path (`--overwrite`, `--rebuild-state`): the part
+    /// of [`RunConfig::plan`] that still counts once the plan is made.
+    pub replace: PlanOptions,
     pub report: ReportOptions,
     pub engine: EngineConfig,
     /// Wait for another run holding the output folder (not `--no-wait`).
@@ -85,6 +88,7 @@ impl RunConfig {
             preset,
             out: args.out.clone(),
             plan,
+            replace: replace_opts(args),
             report: ReportOptions::detect(args.quiet, args.json, args.verbose),
             engine: EngineConfig::resolve(args),
             wait_for_lock: !args.no_wait,
@@ -176,6 +180,24 @@ mod tests {
         assert!(!c.wait_for_lock);
         assert!(c.plan.read_only, "a dry run writes nothing to the store");
         assert!(c.plan.overwrite && !c.plan.force);
+    }
+
+    #[test]
+    fn what_a_job_may_replace_keeps_only_overwrite_and_adopt() {
+        let c = resolve(&[
+            "isc-transcode",
+            "a.mp4",
+            "--force",
+            "--verify",
+            "--dry-run",
+            "--overwrite",
+            "--rebuild-state",
+        ]);
+        assert!(c.plan.force && c.plan.verify && c.plan.read_only);
+        assert!(c.replace.overwrite && c.replace.adopt);
+        assert!(!c.replace.force && !c.replace.verify && !c.replace.read_only);
+        let c = resolve(&["isc-transcode", "a.mp4"]);
+        assert!(!c.replace.overwrite && !c.replace.adopt);
     }
 
     #[test]

@@ -13,10 +13,10 @@
 //! 6. the dispatcher's outcome says how the batch ended, [`crate::error`] which exit code that
 //!    is.
 //!
-//! It prints nothing itself: what happens in a batch goes to the reporter ([`crate::report`])
-//! as events, from the scan on; what a one-shot command (`presets`, `status`, `hash`, `gc`,
-//! `--dry-run`) finds goes to [`crate::show`]. It reads the resolved [`RunConfig`], not the
-//! flags.
+//! It writes nothing to the terminal itself: what happens in a batch goes to the reporter
+//! ([`crate::report`]) as events, from the scan on; what a one-shot command (`presets`,
+//! `status`, `hash`, `gc`, `--dry-run`) finds goes to [`crate::show`]. It reads the resolved
+//! [`RunConfig`], not the flags.
 
 use crate::cli::{BackendChoice, Cli, Command, RunArgs};
 use crate::config::RunConfig;

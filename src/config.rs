@@ -29,6 +29,9 @@ pub struct RunConfig {
     pub scan: ScanOptions,
     /// How the plan treats records and what stands at output paths.
     pub plan: PlanOptions,
+    /// What the jobs may replace at an output path (`--overwrite`, `--rebuild-state`): the part
+    /// of [`RunConfig::plan`] that still counts once the plan is made.
+    pub replace: PlanOptions,
     pub report: ReportOptions,
     pub engine: EngineConfig,
     /// Wait for another run holding the output folder (not `--no-wait`).
@@ -39,6 +42,15 @@ pub struct RunConfig {
     /// `--max-runtime`: start no job after this long.
     pub max_runtime: Option<Duration>,
     pub stall_timeout: Duration,
+}
+
+/// What a run's flags say may stand at an output path ([`crate::plan::replaceable`]).
+pub(crate) fn replace_opts(args: &RunArgs) -> PlanOptions {
+    PlanOptions {
+        overwrite: args.overwrite,
+        adopt: args.rebuild_state,
+        ..PlanOptions::default()
+    }
 }
 
 impl RunConfig {
@@ -65,6 +77,7 @@ impl RunConfig {
             preset,
             out: args.out.clone(),
             plan,
+            replace: replace_opts(args),
             report: ReportOptions::detect(args.quiet, args.json, args.verbose),
             engine: EngineConfig::resolve(args),
             wait_for_lock: !args.no_wait,
@@ -158,6 +171,24 @@ mod tests {
         assert!(!c.wait_for_lock);
         assert!(c.plan.read_only, "a dry run writes nothing to the store");
         assert!(c.plan.overwrite && !c.plan.force);
+    }
+
+    #[test]
+    fn what_a_job_may_replace_keeps_only_overwrite_and_adopt() {
+        let c = resolve(&[
+            "isc-transcode",
+            "a.mp4",
+            "--force",
+            "--verify",
+            "--dry-run",
+            "--overwrite",
+            "--rebuild-state",
+        ]);
+        assert!(c.plan.force && c.plan.verify && c.plan.read_only);
+        assert!(c.replace.overwrite && c.replace.adopt);
+        assert!(!c.replace.force && !c.replace.verify && !c.replace.read_only);
+        let c = resolve(&["isc-transcode", "a.mp4"]);
+        assert!(!c.replace.overwrite && !c.replace.adopt);
     }
 
     #[test]

@@ -559,6 +559,41 @@ pub enum Event {
         id: usize,
         line: String,
     },
+    /// The inputs are being looked for.
+    Scanning,
+    /// The scan is over: how many media files it found, how many of those cannot be used, and
+    /// what it left out on purpose (said, not counted as failed).
+    Scanned {
+        found: usize,
+        unusable: usize,
+        skipped: Vec<ScanProblem>,
+    },
+    /// An input is being hashed to tell whether its content was seen before.
+    Hashing {
+        path: PathBuf,
+        size: u64,
+    },
+    /// Bytes of the input being hashed read so far.
+    Hashed {
+        done: u64,
+    },
+    /// The input being hashed is done.
+    HashEnd,
+    /// Another run holds the output folder (`holder`: its pid, when known); this one waits.
+    WaitingForLock {
+        holder: Option<String>,
+        out: PathBuf,
+    },
+    /// Temporary files a killed run had left in the output folder were removed.
+    StaleTemps(usize),
+    /// The plan is known: from here on the events are about the batch's files. `total` counts
+    /// every file of the batch, `names` holds each job's input by id, `work` the size of each
+    /// job that will be transcoded (skips and copies are absent).
+    Planned {
+        total: usize,
+        names: std::collections::HashMap<usize, PathBuf>,
+        work: std::collections::HashMap<usize, u64>,
+    },
 }
 
 impl From<JobEvent> for Event {

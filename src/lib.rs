@@ -27,7 +27,9 @@
 //! 6. [`ffmpeg`] reads ffmpeg's stderr (input facts, progress, errors) and ffprobe's JSON;
 //!    [`readback`] reads MP4 outputs back here from their index; [`verify`] decides whether an
 //!    output is good enough to count.
-//! 7. [`report`] owns the terminal: bars in a terminal, plain lines elsewhere.
+//! 7. [`report`] owns the terminal: bars in a terminal, plain lines elsewhere, for the whole
+//!    batch from the scan on. [`show`] lays out what the one-shot commands print (presets,
+//!    status, hashes, gc, the dry-run plan).
 //!
 //! Shared by the batch command and the daemon: [`exec::connect`] makes a backend ready from an
 //! [`exec::connect::EngineConfig`] (connect, prepare the engine or find local ffmpeg, how many jobs it
@@ -73,6 +75,7 @@ pub mod record;
 pub mod report;
 pub mod scan;
 pub mod schedule;
+pub mod show;
 pub mod state;
 pub mod verify;
 pub mod watch;

@@ -78,15 +78,6 @@ pub struct PlanOptions {
     pub adopt: bool,
 }
 
-/// What a run's flags say may stand at an output path ([`replaceable`]).
-pub(crate) fn replace_opts(args: &crate::cli::RunArgs) -> PlanOptions {
-    PlanOptions {
-        overwrite: args.overwrite,
-        adopt: args.rebuild_state,
-        ..PlanOptions::default()
-    }
-}
-
 impl Action {
     /// The word `--dry-run` and `-v` show for it: a duplicate is a copy, a conflict a failure.
     pub fn word(&self) -> &'static str {

@@ -1,6 +1,11 @@
 //! The reporter: the only code that writes to the terminal.
 //!
 //! Jobs and the dispatcher send [`Event`]s; one task turns them into output, for two audiences.
+//! It lives for the whole run, so the batch's early phases (scanning, hashing, waiting for
+//! another run's lock) are shown the same way as its jobs: a spinner and hashing bars in a
+//! terminal, plain lines elsewhere. The end-of-run report (summary line, JSON document) belongs
+//! to a planned batch: a run that stops before its plan is known ([`Event::Planned`]), or a dry
+//! run, which prints its own plan, has none.
 //!
 //! **A person at a terminal** (stderr is a TTY, no `--quiet`): indicatif bars. One overall bar
 //! counts the bytes of the inputs that must be transcoded, so its ETA weighs a 4 GB file more
@@ -43,7 +48,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 pub use crate::job::Event;
 
-/// What the reporter knows about the batch before it starts.
+/// What the reporter knows about the batch once it is planned ([`Event::Planned`]).
 #[derive(Debug, Clone, Default)]
 pub struct BatchInfo {
     pub total: usize,
@@ -157,19 +162,86 @@ impl Bars {
     }
 }
 
-/// Consume events until the channel closes; print the end-of-run report.
-pub async fn run(
-    mut rx: UnboundedReceiver<Event>,
-    info: BatchInfo,
-    opts: ReportOptions,
-) -> Summary {
-    let started = Instant::now();
-    let mut summary = Summary {
-        total: info.total,
-        ..Summary::default()
-    };
+/// Inputs smaller than this hash too fast to be worth a bar or a line.
+const HASH_SHOWN_FROM: u64 = 64 << 20;
+
+/// The plain lines an event of the batch's early phases prints (stderr), given the output
+/// settings. In a terminal, hashing draws a bar instead of its line.
+fn phase_lines(event: &Event, opts: ReportOptions) -> Vec<String> {
+    match event {
+        Event::Scanned {
+            found,
+            unusable,
+            skipped,
+        } if !opts.quiet => {
+            let mut lines = vec![format!(
+                "found {found} media file(s){}",
+                if *unusable == 0 {
+                    String::new()
+                } else {
+                    format!(", {unusable} unusable")
+                }
+            )];
+            lines.extend(
+                skipped
+                    .iter()
+                    .map(|s| format!("skipped {}", escape(&s.to_string()))),
+            );
+            lines
+        }
+        Event::Hashing { path, size } if shows_hashing(*size, opts) && !opts.bars => {
+            vec![format!("hashing {} ({})", shown(path), human_bytes(*size))]
+        }
+        // Said even with `--quiet`: a run that seems to hang must say why.
+        Event::WaitingForLock { holder, out } => vec![format!(
+            "waiting for another isc-transcode run{} to finish with {}",
+            holder
+                .as_ref()
+                .map(|h| format!(" (pid {})", escape(h)))
+                .unwrap_or_default(),
+            shown(out)
+        )],
+        Event::StaleTemps(n) if *n > 0 && !opts.quiet => vec![format!(
+            "removed {n} temporary file(s) left by an interrupted run"
+        )],
+        _ => Vec::new(),
+    }
+}
+
+fn shows_hashing(size: u64, opts: ReportOptions) -> bool {
+    size > HASH_SHOWN_FROM && !opts.quiet
+}
+
+fn scan_spinner() -> ProgressBar {
+    let s = ProgressBar::new_spinner();
+    s.set_message("scanning inputs");
+    s.enable_steady_tick(Duration::from_millis(120));
+    s
+}
+
+fn hash_bar(path: &Path, size: u64) -> ProgressBar {
+    let b = ProgressBar::new(size);
+    b.set_style(
+        ProgressStyle::with_template(
+            "hashing {msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b.set_message(shown(path));
+    b
+}
+
+/// Consume events until the channel closes; print the end-of-run report if a batch was
+/// planned.
+pub async fn run(mut rx: UnboundedReceiver<Event>, opts: ReportOptions) -> Summary {
+    let mut started = Instant::now();
+    let mut info = BatchInfo::default();
+    let mut planned = false;
+    let mut summary = Summary::default();
     let mut entries: Vec<(usize, FileEntry)> = Vec::new();
-    let mut bars = opts.bars.then(|| Bars::new(&info));
+    let mut bars: Option<Bars> = None;
+    let mut spinner: Option<ProgressBar> = None;
+    let mut hashing: Option<ProgressBar> = None;
     let job_style = ProgressStyle::with_template("  {prefix:32!} {bar:20} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("##-");
@@ -177,7 +249,44 @@ pub async fn run(
     let mut last_pct: HashMap<usize, u64> = HashMap::new();
 
     while let Some(event) = rx.recv().await {
+        // Printed once the event has cleared the spinner or bar it ends.
+        let lines = phase_lines(&event, opts);
         match event {
+            Event::Scanning => {
+                if opts.bars {
+                    spinner = Some(scan_spinner());
+                }
+            }
+            Event::Scanned { .. } => {
+                if let Some(s) = spinner.take() {
+                    s.finish_and_clear();
+                }
+            }
+            Event::Hashing { path, size } => {
+                if opts.bars && shows_hashing(size, opts) {
+                    hashing = Some(hash_bar(&path, size));
+                }
+            }
+            Event::Hashed { done } => {
+                if let Some(b) = &hashing {
+                    b.set_position(done);
+                }
+            }
+            Event::HashEnd => {
+                if let Some(b) = hashing.take() {
+                    b.finish_and_clear();
+                }
+            }
+            Event::WaitingForLock { .. } | Event::StaleTemps(_) => {}
+            Event::Planned { total, names, work } => {
+                info = BatchInfo { total, names, work };
+                summary.total = total;
+                planned = true;
+                started = Instant::now();
+                if opts.bars {
+                    bars = Some(Bars::new(&info));
+                }
+            }
             Event::Note(text) => note(&bars, &escape(&text)),
             Event::Detail(text) => {
                 if opts.verbose >= 1 {
@@ -304,10 +413,19 @@ pub async fn run(
                 entries.push((result.id, entry(&result)));
             }
         }
+        for line in lines {
+            note(&bars, &line);
+        }
+    }
+    for b in [spinner, hashing].into_iter().flatten() {
+        b.finish_and_clear();
     }
     if let Some(b) = bars.take() {
         b.overall.finish_and_clear();
         let _ = b.multi.clear();
+    }
+    if !planned {
+        return summary;
     }
     summary.wall_seconds = started.elapsed().as_secs_f64();
     let line = summary_line(&summary);
@@ -741,6 +859,135 @@ mod tests {
             "{line}"
         );
         assert_eq!(entry(&r).dropped, r.dropped, "the JSON report says it too");
+    }
+
+    fn plain() -> ReportOptions {
+        ReportOptions::default()
+    }
+
+    fn quiet() -> ReportOptions {
+        ReportOptions {
+            quiet: true,
+            ..ReportOptions::default()
+        }
+    }
+
+    fn scanned(unusable: usize) -> Event {
+        Event::Scanned {
+            found: 3,
+            unusable,
+            skipped: vec![crate::scan::ScanProblem {
+                path: "in/link\n.mp4".into(),
+                reason: "symlink to \"/etc/x\", outside the input folder \"in\"".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_scan_says_what_it_found_and_what_it_left_out() {
+        assert_eq!(
+            phase_lines(&scanned(0), plain()),
+            [
+                "found 3 media file(s)",
+                r#"skipped "in/link\n.mp4": symlink to "/etc/x", outside the input folder "in""#
+            ]
+        );
+        assert_eq!(
+            phase_lines(&scanned(2), plain())[0],
+            "found 3 media file(s), 2 unusable"
+        );
+        assert!(phase_lines(&scanned(2), quiet()).is_empty());
+        assert!(phase_lines(&Event::Scanning, plain()).is_empty());
+    }
+
+    #[test]
+    fn only_big_inputs_say_they_are_hashed_and_a_terminal_draws_a_bar_instead() {
+        let big = Event::Hashing {
+            path: "in/big\x1b.mp4".into(),
+            size: 70_000_000,
+        };
+        assert_eq!(
+            phase_lines(&big, plain()),
+            ["hashing in/big\\x1b.mp4 (70.0 MB)"]
+        );
+        let small = Event::Hashing {
+            path: "in/small.mp4".into(),
+            size: HASH_SHOWN_FROM,
+        };
+        assert!(phase_lines(&small, plain()).is_empty());
+        assert!(phase_lines(&big, quiet()).is_empty());
+        let tty = ReportOptions {
+            bars: true,
+            ..plain()
+        };
+        assert!(phase_lines(&big, tty).is_empty());
+        assert!(shows_hashing(70_000_000, tty), "the bar is drawn instead");
+        assert!(phase_lines(&Event::Hashed { done: 1 }, plain()).is_empty());
+        assert!(phase_lines(&Event::HashEnd, plain()).is_empty());
+    }
+
+    #[test]
+    fn waiting_for_the_lock_is_said_even_when_quiet() {
+        let wait = |holder: Option<&str>| Event::WaitingForLock {
+            holder: holder.map(Into::into),
+            out: "web\nout".into(),
+        };
+        assert_eq!(
+            phase_lines(&wait(Some("4242")), quiet()),
+            ["waiting for another isc-transcode run (pid 4242) to finish with web\\nout"]
+        );
+        assert_eq!(
+            phase_lines(&wait(None), plain()),
+            ["waiting for another isc-transcode run to finish with web\\nout"]
+        );
+    }
+
+    #[test]
+    fn removed_temporary_files_are_counted_unless_there_are_none() {
+        assert_eq!(
+            phase_lines(&Event::StaleTemps(2), plain()),
+            ["removed 2 temporary file(s) left by an interrupted run"]
+        );
+        assert!(phase_lines(&Event::StaleTemps(0), plain()).is_empty());
+        assert!(phase_lines(&Event::StaleTemps(2), quiet()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_batch_is_known_from_its_plan_and_only_a_planned_batch_is_summed_up() {
+        let job = crate::job::JobSpec {
+            id: 1,
+            input: "in/b.mp4".into(),
+            output: "out/b.mp4".into(),
+            preset: std::sync::Arc::new(crate::preset::load("copy").expect("p")),
+            size: 10,
+            input_sha256: None,
+            index_reserve: None,
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for e in [
+            Event::Scanning,
+            scanned(0),
+            Event::StaleTemps(0),
+            Event::Planned {
+                total: 2,
+                names: HashMap::from([(0, "in/a.mp4".into()), (1, "in/b.mp4".into())]),
+                work: HashMap::from([(0, 10)]),
+            },
+            Event::Finished(JobResult::without_run(&job, Status::Skipped)),
+        ] {
+            tx.send(e).expect("send");
+        }
+        drop(tx);
+        let s = run(rx, quiet()).await;
+        assert_eq!((s.total, s.skipped, s.done, s.failed), (2, 1, 0, 0));
+        assert!(s.wall_seconds > 0.0, "timed from the plan");
+
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Event::Scanning).expect("send");
+        drop(tx);
+        let s = run(rx, quiet()).await;
+        assert_eq!(s.total, 0);
+        assert_eq!(s.wall_seconds, 0.0, "no plan, no end report");
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
             let recorder = Arc::new(StateRecorder::new(
                 store.clone(),
                 cfg.out.clone(),
-                crate::plan::replace_opts(&args.run),
+                crate::config::replace_opts(&args.run),
             ));
             // A stop after the grace period is a clean end; a second signal is an interruption.
             Daemon::new(cfg, backend, engine_host, recorder, shared)

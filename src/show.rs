@@ -1,0 +1,194 @@
+//! What the one-shot commands print: the preset list and a preset's detail, the state table of
+//! `status`, the lines of `hash`, the counts of `gc`, and the plan of `--dry-run`.
+//!
+//! [`crate::app`] works out what to show and this module only lays it out, so the command layer
+//! prints nothing itself and each output's format is in one place. A batch's own output (bars,
+//! per-file lines, the summary) is the reporter's, in [`crate::report`].
+
+use crate::preset::Preset;
+use crate::report::{escape, human_bytes};
+use crate::state::StatusReport;
+use serde::Serialize;
+use std::fmt::Display;
+use std::path::Path;
+
+/// The built-in presets, one a line, and how to see one or bring one's own.
+pub fn presets(list: &[Preset]) {
+    for p in list {
+        println!("{:<10} .{:<5} {}", p.name, p.extension, p.description);
+    }
+    println!("\nShow one: isc-transcode presets NAME. Use your own: --preset FILE.toml");
+}
+
+/// Everything about one preset, down to the ffmpeg command it runs.
+pub fn preset(p: &Preset) {
+    println!("name:        {}", p.name);
+    println!("source:      {}", p.source);
+    println!("description: {}", p.description);
+    println!("output:      .{} ({})", p.extension, p.format);
+    println!("transfer:    {:?}", p.transfer);
+    println!("fingerprint: {}", p.fingerprint());
+    println!("command:     {}", p.command_line());
+}
+
+/// `status` on an output folder that has no state store.
+pub fn no_state(out: &Path) {
+    println!("no state recorded in {}", out.display());
+}
+
+/// `status`: outputs and bytes by preset with a total row, then the last failures.
+pub fn status(store_path: &Path, st: &StatusReport) {
+    println!("state: {}", store_path.display());
+    println!(
+        "{:<12} {:>8} {:>11} {:>10} {:>10} {:>10}",
+        "preset", "outputs", "transcoded", "in", "out", "saved"
+    );
+    let (mut n, mut t, mut bin, mut bout) = (0, 0, 0, 0);
+    for (preset, count, transcoded, bytes_in, bytes_out) in &st.by_preset {
+        println!(
+            "{preset:<12} {count:>8} {transcoded:>11} {:>10} {:>10} {:>10}",
+            human_bytes(*bytes_in),
+            human_bytes(*bytes_out),
+            human_bytes(bytes_in.saturating_sub(*bytes_out))
+        );
+        (n, t, bin, bout) = (n + count, t + transcoded, bin + bytes_in, bout + bytes_out);
+    }
+    println!(
+        "{:<12} {n:>8} {t:>11} {:>10} {:>10} {:>10}",
+        "total",
+        human_bytes(bin),
+        human_bytes(bout),
+        human_bytes(bin.saturating_sub(bout))
+    );
+    if st.failures.is_empty() {
+        println!("\nno failures recorded");
+    } else {
+        println!("\nlast failures, newest first:");
+        for (input, preset, error, at) in &st.failures {
+            let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs((*at).max(0) as u64);
+            println!(
+                "  {} {input} ({preset}): {error}",
+                humantime::format_rfc3339_seconds(when)
+            );
+        }
+    }
+}
+
+/// One line of `hash`, as `sha256sum` writes it.
+pub fn hash(sha: &str, file: &Path) {
+    println!("{sha}  {}", file.display());
+}
+
+/// A file `hash` could not read.
+pub fn hash_failed(file: &Path, error: &dyn Display) {
+    eprintln!("error: cannot hash {}: {error}", file.display());
+}
+
+/// What `gc` removed from an engine; volumes only with `--all`.
+pub fn gc(host: &str, containers: usize, volumes: Option<usize>) {
+    println!("removed {containers} container(s) from {host}");
+    if let Some(v) = volumes {
+        println!("removed {v} library volume(s) from {host}");
+    }
+}
+
+/// One input of a dry run's plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub input: String,
+    /// `None` for an input that could not be planned.
+    pub output: Option<String>,
+    /// `run`, `copy`, `skip` or `fail`.
+    pub action: &'static str,
+    pub reason: String,
+}
+
+/// The plan of `--dry-run`: one JSON document with `--json`, else a line per input and a
+/// count of each action.
+pub fn plan(steps: &[Step], json: bool) {
+    if json {
+        #[derive(Serialize)]
+        struct Plan<'a> {
+            plan: &'a [Step],
+        }
+        match serde_json::to_string_pretty(&Plan { plan: steps }) {
+            Ok(t) => println!("{t}"),
+            Err(e) => eprintln!("error: cannot write the JSON plan: {e}"),
+        }
+    } else {
+        for s in steps {
+            println!("{}", plan_line(s));
+        }
+        println!("{}", plan_summary(steps));
+    }
+}
+
+fn plan_line(s: &Step) -> String {
+    match &s.output {
+        Some(o) => format!(
+            "{:<5} {} -> {}  ({})",
+            s.action,
+            escape(&s.input),
+            escape(o),
+            escape(&s.reason)
+        ),
+        None => format!(
+            "{:<5} {}  ({})",
+            s.action,
+            escape(&s.input),
+            escape(&s.reason)
+        ),
+    }
+}
+
+fn plan_summary(steps: &[Step]) -> String {
+    let count = |a: &str| steps.iter().filter(|s| s.action == a).count();
+    format!(
+        "plan: {} to run, {} to copy, {} to skip, {} unusable (dry run: nothing was done)",
+        count("run"),
+        count("copy"),
+        count("skip"),
+        count("fail")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(input: &str, output: Option<&str>, action: &'static str, reason: &str) -> Step {
+        Step {
+            input: input.into(),
+            output: output.map(Into::into),
+            action,
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn plan_lines_align_the_action_and_escape_names() {
+        assert_eq!(
+            plan_line(&step("in/a.mp4", Some("out/a.mp4"), "run", "new content")),
+            "run   in/a.mp4 -> out/a.mp4  (new content)"
+        );
+        assert_eq!(
+            plan_line(&step("in/x\n.mp4", None, "fail", "cannot read")),
+            "fail  in/x\\n.mp4  (cannot read)"
+        );
+    }
+
+    #[test]
+    fn the_plan_counts_each_action() {
+        let steps = [
+            step("a", Some("o/a"), "run", "new content"),
+            step("b", Some("o/b"), "copy", "same content as a"),
+            step("c", Some("o/c"), "skip", "done before"),
+            step("d", Some("o/d"), "skip", "done before"),
+            step("e", None, "fail", "gone"),
+        ];
+        assert_eq!(
+            plan_summary(&steps),
+            "plan: 1 to run, 1 to copy, 2 to skip, 1 unusable (dry run: nothing was done)"
+        );
+    }
+}

@@ -24,6 +24,13 @@ pub(crate) fn copy_job(
         Ok(r) => r,
         Err(e) => return JobResult::failed(job, &e.to_string()),
     };
+    // The copy holds the source's bytes: claimed before it is in place, as a transcode is.
+    if let Err(e) = store.claim(&plan::relative(out, &job.output), &source.output_sha256) {
+        return JobResult::failed(
+            job,
+            &format!("cannot note the copy in the state store: {e}"),
+        );
+    }
     if let Err(e) = plan::copy_output(from, &job.output, out, replace) {
         let _ = store.record_failure(
             &job.input.display().to_string(),

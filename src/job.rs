@@ -539,6 +539,15 @@ pub trait Recorder: Send + Sync + 'static {
 
     fn failed(&self, job: &JobSpec, error: &str);
 
+    /// The job's checked output, holding bytes with this sha256, is about to be renamed into
+    /// place: note it, so that a kill between the rename and [`Recorder::done`] does not leave
+    /// a file the next run must treat as someone else's. An error stops the job before the
+    /// rename.
+    fn claim(&self, job: &JobSpec, output_sha256: &str) -> Result<(), String> {
+        let _ = (job, output_sha256);
+        Ok(())
+    }
+
     /// What may stand at the job's output path for its output to replace it.
     fn replace(&self, job: &JobSpec) -> Replace;
 }

@@ -254,8 +254,17 @@ pub fn replaceable(
     if opts.overwrite {
         return Ok(Replace::Anything);
     }
-    Ok(match store.output_at(&relative(out_dir, output))? {
+    let rel = relative(out_dir, output);
+    Ok(match store.output_at(&rel)? {
         Some(_) => Replace::Ours,
+        // Put in place by a run killed before it could record it: this tool's own, as long as
+        // it still holds exactly the bytes that run claimed. Any other file stays untouchable.
+        None if store
+            .claim_at(&rel)?
+            .is_some_and(|sha| hash::file(output, |_| {}).is_ok_and(|h| h == sha)) =>
+        {
+            Replace::Ours
+        }
         None if opts.adopt => Replace::Identical,
         None => Replace::Nothing,
     })
@@ -771,5 +780,59 @@ mod tests {
         );
         assert!(!out.join("c.mp4").exists());
         assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn an_output_a_killed_run_put_in_place_but_never_recorded_is_ours_only_with_its_bytes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).expect("mkdir");
+        let store = Store::open(&out, false).expect("store");
+        let opts = PlanOptions::default();
+        let made = out.join("made.mp4");
+        std::fs::write(&made, b"the output bytes").expect("write");
+        let sha = hash::file(&made, |_| {}).expect("hash");
+        // No record, no claim: someone else's file.
+        assert_eq!(
+            replaceable(&store, &out, &made, opts).expect("q"),
+            Replace::Nothing
+        );
+        store.claim(Path::new("made.mp4"), &sha).expect("claim");
+        assert_eq!(
+            replaceable(&store, &out, &made, opts).expect("q"),
+            Replace::Ours
+        );
+        // The user put other bytes there since: theirs again.
+        std::fs::write(&made, b"the user's own file").expect("write");
+        assert_eq!(
+            replaceable(&store, &out, &made, opts).expect("q"),
+            Replace::Nothing
+        );
+        // Recording an output at that path ends its claim.
+        std::fs::write(&made, b"the output bytes").expect("write");
+        store
+            .record(&crate::state::OutputRecord {
+                output_path: "made.mp4".into(),
+                key: "k".into(),
+                input_path: dir.path().join("in.mp4"),
+                input_sha256: "i".into(),
+                input_size: 1,
+                output_size: 16,
+                output_sha256: sha.clone(),
+                preset_name: "copy".into(),
+                preset_fingerprint: "f".into(),
+                image: None,
+                image_id: None,
+                ffmpeg_version: None,
+                host: "local".into(),
+                seconds: 0.0,
+                transcoded: true,
+            })
+            .expect("record");
+        assert_eq!(store.claim_at(Path::new("made.mp4")).expect("q"), None);
+        assert_eq!(
+            replaceable(&store, &out, &made, opts).expect("q"),
+            Replace::Ours
+        );
     }
 }

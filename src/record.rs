@@ -109,6 +109,12 @@ impl Recorder for StateRecorder {
         Ok(key)
     }
 
+    fn claim(&self, job: &JobSpec, output_sha256: &str) -> Result<(), String> {
+        self.store
+            .claim(&plan::relative(&self.out, &job.output), output_sha256)
+            .map_err(|e| e.to_string())
+    }
+
     fn failed(&self, job: &JobSpec, error: &str) {
         let _ =
             self.store

@@ -493,7 +493,8 @@ pub(crate) async fn run_one<B: Backend + ?Sized>(
         input_stat,
     } = job;
     let replace = recorder.replace(&job);
-    let work = produce(backend, &job, &input_stat, replace, out_root, ctx);
+    let claim = |sha: &str| recorder.claim(&job, sha);
+    let work = produce(backend, &job, &input_stat, replace, &claim, out_root, ctx);
     tokio::pin!(work);
     let mut stalled = None;
     let outcome = loop {
@@ -576,6 +577,7 @@ async fn produce<B: Backend + ?Sized>(
     job: &JobSpec,
     input_stat: &FileStat,
     replace: Replace,
+    claim: &(dyn Fn(&str) -> Result<(), String> + Sync),
     out_root: &Path,
     ctx: &JobCtx,
 ) -> Result<Produced, JobError> {
@@ -664,6 +666,13 @@ async fn produce<B: Backend + ?Sized>(
     if file_stat(&job.input).as_ref() != Some(input_stat) {
         return Err(changed("while it was transcoded"));
     }
+    // Claimed first: a kill between the rename and the record leaves a file the next run
+    // knows as this tool's own ([`Recorder::claim`]).
+    claim(&produced.output_sha256).map_err(|e| {
+        JobError::Output(std::io::Error::other(format!(
+            "cannot note the output in the state store: {e}"
+        )))
+    })?;
     dir.publish(temp, &result, &name, replace)
         .map_err(|e| JobError::Output(e.into()))?;
     Ok(produced)
@@ -836,9 +845,17 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let ctx = JobCtx::new(tx, CancellationToken::new(), false);
         let stat = file_stat(&input).expect("stat");
-        let produced = produce(&local, &job, &stat, Replace::Nothing, dir.path(), &ctx)
-            .await
-            .expect("made the usual way");
+        let produced = produce(
+            &local,
+            &job,
+            &stat,
+            Replace::Nothing,
+            &|_| Ok(()),
+            dir.path(),
+            &ctx,
+        )
+        .await
+        .expect("made the usual way");
         assert_eq!(
             produced.bytes_out,
             std::fs::metadata(&job.output).expect("out").len()

@@ -98,6 +98,17 @@ const MIGRATIONS: &[&str] = &[
     UPDATE outputs SET output_path = CAST(output_path AS BLOB), input_path = CAST(input_path AS BLOB);
     UPDATE watch_queue SET input_path = CAST(input_path AS BLOB);
     ",
+    // 4: claims: an output about to be renamed into place, by the bytes it holds. A run killed
+    // between the rename and the record leaves a file no record names; its claim tells the next
+    // run that the file is this tool's own (if it still holds exactly those bytes), so it is
+    // made again rather than refused as someone else's. Recording the output removes the claim.
+    "
+    CREATE TABLE claims (
+        output_path   BLOB PRIMARY KEY,
+        output_sha256 TEXT NOT NULL,
+        claimed_at    INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// A path as the bytes the filesystem holds: how the store keeps and compares every path.
@@ -423,10 +434,15 @@ impl Store {
         })
     }
 
-    /// Record an output (replacing any earlier record of the same path).
+    /// Record an output (replacing any earlier record of the same path); its claim goes.
     pub fn record(&self, rec: &OutputRecord) -> Result<(), StateError> {
         self.with(|c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM claims WHERE output_path=?1",
+                params![path_bytes(&rec.output_path)],
+            )?;
+            tx.execute(
                 "INSERT OR REPLACE INTO outputs(output_path, key, input_path, input_sha256, input_size,
                     output_size, output_sha256, preset_name, preset_fingerprint, image, image_id,
                     ffmpeg_version, host, seconds, recorded_at, transcoded)
@@ -449,8 +465,33 @@ impl Store {
                     now(),
                     i64::from(rec.transcoded),
                 ],
+            )?;
+            tx.commit()
+        })
+    }
+
+    /// Claim the output path (relative to the output folder) for an output holding bytes with
+    /// this sha256, before it is renamed into place ([`Store::claim_at`]).
+    pub fn claim(&self, output_path: &Path, output_sha256: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO claims(output_path, output_sha256, claimed_at) VALUES (?1,?2,?3)",
+                params![path_bytes(output_path), output_sha256, now()],
             )
             .map(|_| ())
+        })
+    }
+
+    /// The sha256 of the output last claimed at this path and not recorded since: what a run
+    /// killed between putting an output in place and recording it left there.
+    pub fn claim_at(&self, output_path: &Path) -> Result<Option<String>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT output_sha256 FROM claims WHERE output_path=?1",
+                params![path_bytes(output_path)],
+                |r| r.get(0),
+            )
+            .optional()
         })
     }
 

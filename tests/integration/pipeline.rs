@@ -895,6 +895,31 @@ fn mount_policy_big_inputs_and_lone_jobs_mount_the_rest_stream() {
     );
     assert!(temp_entries(&out1).is_empty());
 
+    // An output folder named relatively (`-o out2`, `./in/s1.mp4`) mounts too: the engine sees
+    // absolute paths only.
+    let o = run(bin()
+        .current_dir(tmp.path())
+        .arg(Path::new("in").join("s1.mp4"))
+        .args([
+            "-o",
+            "out2",
+            "--backend",
+            "docker",
+            "-p",
+            "h264",
+            "--transfer",
+            "mount",
+        ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let done = lines_starting(&o, "done");
+    assert!(done[0].ends_with("(mount)"), "{done:?}");
+    assert!(
+        !stderr(&o).contains("streaming them instead"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(temp_entries(&tmp.path().join("out2")).is_empty());
+
     // As root, a file nobody else may read is streamed instead: the worker runs as nobody.
     if rustix::process::geteuid().is_root() {
         use std::os::unix::fs::PermissionsExt;

@@ -99,6 +99,11 @@ impl DockerBackend {
         let token =
             prepared.map_err(|e| format!("cannot prepare {}: {e}", folder.path().display()))?;
         let token = format!("{token}/{identity}");
+        // The engine takes only absolute mount sources; `-o out` names the folder relatively.
+        let folder_path = folder
+            .path()
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", folder.path().display()))?;
         let dir_fd = folder.fd();
         let in_ext = input_ext(&job.input);
         let mounts = vec![
@@ -111,7 +116,7 @@ impl DockerBackend {
             },
             Mount {
                 target: Some("/out".to_string()),
-                source: Some(folder.path().to_string_lossy().into_owned()),
+                source: Some(folder_path.to_string_lossy().into_owned()),
                 typ: Some(MountType::BIND),
                 read_only: Some(false),
                 ..Default::default()

@@ -162,7 +162,7 @@ pub struct RunArgs {
     pub preset: String,
 
     /// Output folder. A file found under an input folder D goes to
-    /// OUT/<path relative to D>/<stem>.<ext>; a file named directly goes to OUT/<stem>.<ext>.
+    /// `OUT/<path relative to D>/<stem>.<ext>`; a file named directly goes to `OUT/<stem>.<ext>`.
     /// The output folder is never scanned for inputs. Example: `-o /srv/media/web`
     #[arg(short, long, value_name = "DIR", default_value = "out")]
     pub out: PathBuf,

@@ -12,7 +12,7 @@
 //! | 0 | every file is done ([`BatchEnd::Success`]) |
 //! | 1 | at least one file failed or could not be planned; the others are done ([`BatchEnd::SomeFailed`]) |
 //! | 2 | usage or configuration error ([`AppError`]): nothing was transcoded |
-//! | 3 | another run holds the output folder and `--no-wait` was given ([`crate::state::StateError::Busy`]) |
+//! | 3 | another run holds the output folder and `--no-wait` was given ([`crate::place::LockError::Busy`]) |
 //! | 4 | `--max-runtime` passed with files not started, none failed ([`BatchEnd::OutOfTime`]) |
 //! | 130 | interrupted by SIGINT or SIGTERM ([`BatchEnd::Interrupted`]) |
 //!

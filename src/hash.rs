@@ -104,7 +104,7 @@ pub fn file_stable(
 }
 
 /// Hash a file already open, from its first byte, with positional reads: the descriptor's
-/// offset, which it may share with another process, is left alone. `progress` as for [`file`].
+/// offset, which it may share with another process, is left alone. `progress` as for [`fn@file`].
 pub fn open_file(f: &std::fs::File, mut progress: impl FnMut(u64)) -> std::io::Result<String> {
     use std::os::unix::fs::FileExt;
     let mut buf = Block::new(BLOCK);

@@ -50,6 +50,11 @@
 //!
 //! `fuzzing` lets the fuzz targets in `fuzz/` reach the crate's private parsers.
 
+// The module docs are written for the people who work on the crate and read them with
+// `cargo doc --document-private-items`: a public item may point at the private one that does
+// the work.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod app;
 pub mod backoff;
 pub mod cli;

@@ -197,7 +197,7 @@ pub enum Readback {
     AskFfprobe(String),
 }
 
-/// [`for_check`] of a file already open.
+/// Read back the output in `file`, already open, as far as the preset's check needs.
 pub fn for_check_file(preset: &Preset, input: &InputInfo, file: &File) -> Readback {
     if !preset.is_mp4_family() {
         return Readback::AskFfprobe(format!("{} is not an MP4-family output", preset.format));

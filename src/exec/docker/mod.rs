@@ -259,7 +259,7 @@ impl Engine {
     /// the `/vX.Y` prefix), so the engine answers at its own API version whatever the client
     /// would ask for, and negotiating changed nothing on the wire. It cost a `/version` call per
     /// run, for which dockerd runs `runc --version` and `docker-init --version`: about 8 ms here.
-    /// [`tests::requests_carry_no_api_version`] pins that behaviour, and every integration test
+    /// The unit test `requests_carry_no_api_version` pins that behaviour, and every integration test
     /// runs against an engine older (API 1.41) than bollard's default (1.53).
     pub async fn connect(host: &str, insecure: bool) -> Result<Engine, EngineError> {
         let endpoint = transport::endpoint(host, &TlsEnv::from_env(), insecure)?;

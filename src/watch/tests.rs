@@ -58,7 +58,14 @@ impl Folders {
     }
 
     fn add(&self, name: &str) -> PathBuf {
-        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/faststart.mp4");
+        self.put(name, "faststart.mp4")
+    }
+
+    /// Write the repository's `samples/<sample>` at the input `name`, over what is there.
+    fn put(&self, name: &str, sample: &str) -> PathBuf {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("samples")
+            .join(sample);
         let path = self.input(name);
         std::fs::copy(sample, &path).expect("copy sample");
         path
@@ -82,12 +89,19 @@ struct Rig {
 }
 
 /// Start the daemon on `folders` with `isc-transcode watch in -o out -p copy --settle 1` and
-/// `flags`.
+/// `flags`. Its log goes to the test's output, at the level `RUST_LOG` asks for.
 fn start(folders: Folders, backend: FakeBackend, flags: &[&str]) -> Rig {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let (input, out) = (folders.dir.path().join("in"), folders.out());
     let mut argv: Vec<&str> = vec!["isc-transcode", "watch"];
     argv.extend([input.to_str().expect("utf-8"), "-o"]);
-    argv.extend([out.to_str().expect("utf-8"), "-p", "copy", "--settle", "1"]);
+    argv.extend([out.to_str().expect("utf-8"), "-p", "copy"]);
+    if !flags.contains(&"--settle") {
+        argv.extend(["--settle", "1"]);
+    }
     argv.extend(flags);
     let Some(Command::Watch(args)) = Cli::try_parse_from(argv).expect("parse").command else {
         panic!("not the watch command");
@@ -435,4 +449,133 @@ async fn a_stop_while_the_engine_is_down_ends_at_once_and_keeps_the_file_queued(
     let rows = rig.store.queue_all().expect("queue");
     assert_eq!(rows.len(), 1, "it stays queued for the next start");
     assert_eq!(rows[0].state, QueueState::Queued);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_input_that_changes_during_its_job_is_cancelled_and_taken_again() {
+    let folders = Folders::new(&["a.mp4"]);
+    let backend = FakeBackend::new();
+    backend.script(folders.input("a.mp4"), vec![Script::Busy]);
+    let rig = start(folders, backend, &[]);
+    until("the job started", S(30), || rig.starts() == 1).await;
+    let a = rig.folders.put("a.mp4", "no-audio.mp4");
+    let size = std::fs::metadata(&a).expect("a").len();
+    rig.changes.send(Change::Written(a)).expect("send");
+
+    until("a.mp4 recorded", S(30), || rig.recorded("a.mp4").is_some()).await;
+    rig.backend.seen(|s| {
+        assert_eq!(s.cancelled, [0], "{s:?}");
+        assert_eq!(s.started, [0, 1], "{s:?}");
+    });
+    let rec = rig
+        .store
+        .output_at(Path::new("a.mp4"))
+        .expect("store")
+        .expect("record");
+    assert_eq!(rec.input_size, size, "made from the new content");
+    assert_eq!(rig.jobs("failed"), 0.0, "a changed input is not a failure");
+    assert!(rig.store.queue_all().expect("queue").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_input_removed_during_its_job_is_cancelled_and_forgotten() {
+    let folders = Folders::new(&["a.mp4"]);
+    let backend = FakeBackend::new();
+    backend.script(folders.input("a.mp4"), vec![Script::Busy]);
+    let rig = start(folders, backend, &[]);
+    until("the job started", S(30), || rig.starts() == 1).await;
+    let a = rig.folders.input("a.mp4");
+    std::fs::remove_file(&a).expect("remove");
+    rig.changes.send(Change::Removed(a)).expect("send");
+
+    until("the job cancelled", S(30), || {
+        rig.backend.seen(|s| s.cancelled.len()) == 1
+    })
+    .await;
+    tokio::time::sleep(S(600)).await;
+    assert_eq!(rig.starts(), 1);
+    assert_eq!(rig.recorded("a.mp4"), None);
+    assert!(rig.store.queue_all().expect("queue").is_empty());
+    assert_eq!(rig.metric("isc_transcode_queue_depth"), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_stopped_half_way_runs_after_a_restart_without_settling_again() {
+    let folders = Folders::new(&["a.mp4"]);
+    let backend = FakeBackend::new();
+    backend.script(folders.input("a.mp4"), vec![Script::Busy]);
+    let mut rig = start(folders, backend, &["--grace", "0s"]);
+    until("the job started", S(30), || rig.starts() == 1).await;
+    rig.stops.send(()).await.expect("stop");
+    assert_eq!(rig.end(S(10)).await, BatchEnd::Success);
+    assert_eq!(rig.backend.seen(|s| s.cancelled.clone()), [0]);
+    let Rig { folders, .. } = rig;
+
+    let rig = start(folders, FakeBackend::new(), &["--settle", "60"]);
+    let t0 = Instant::now();
+    let done = until("a.mp4 recorded", S(30), || rig.recorded("a.mp4").is_some()).await;
+    assert!(
+        done - t0 < S(60),
+        "the restart took it again from the queue, not the scan"
+    );
+    assert_eq!(rig.starts(), 1);
+    assert!(rig.store.queue_all().expect("queue").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_that_failed_for_good_stays_failed_across_a_restart_until_it_changes() {
+    let folders = Folders::new(&["a.mp4"]);
+    let backend = FakeBackend::new();
+    backend.script(
+        folders.input("a.mp4"),
+        vec![Script::Fail(Duration::ZERO, ffmpeg_failed)],
+    );
+    let mut rig = start(folders, backend, &["--retries", "0"]);
+    until("the job failed", S(30), || rig.jobs("failed") == 1.0).await;
+    rig.stops.send(()).await.expect("stop");
+    assert_eq!(rig.end(S(10)).await, BatchEnd::Success);
+    let Rig { folders, .. } = rig;
+
+    let rig = start(folders, FakeBackend::new(), &["--retries", "0"]);
+    tokio::time::sleep(S(600)).await;
+    assert_eq!(rig.starts(), 0, "not tried again");
+    let rows = rig.store.queue_all().expect("queue");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].state, QueueState::Failed);
+
+    let a = rig.folders.put("a.mp4", "no-audio.mp4");
+    rig.changes.send(Change::Written(a)).expect("send");
+    until("a.mp4 recorded", S(30), || rig.recorded("a.mp4").is_some()).await;
+    assert_eq!(rig.starts(), 1);
+    assert!(rig.store.queue_all().expect("queue").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_stop_while_a_cancelled_job_cleans_up_leaves_at_once() {
+    let folders = Folders::new(&["a.mp4"]);
+    let backend = FakeBackend::new();
+    backend.script(folders.input("a.mp4"), vec![Script::SlowToStop(S(300))]);
+    let mut rig = start(folders, backend, &["--grace", "2s"]);
+    until("the job started", S(30), || rig.starts() == 1).await;
+    rig.stops.send(()).await.expect("stop");
+    until("the job asked to stop", S(10), || {
+        rig.backend.seen(|s| s.asked_to_stop.len()) == 1
+    })
+    .await;
+    tokio::time::sleep(S(10)).await;
+    assert!(
+        !rig.daemon.is_finished(),
+        "it waits for the job to clean up"
+    );
+    rig.stops.send(()).await.expect("stop again");
+    let t0 = Instant::now();
+
+    assert_eq!(rig.end(S(60)).await, BatchEnd::Interrupted);
+    assert!(t0.elapsed() < S(1), "{:?}", t0.elapsed());
+    rig.backend.seen(|s| {
+        assert_eq!(s.asked_to_stop, [0], "{s:?}");
+        assert!(s.cancelled.is_empty(), "abandoned before it ended: {s:?}");
+        assert_eq!((s.finish_calls, s.abandon_calls), (0, 1), "{s:?}");
+    });
+    assert_eq!(rig.store.queue_all().expect("queue").len(), 1);
 }

@@ -1,5 +1,6 @@
 //! The daemon's state machine on the fake backend, in tokio's paused time: settling, the plan's
-//! run-or-copy, retries with growing pauses, an engine that goes away and comes back, and the
+//! run-or-copy, retries with growing pauses, an engine that goes away and comes back, inputs
+//! that change or vanish under their job, what a restart finds in the persisted queue, and the
 //! two-step stop. No Docker and no real signals: stop requests come on a channel, filesystem
 //! changes are sent by the test, and the folders are real temporary ones holding a small MP4.
 //!

@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How one attempt at a job goes.
@@ -56,6 +56,8 @@ pub(crate) struct Seen {
     pub asked_to_stop: Vec<usize>,
     pub finish_calls: usize,
     pub abandon_calls: usize,
+    /// When [`Backend::health`] was asked, on tokio's clock, answered or not.
+    pub health_checks: Vec<tokio::time::Instant>,
 }
 
 /// A [`Backend`] that follows scripts instead of running ffmpeg.
@@ -65,6 +67,8 @@ pub(crate) struct FakeBackend {
     seen: Mutex<Seen>,
     running: AtomicUsize,
     most_running: AtomicUsize,
+    /// The engine does not answer: [`Backend::health`] fails.
+    down: AtomicBool,
     /// The job time limit, as the real backends apply it ([`super::within_timeout`]).
     timeout: Option<JobTimeout>,
 }
@@ -87,6 +91,11 @@ impl FakeBackend {
         if let Ok(mut s) = self.scripts.lock() {
             s.insert(input.into(), scripts.into());
         }
+    }
+
+    /// From now on the engine answers [`Backend::health`] (`false`) or does not (`true`).
+    pub(crate) fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     /// The most attempts that ran at the same time.
@@ -189,6 +198,16 @@ async fn work(job: &JobSpec, ctx: &JobCtx, d: Option<Duration>) {
     }
 }
 
+/// What the engine client says when nothing listens on the engine's address: for a
+/// [`Script::Fail`] as a job fails when the engine goes away, and for a health check while it
+/// is down.
+pub(crate) fn engine_gone() -> EngineFault {
+    EngineFault {
+        status: None,
+        message: "error trying to connect: Connection refused (os error 111)".into(),
+    }
+}
+
 /// The input's `bytes` as the output, described by the library's MP4 reader.
 fn produce(bytes: &[u8], out: &Temp) -> Result<Produced, JobError> {
     let (probe, _) = crate::readback::read_mp4_bytes(bytes);
@@ -233,7 +252,13 @@ impl Backend for FakeBackend {
     }
 
     fn health(&self) -> BoxFuture<'_, Result<(), EngineFault>> {
-        Box::pin(async { Ok(()) })
+        Box::pin(async {
+            self.note(|s| s.health_checks.push(tokio::time::Instant::now()));
+            if self.down.load(Ordering::SeqCst) {
+                return Err(engine_gone());
+            }
+            Ok(())
+        })
     }
 
     fn run<'a>(

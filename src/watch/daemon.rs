@@ -33,18 +33,31 @@ const PROBE_MIN: Duration = Duration::from_secs(1);
 /// ... to this.
 const PROBE_MAX: Duration = Duration::from_secs(60);
 
-/// SIGINT and SIGTERM, as one stream.
-pub(super) struct Signals {
-    int: Option<Signal>,
-    term: Option<Signal>,
+/// SIGINT and SIGTERM, as one stream; in unit tests, stop requests sent on a channel.
+pub(super) struct Signals(Source);
+
+enum Source {
+    Os {
+        int: Option<Signal>,
+        term: Option<Signal>,
+    },
+    #[cfg(test)]
+    Channel(tokio::sync::mpsc::Receiver<()>),
 }
 
 impl Signals {
     pub(super) fn new() -> Signals {
-        Signals {
+        Signals(Source::Os {
             int: signal(SignalKind::interrupt()).ok(),
             term: signal(SignalKind::terminate()).ok(),
-        }
+        })
+    }
+
+    /// One signal for each message sent on the other end of `rx`; none once every sender is
+    /// gone.
+    #[cfg(test)]
+    pub(super) fn from_channel(rx: tokio::sync::mpsc::Receiver<()>) -> Signals {
+        Signals(Source::Channel(rx))
     }
 
     pub(super) async fn recv(&mut self) {
@@ -56,9 +69,17 @@ impl Signals {
                 None => std::future::pending().await,
             }
         }
-        tokio::select! {
-            () = one(&mut self.int) => {}
-            () = one(&mut self.term) => {}
+        match &mut self.0 {
+            Source::Os { int, term } => tokio::select! {
+                () = one(int) => {}
+                () = one(term) => {}
+            },
+            #[cfg(test)]
+            Source::Channel(rx) => {
+                if rx.recv().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
 }
@@ -210,7 +231,7 @@ impl Daemon {
             parallel: backend.capacity().max(1),
             base_ctx,
             next_id: 0,
-            next_rescan: Instant::now() + cfg.rescan,
+            next_rescan: now() + cfg.rescan,
             stopping: None,
             grace_over: false,
             env,
@@ -236,7 +257,7 @@ impl Daemon {
         self.restore();
         self.start_scan(self.cfg.roots.clone(), true);
         loop {
-            let now = Instant::now();
+            let now = now();
             self.queue.promote(now);
             self.dispatch();
             self.shared
@@ -300,7 +321,7 @@ impl Daemon {
     }
 
     fn on_timers(&mut self) {
-        let now = Instant::now();
+        let now = now();
         if let Some(deadline) = self.stopping {
             if !self.grace_over && now >= deadline {
                 self.grace_over = true;
@@ -516,10 +537,7 @@ impl Daemon {
             self.queue.remove(&c.path);
             self.queue.unpersist(&c.path);
         }
-        if let Verdict::Settled(st) =
-            self.settler
-                .observe(&c.path, Some(st), written, Instant::now())
-        {
+        if let Verdict::Settled(st) = self.settler.observe(&c.path, Some(st), written, now()) {
             self.settled(&c.path, st);
         }
     }
@@ -673,7 +691,7 @@ impl Daemon {
                         retry_in_s = wait.as_secs(),
                         "failed; will retry"
                     );
-                    self.queue.retry_at(acc, Instant::now() + wait, &error);
+                    self.queue.retry_at(acc, now() + wait, &error);
                 }
             }
             End::EngineDown(error) => {
@@ -731,7 +749,7 @@ impl Daemon {
         }
         self.engine.up = false;
         self.engine.failed_probes = 0;
-        self.engine.probe_at = Some(Instant::now() + PROBE_MIN);
+        self.engine.probe_at = Some(now() + PROBE_MIN);
         self.shared.engine_up.store(false, Ordering::Relaxed);
         if let Some(host) = &self.env.engine_host {
             self.shared.metrics.set_engine_up(host, false);
@@ -753,7 +771,7 @@ impl Daemon {
         } else {
             self.engine.failed_probes = self.engine.failed_probes.saturating_add(1);
             let backoff = crate::backoff::doubling(PROBE_MIN, PROBE_MAX, self.engine.failed_probes);
-            self.engine.probe_at = Some(Instant::now() + backoff);
+            self.engine.probe_at = Some(now() + backoff);
             debug!(
                 retry_in_s = backoff.as_secs(),
                 "the engine still does not answer"
@@ -762,7 +780,7 @@ impl Daemon {
     }
 
     fn begin_stop(&mut self) {
-        self.stopping = Some(Instant::now() + self.cfg.grace);
+        self.stopping = Some(now() + self.cfg.grace);
         info!(
             running = self.running.len(),
             grace_s = self.cfg.grace.as_secs_f64(),
@@ -787,6 +805,12 @@ impl Daemon {
         while self.tasks.join_next().await.is_some() {}
         // `abandon` removed every container the backend had, idle workers included.
     }
+}
+
+/// Now, on tokio's clock: the one its timers follow, which unit tests pause and advance. It is
+/// the system's monotonic clock when time is not paused.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 async fn sleep_until(at: Option<Instant>) {

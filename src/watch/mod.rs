@@ -41,6 +41,8 @@ pub mod on_success;
 pub mod queue;
 pub mod settle;
 mod task;
+#[cfg(test)]
+mod tests;
 
 use crate::cli::{BackendChoice, LogFormat, OnSuccess, WatchArgs};
 use crate::config::EngineConfig;

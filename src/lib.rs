@@ -27,8 +27,9 @@
 //! 6. [`ffmpeg`] reads ffmpeg's stderr (input facts, progress, errors) and ffprobe's JSON;
 //!    [`readback`] reads MP4 outputs back here from their index; [`verify`] decides whether an
 //!    output is good enough to count.
-//! 7. [`report`] owns the terminal: bars in a terminal, plain lines elsewhere, for the whole
-//!    batch from the scan on. [`show`] lays out what the one-shot commands print (presets,
+//! 7. [`report`] is the one reporter, with three outputs: bars in a terminal, plain lines or a
+//!    JSON document elsewhere, for the whole batch from the scan on; and, for the daemon
+//!    ([`report::daemon`]), log records and metrics. [`show`] lays out what the one-shot commands print (presets,
 //!    status, hashes, gc, the dry-run plan).
 //!
 //! Shared by the batch command and the daemon: [`exec::connect`] makes a backend ready from an

@@ -33,6 +33,8 @@
 //! that may carry such a name or other bytes the tool did not write: error texts, notes,
 //! ffmpeg's own lines. The JSON report keeps the real name: serde escapes it.
 
+pub mod daemon;
+
 use crate::ffmpeg::Progress;
 use crate::job::{JobEvent, JobResult, Status};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};

@@ -12,15 +12,16 @@ use super::task::{self, End, Finished, JobEnv, already_done};
 use crate::config::EngineConfig;
 use crate::exec::connect::ConnectError;
 use crate::exec::{Backend, JobCtx};
-use crate::metrics::{JobOutcome, Metrics};
+use crate::metrics::Metrics;
 use crate::report::Event;
+use crate::report::daemon::{AfterFailure, DaemonReport};
 use crate::schedule::Recorder;
 use crate::schedule::{BatchEnd, file_stat};
 use crate::state::{FileStat, QueueState, Store};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -91,8 +92,7 @@ pub(super) async fn wait_for_engine(
     engine: &EngineConfig,
     say: &(dyn Fn(String) + Send + Sync),
     signals: &mut Signals,
-    metrics: &Metrics,
-    up: &AtomicBool,
+    report: &DaemonReport,
 ) -> Result<Option<Arc<dyn Backend>>, ConnectError> {
     let mut failures = 0;
     loop {
@@ -103,14 +103,10 @@ pub(super) async fn wait_for_engine(
         };
         match attempt {
             Ok(backend) => {
-                up.store(true, Ordering::Relaxed);
+                report.engine_up(false);
                 return Ok(Some(backend));
             }
-            Err(e) if e.is_unreachable() => {
-                up.store(false, Ordering::Relaxed);
-                metrics.set_engine_up(&engine.host, false);
-                warn!(error = %e, retry_in_s = backoff.as_secs(), "the Docker engine does not answer; retrying");
-            }
+            Err(e) if e.is_unreachable() => report.engine_unreachable(&e.to_string(), backoff),
             Err(e) => return Err(e),
         }
         tokio::select! {
@@ -166,6 +162,8 @@ pub(super) struct Daemon {
     env: Arc<JobEnv>,
     cfg: Arc<Config>,
     shared: Shared,
+    /// The daemon's log and metrics.
+    report: DaemonReport,
     settler: Settler,
     queue: Queue,
     /// Files done (or done before), by the identity they had.
@@ -200,7 +198,7 @@ impl Daemon {
     ) -> Daemon {
         let cfg = Arc::new(cfg);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-        tokio::spawn(drain_job_events(rx));
+        tokio::spawn(crate::report::daemon::job_events(rx));
         let base_ctx = JobCtx::new(tx, CancellationToken::new(), cfg.echo_ffmpeg);
         let env = Arc::new(JobEnv {
             cfg: cfg.clone(),
@@ -234,6 +232,11 @@ impl Daemon {
             next_rescan: now() + cfg.rescan,
             stopping: None,
             grace_over: false,
+            report: DaemonReport::new(
+                shared.metrics.clone(),
+                shared.engine_up.clone(),
+                env.engine_host.clone(),
+            ),
             env,
             cfg,
             shared,
@@ -260,10 +263,7 @@ impl Daemon {
             let now = now();
             self.queue.promote(now);
             self.dispatch();
-            self.shared
-                .metrics
-                .set_queue_depth(self.queue.depth() as u64);
-            self.shared.metrics.set_running(self.running.len() as u64);
+            self.report.load(self.queue.depth(), self.running.len());
             if self.stopping.is_some() && self.tasks.is_empty() {
                 break;
             }
@@ -634,11 +634,9 @@ impl Daemon {
         };
         let path = f.acc.file.path.clone();
         let stale = self.running.remove(&path).and_then(|r| r.stale);
-        let metrics = &self.shared.metrics;
         match f.end {
             End::Skipped { why, after } => {
-                metrics.job_finished(JobOutcome::Skipped, 0, 0, 0.0);
-                info!(path = %path.display(), why = %why, after = after.as_deref(), "skipped: done before");
+                self.report.skipped(&path, &why, after.as_deref());
                 self.finished_ok(&f.acc, stale);
             }
             End::Done {
@@ -646,51 +644,33 @@ impl Daemon {
                 transcoded,
                 after,
             } => {
-                metrics.job_finished(
-                    JobOutcome::Done,
-                    result.bytes_in,
-                    result.bytes_out,
-                    result.seconds,
-                );
-                info!(
-                    path = %path.display(),
-                    output = %result.output.display(),
-                    seconds = result.seconds,
-                    bytes_in = result.bytes_in,
-                    bytes_out = result.bytes_out,
-                    how = if transcoded { "transcoded" } else { "copied" },
-                    after = after.as_deref(),
-                    "job done"
-                );
+                self.report
+                    .done(&path, &result, transcoded, after.as_deref());
                 self.finished_ok(&f.acc, stale);
             }
             End::Failed { error, seconds } => {
-                metrics.job_finished(JobOutcome::Failed, 0, 0, seconds);
                 if stale.is_some() {
-                    info!(path = %path.display(), error = %error, "failed after its input changed; not counted");
+                    self.report
+                        .failed(&path, &error, seconds, AfterFailure::InputChanged);
                     self.after_stale(&path, stale);
                     return;
                 }
                 let mut acc = f.acc;
                 acc.attempts += 1;
                 if acc.attempts > self.cfg.retries {
-                    error!(
-                        path = %path.display(),
-                        error = %error,
-                        attempts = acc.attempts,
-                        "failed every attempt; left alone until the file changes"
-                    );
+                    let then = AfterFailure::GaveUp {
+                        attempts: acc.attempts,
+                    };
+                    self.report.failed(&path, &error, seconds, then);
                     self.queue.fail(&acc, &error);
                     self.failed.insert(path, acc.stat);
                 } else {
                     let wait = queue::backoff(acc.attempts);
-                    warn!(
-                        path = %path.display(),
-                        error = %error,
-                        attempt = acc.attempts,
-                        retry_in_s = wait.as_secs(),
-                        "failed; will retry"
-                    );
+                    let then = AfterFailure::Retry {
+                        attempt: acc.attempts,
+                        wait,
+                    };
+                    self.report.failed(&path, &error, seconds, then);
                     self.queue.retry_at(acc, now() + wait, &error);
                 }
             }
@@ -750,24 +730,14 @@ impl Daemon {
         self.engine.up = false;
         self.engine.failed_probes = 0;
         self.engine.probe_at = Some(now() + PROBE_MIN);
-        self.shared.engine_up.store(false, Ordering::Relaxed);
-        if let Some(host) = &self.env.engine_host {
-            self.shared.metrics.set_engine_up(host, false);
-        }
-        warn!(error = %error, "the engine does not answer; files stay queued; reconnecting");
+        self.report.engine_down(error);
     }
 
     fn on_probe(&mut self, answered: bool) {
         if answered {
-            if !self.engine.up {
-                info!("the engine answers again; resuming");
-            }
+            self.report.engine_up(!self.engine.up);
             self.engine.up = true;
             self.engine.probe_at = None;
-            self.shared.engine_up.store(true, Ordering::Relaxed);
-            if let Some(host) = &self.env.engine_host {
-                self.shared.metrics.set_engine_up(host, true);
-            }
         } else {
             self.engine.failed_probes = self.engine.failed_probes.saturating_add(1);
             let backoff = crate::backoff::doubling(PROBE_MIN, PROBE_MAX, self.engine.failed_probes);
@@ -817,15 +787,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Progress and ffmpeg lines from running jobs: only ffmpeg's own lines are worth logging
-/// (`-vv`); progress is for terminals, which a daemon does not have.
-async fn drain_job_events(mut rx: UnboundedReceiver<Event>) {
-    while let Some(ev) = rx.recv().await {
-        if let Event::JobLog { id, line } = ev {
-            debug!(job = id, "ffmpeg: {line}");
-        }
     }
 }

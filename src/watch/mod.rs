@@ -49,6 +49,7 @@ use crate::config::EngineConfig;
 use crate::error::{AppError, ExitCode};
 use crate::metrics::Metrics;
 use crate::record::StateRecorder;
+use crate::report::daemon::DaemonReport;
 use crate::state::Store;
 use candidates::Candidates;
 use config::Config;
@@ -164,7 +165,8 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
     let backend = match engine.backend {
         // Waits for the engine: a daemon started before it must not give up.
         BackendChoice::Docker => {
-            wait_for_engine(&engine, &say, &mut signals, &metrics, &engine_up).await?
+            let report = DaemonReport::new(metrics.clone(), engine_up.clone(), engine_host.clone());
+            wait_for_engine(&engine, &say, &mut signals, &report).await?
         }
         BackendChoice::Auto | BackendChoice::Local => {
             Some(crate::exec::connect::connect(&engine, &say, None).await?)

@@ -352,57 +352,60 @@ fi
 SMALL_NAMES=()
 for i in $(seq 1 "$SMALL_COUNT"); do SMALL_NAMES+=("$(printf 'clip%02d.mp4' "$i")"); done
 
-# 2. The big file: MJPEG 1080p at -q:v 2, no audio, ffmpeg's default layout (moov at the end).
-# Its length comes from a 4-second calibration encode so the file lands near 1.7 GB.
-BIG=$WORK/big.mp4
-BIGFS=$WORK/big-faststart.mp4
-QUARTER=$WORK/quarter.mp4
-if [ ! -s "$BIG" ]; then
-    cal=$WORK/.calibrate.mp4
-    ffmpeg -nostdin -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=25 -t 4 -c:v mjpeg -q:v 2 -an "$cal"
-    big_secs=$(awk -v b="$(fsize "$cal")" -v t="$BIG_TARGET_BYTES" 'BEGIN {printf "%d", t / (b / 4) + 0.5}')
-    rm -f "$cal"
-    log "generating the big file: $big_secs s of MJPEG 1080p (about 1.7 GB; takes minutes)"
-    rm -f "$BIGFS" "$QUARTER"
-    t0=$(now)
-    ffmpeg -nostdin -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=25 -t "$big_secs" \
-        -c:v mjpeg -q:v 2 -an -f mp4 "$BIG.tmp"
-    mv "$BIG.tmp" "$BIG"
-    gen_note big.mp4 "$(elapsed "$t0" "$(now)")"
-else
-    gen_reused big.mp4
-fi
-BIG_BYTES=$(fsize "$BIG")
-awk -v b="$BIG_BYTES" 'BEGIN {exit !(b > 1.5e9 && b < 1.9e9)}' \
-    || die "$BIG is $(gb "$BIG_BYTES"), not about 1.7 GB; remove it to have it made again"
-is_faststart "$BIG" && die "$BIG has moov first; it should have ffmpeg's default layout (moov at the end)"
-BIG_DUR=$(duration "$BIG")
+# 2. The big file (only when the big workload is timed: it takes minutes to make).
+if wants big; then
+    # 2. The big file: MJPEG 1080p at -q:v 2, no audio, ffmpeg's default layout (moov at the end).
+    # Its length comes from a 4-second calibration encode so the file lands near 1.7 GB.
+    BIG=$WORK/big.mp4
+    BIGFS=$WORK/big-faststart.mp4
+    QUARTER=$WORK/quarter.mp4
+    if [ ! -s "$BIG" ]; then
+        cal=$WORK/.calibrate.mp4
+        ffmpeg -nostdin -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=25 -t 4 -c:v mjpeg -q:v 2 -an "$cal"
+        big_secs=$(awk -v b="$(fsize "$cal")" -v t="$BIG_TARGET_BYTES" 'BEGIN {printf "%d", t / (b / 4) + 0.5}')
+        rm -f "$cal"
+        log "generating the big file: $big_secs s of MJPEG 1080p (about 1.7 GB; takes minutes)"
+        rm -f "$BIGFS" "$QUARTER"
+        t0=$(now)
+        ffmpeg -nostdin -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=25 -t "$big_secs" \
+            -c:v mjpeg -q:v 2 -an -f mp4 "$BIG.tmp"
+        mv "$BIG.tmp" "$BIG"
+        gen_note big.mp4 "$(elapsed "$t0" "$(now)")"
+    else
+        gen_reused big.mp4
+    fi
+    BIG_BYTES=$(fsize "$BIG")
+    awk -v b="$BIG_BYTES" 'BEGIN {exit !(b > 1.5e9 && b < 1.9e9)}' \
+        || die "$BIG is $(gb "$BIG_BYTES"), not about 1.7 GB; remove it to have it made again"
+    is_faststart "$BIG" && die "$BIG has moov first; it should have ffmpeg's default layout (moov at the end)"
+    BIG_DUR=$(duration "$BIG")
 
-# The shell pipeline cannot read moov-at-end from a pipe, so it gets a faststart copy (same
-# streams, same bytes of media).
-if [ ! -s "$BIGFS" ]; then
-    log "making the faststart copy of the big file for the shell pipeline"
-    t0=$(now)
-    ffmpeg -nostdin -v error -y -i "$BIG" -c copy -movflags +faststart -f mp4 "$BIGFS.tmp"
-    mv "$BIGFS.tmp" "$BIGFS"
-    gen_note big-faststart.mp4 "$(elapsed "$t0" "$(now)")"
-else
-    gen_reused big-faststart.mp4
-fi
-is_faststart "$BIGFS" || die "$BIGFS is not faststart"
+    # The shell pipeline cannot read moov-at-end from a pipe, so it gets a faststart copy (same
+    # streams, same bytes of media).
+    if [ ! -s "$BIGFS" ]; then
+        log "making the faststart copy of the big file for the shell pipeline"
+        t0=$(now)
+        ffmpeg -nostdin -v error -y -i "$BIG" -c copy -movflags +faststart -f mp4 "$BIGFS.tmp"
+        mv "$BIGFS.tmp" "$BIGFS"
+        gen_note big-faststart.mp4 "$(elapsed "$t0" "$(now)")"
+    else
+        gen_reused big-faststart.mp4
+    fi
+    is_faststart "$BIGFS" || die "$BIGFS is not faststart"
 
-# A quarter of the big file (same layout: moov at the end), for the peak-memory comparison.
-if [ ! -s "$QUARTER" ]; then
-    log "making the quarter-size file"
-    t0=$(now)
-    ffmpeg -nostdin -v error -y -i "$BIG" -t "$(awk -v d="$BIG_DUR" 'BEGIN {printf "%.2f", d / 4}')" \
-        -c copy -f mp4 "$QUARTER.tmp"
-    mv "$QUARTER.tmp" "$QUARTER"
-    gen_note quarter.mp4 "$(elapsed "$t0" "$(now)")"
-else
-    gen_reused quarter.mp4
+    # A quarter of the big file (same layout: moov at the end), for the peak-memory comparison.
+    if [ ! -s "$QUARTER" ]; then
+        log "making the quarter-size file"
+        t0=$(now)
+        ffmpeg -nostdin -v error -y -i "$BIG" -t "$(awk -v d="$BIG_DUR" 'BEGIN {printf "%.2f", d / 4}')" \
+            -c copy -f mp4 "$QUARTER.tmp"
+        mv "$QUARTER.tmp" "$QUARTER"
+        gen_note quarter.mp4 "$(elapsed "$t0" "$(now)")"
+    else
+        gen_reused quarter.mp4
+    fi
+    QUARTER_DUR=$(duration "$QUARTER")
 fi
-QUARTER_DUR=$(duration "$QUARTER")
 
 # 3. The encode-bound clip: 20 s of 1280x720 testsrc2 + sine, H.264 (high quality) + AAC.
 CLIP=$WORK/clip720.mp4
@@ -431,8 +434,12 @@ fi
 TINY_DUR=$(duration "$TINY")
 [ "${INPUTS_ONLY:-0}" = 1 ] && { log "inputs ready in $WORK"; exit 0; }
 
-log "inputs: $SMALL_COUNT small clips; big.mp4 $(gb "$BIG_BYTES"), ${BIG_DUR} s;" \
-    "big-faststart.mp4 $(gb "$(fsize "$BIGFS")"); quarter.mp4 $(gb "$(fsize "$QUARTER")"); clip720.mp4 ${CLIP_DUR} s"
+if wants big; then
+    log "inputs: $SMALL_COUNT small clips; big.mp4 $(gb "$BIG_BYTES"), ${BIG_DUR} s;" \
+        "big-faststart.mp4 $(gb "$(fsize "$BIGFS")"); quarter.mp4 $(gb "$(fsize "$QUARTER")"); clip720.mp4 ${CLIP_DUR} s"
+else
+    log "inputs: $SMALL_COUNT small clips; clip720.mp4 ${CLIP_DUR} s"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Workload 1: many small files.

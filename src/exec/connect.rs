@@ -308,3 +308,66 @@ pub(crate) fn num_cpus_local() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn cfg(host: &str) -> EngineConfig {
+        EngineConfig {
+            backend: BackendChoice::Auto,
+            host: host.into(),
+            insecure: false,
+            image: "isc-ffmpeg:latest".into(),
+            jobs: None,
+            memory: 1 << 30,
+            pids: 512,
+            cpus: None,
+            job_timeout: JobTimeout::Auto,
+            transfer: MountPolicy::Auto,
+            out: PathBuf::from("out"),
+            tls: None,
+            labels: Vec::new(),
+            weight: 1.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn engines_that_do_not_answer_are_skipped_and_none_answering_is_the_usual_error() {
+        // Nothing listens on these loopback ports: each connection is refused at once.
+        let cfgs = [cfg("tcp://127.0.0.1:9"), cfg("tcp://127.0.0.1:7")];
+        let said = Mutex::new(Vec::new());
+        let say = |s: String| said.lock().expect("lock").push(s);
+        let e = match connect_all(&cfgs, &say, Some(2)).await {
+            Ok(b) => panic!("connected to {}", b.describe()),
+            Err(e) => e,
+        };
+        assert!(matches!(e, ConnectError::NoEngine { .. }), "{e}");
+        assert!(
+            e.to_string().contains("127.0.0.1:9"),
+            "the first one's error: {e}"
+        );
+        let said = said.lock().expect("lock").clone();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].contains("skipping the engine tcp://127.0.0.1:9"),
+            "{said:?}"
+        );
+        assert!(
+            said[1].contains("skipping the engine tcp://127.0.0.1:7"),
+            "{said:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_transport_stops_the_run_even_with_other_engines() {
+        let cfgs = [cfg("tcp://127.0.0.1:9"), cfg("tcp://192.0.2.7:2375")];
+        let e = match connect_all(&cfgs, &|_| {}, None).await {
+            Ok(b) => panic!("connected to {}", b.describe()),
+            Err(e) => e,
+        };
+        assert!(e.to_string().contains("without TLS"), "{e}");
+        assert!(!e.is_unreachable());
+    }
+}

@@ -158,10 +158,7 @@ impl Fleet {
             if let Some(i) = self.take(tried) {
                 return Ok(Some(i));
             }
-            let all_down = (0..self.members.len())
-                .filter(|i| !tried.contains(i))
-                .all(|i| self.seats()[i].down);
-            if !any_up && (all_down || tried.len() == self.members.len()) {
+            if !any_up {
                 return Ok(None);
             }
             tokio::select! {

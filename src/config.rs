@@ -169,6 +169,11 @@ impl EngineConfig {
             let host = docker_host.unwrap_or_else(default_host);
             engines.push(EngineConfig::with_host(args, host));
         }
+        if args.backend == crate::cli::BackendChoice::Local && engines.len() > 1 {
+            return Err(HostsError::LocalFleet {
+                count: engines.len(),
+            });
+        }
         for (i, e) in engines.iter().enumerate() {
             if engines[..i].iter().any(|o| o.host == e.host) {
                 return Err(HostsError::Twice {
@@ -392,6 +397,25 @@ mod tests {
         )
         .expect_err("twice");
         assert!(twice.to_string().contains("named twice"), "{twice}");
+        let local = EngineConfig::resolve_with(
+            &args(&[
+                "-H",
+                "unix:///run/a.sock",
+                "-H",
+                "unix:///run/b.sock",
+                "--backend",
+                "local",
+            ]),
+            None,
+        )
+        .expect_err("local over engines");
+        assert!(local.to_string().contains("--backend local"), "{local}");
+        let one = EngineConfig::resolve_with(
+            &args(&["-H", "unix:///run/a.sock", "--backend", "local"]),
+            None,
+        )
+        .expect("one -H with local is accepted, as before");
+        assert_eq!(one.len(), 1);
     }
 
     #[test]

@@ -229,7 +229,9 @@ fn retry_elsewhere(e: &JobError) -> bool {
 }
 
 /// Cut away what a failed attempt wrote to the temporary output, so that the next one starts
-/// from an empty file at offset 0.
+/// from an empty file at offset 0. The descriptor is still the file at the temporary name: a
+/// mounted job renames its result over that name only as its last step, and can then fail only
+/// with an output error, which is not retried.
 fn discard(out: &Temp) -> Result<(), JobError> {
     let mut file = out.file();
     file.set_len(0).map_err(JobError::Output)?;

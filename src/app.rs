@@ -268,7 +268,7 @@ async fn run_jobs(
     let say = |s: String| {
         let _ = tx.send(Event::Note(s));
     };
-    let backend = crate::exec::connect::connect(&cfg.engine, &say, Some(jobs.len())).await?;
+    let backend = crate::exec::connect::connect_all(&cfg.engines, &say, Some(jobs.len())).await?;
     let recorder: Arc<dyn Recorder> = Arc::new(StateRecorder::new(
         store.clone(),
         cfg.out.clone(),

@@ -181,13 +181,21 @@ pub struct RunArgs {
     )]
     pub image: String,
 
-    /// Docker engine: unix:///path/to/docker.sock or tcp://host:port. For TLS set
-    /// DOCKER_TLS_VERIFY=1 (any value but empty) and DOCKER_CERT_PATH (ca.pem, cert.pem,
-    /// key.pem), as for the docker CLI; the engine's certificate must chain to ca.pem, and the
-    /// system's CAs are not trusted for it. Without TLS only loopback is reached, unless
-    /// --insecure [default: unix:///var/run/docker.sock]. Example: `-H tcp://10.0.0.5:2376`
-    #[arg(short = 'H', long, value_name = "URL", env = "DOCKER_HOST")]
-    pub host: Option<String>,
+    /// Docker engine: unix:///path/to/docker.sock or tcp://host:port; repeat it to spread the
+    /// batch over several engines. For TLS set DOCKER_TLS_VERIFY=1 (any value but empty) and
+    /// DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem), as for the docker CLI; the engine's
+    /// certificate must chain to ca.pem, and the system's CAs are not trusted for it. Without
+    /// TLS only loopback is reached, unless --insecure [default: DOCKER_HOST when neither -H nor
+    /// --hosts is given, else unix:///var/run/docker.sock]. Example: `-H tcp://10.0.0.5:2376`
+    #[arg(short = 'H', long, value_name = "URL")]
+    pub host: Vec<String>,
+
+    /// A TOML file listing engines to spread the batch over, each an `[[engine]]` table with
+    /// `url`, and optionally `slots` (jobs at once there), `tls = { ca, cert, key }` (paths,
+    /// relative to the file), `labels` and `weight`. Engines of -H come first. Example:
+    /// `--hosts engines.toml`
+    #[arg(long, value_name = "FILE")]
+    pub hosts: Option<PathBuf>,
 
     /// Allow a `tcp://` engine that is not on loopback without TLS. Off by default: the engine
     /// API runs containers as root, and without TLS anyone on the network path can read and

@@ -3,17 +3,22 @@
 //! [`crate::cli`] only mirrors the flags, with no I/O. [`RunConfig::resolve`] turns them into a
 //! resolved, validated configuration: the preset loaded, the engine named, defaults applied,
 //! one value per decision. Everything below the command layer (engine setup, the dispatcher,
-//! the daemon) takes these structs, never the flags, so a fleet of engines can later be
-//! described by more than one [`EngineConfig`] without touching them.
+//! the daemon) takes these structs, never the flags. A fleet of engines is more than one
+//! [`EngineConfig`]: one per `-H`, and one per entry of a `--hosts` file, each checked here
+//! against the transport rules so that a bad entry is named before anything is reached.
 
 use crate::cli::{RunArgs, TransferChoice};
 use crate::error::AppError;
 use crate::exec::JobTimeout;
+use crate::exec::connect::{ConnectError, HostsError};
 use crate::exec::docker::{MountPolicy, default_host};
+use crate::exec::transport::{self, TlsEnv, TlsFiles};
 use crate::plan::PlanOptions;
 use crate::preset::{self, Preset};
 use crate::report::ReportOptions;
 use crate::scan::ScanOptions;
+use serde::Deserialize;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +38,9 @@ pub struct RunConfig {
     /// of [`RunConfig::plan`] that still counts once the plan is made.
     pub replace: PlanOptions,
     pub report: ReportOptions,
-    pub engine: EngineConfig,
+    /// The engines to run on, in order: `-H` (else `DOCKER_HOST`, else the local socket) and
+    /// those of `--hosts`. Never empty; one for a plain run.
+    pub engines: Vec<EngineConfig>,
     /// Wait for another run holding the output folder (not `--no-wait`).
     pub wait_for_lock: bool,
     /// `--rebuild-state`.
@@ -79,7 +86,7 @@ impl RunConfig {
             plan,
             replace: replace_opts(args),
             report: ReportOptions::detect(args.quiet, args.json, args.verbose),
-            engine: EngineConfig::resolve(args),
+            engines: EngineConfig::resolve_all(args)?,
             wait_for_lock: !args.no_wait,
             rebuild_state: args.rebuild_state,
             dry_run: args.dry_run,
@@ -89,13 +96,98 @@ impl RunConfig {
     }
 }
 
+/// A hosts file (`--hosts`): a list of `[[engine]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostsFile {
+    #[serde(default)]
+    engine: Vec<HostEntry>,
+}
+
+/// One engine of a hosts file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostEntry {
+    url: String,
+    /// Jobs at once there [default: `--jobs`, else its CPU count].
+    slots: Option<usize>,
+    tls: Option<TlsEntry>,
+    #[serde(default)]
+    labels: Vec<String>,
+    weight: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsEntry {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
 // The engine's configuration is the backends' own type; resolving it from the flags belongs
 // with the rest of the flags' resolution, here.
 impl EngineConfig {
+    /// The first engine the flags name: `-H`, else `DOCKER_HOST`, else the local socket. For
+    /// the daemon, which runs on one engine.
     pub fn resolve(args: &RunArgs) -> EngineConfig {
+        let host = args
+            .host
+            .first()
+            .cloned()
+            .or_else(docker_host_env)
+            .unwrap_or_else(default_host);
+        EngineConfig::with_host(args, host)
+    }
+
+    /// Every engine the flags name, in order: each `-H`, then each entry of `--hosts`; with
+    /// neither, `DOCKER_HOST`, else the local socket. A hosts file that cannot be read or has a
+    /// bad entry, and an engine named twice, are errors.
+    pub fn resolve_all(args: &RunArgs) -> Result<Vec<EngineConfig>, AppError> {
+        EngineConfig::resolve_with(args, docker_host_env())
+            .map_err(|e| ConnectError::from(e).into())
+    }
+
+    /// [`EngineConfig::resolve_all`] with `DOCKER_HOST` as given.
+    fn resolve_with(
+        args: &RunArgs,
+        docker_host: Option<String>,
+    ) -> Result<Vec<EngineConfig>, HostsError> {
+        let mut engines: Vec<EngineConfig> = args
+            .host
+            .iter()
+            .map(|h| EngineConfig::with_host(args, h.clone()))
+            .collect();
+        if let Some(path) = &args.hosts {
+            let text = std::fs::read_to_string(path).map_err(|source| HostsError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            engines.extend(hosts_file(args, path, &text)?);
+        }
+        if engines.is_empty() {
+            let host = docker_host.unwrap_or_else(default_host);
+            engines.push(EngineConfig::with_host(args, host));
+        }
+        if args.backend == crate::cli::BackendChoice::Local && engines.len() > 1 {
+            return Err(HostsError::LocalFleet {
+                count: engines.len(),
+            });
+        }
+        for (i, e) in engines.iter().enumerate() {
+            if engines[..i].iter().any(|o| o.host == e.host) {
+                return Err(HostsError::Twice {
+                    url: e.host.clone(),
+                });
+            }
+        }
+        Ok(engines)
+    }
+
+    fn with_host(args: &RunArgs, host: String) -> EngineConfig {
         EngineConfig {
             backend: args.backend,
-            host: args.host.clone().unwrap_or_else(default_host),
+            host,
             insecure: args.insecure,
             image: args.image.clone(),
             jobs: args.jobs.map(usize::from),
@@ -109,8 +201,67 @@ impl EngineConfig {
                 TransferChoice::Mount => MountPolicy::Always,
             },
             out: args.out.clone(),
+            tls: None,
+            labels: Vec::new(),
+            weight: 1.0,
         }
     }
+}
+
+/// `DOCKER_HOST`, as the docker CLI reads it: empty counts as unset.
+fn docker_host_env() -> Option<String> {
+    std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty())
+}
+
+/// The engines of the hosts file at `path`, whose text is `text`. Each entry's address is
+/// checked against the transport rules now ([`transport::endpoint_with`]), so that a refused
+/// address names its entry; TLS paths are taken relative to the file's folder.
+fn hosts_file(args: &RunArgs, path: &Path, text: &str) -> Result<Vec<EngineConfig>, HostsError> {
+    let file: HostsFile = toml::from_str(text).map_err(|e| HostsError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string().trim_end().to_string(),
+    })?;
+    if file.engine.is_empty() {
+        return Err(HostsError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let base = path.parent().unwrap_or(Path::new(""));
+    let env = TlsEnv::from_env();
+    file.engine
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let bad = |reason: String| HostsError::Entry {
+                path: path.to_path_buf(),
+                index: i + 1,
+                url: entry.url.clone(),
+                reason,
+            };
+            if entry.slots == Some(0) {
+                return Err(bad("slots must be at least 1".into()));
+            }
+            if let Some(w) = entry.weight
+                && !(w.is_finite() && w > 0.0)
+            {
+                return Err(bad("weight must be a number above 0".into()));
+            }
+            let tls = entry.tls.as_ref().map(|t| TlsFiles {
+                ca: base.join(&t.ca),
+                cert: base.join(&t.cert),
+                key: base.join(&t.key),
+            });
+            transport::endpoint_with(&entry.url, tls.as_ref(), &env, args.insecure)
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(EngineConfig {
+                jobs: entry.slots.or(args.jobs.map(usize::from)),
+                tls,
+                labels: entry.labels.clone(),
+                weight: entry.weight.unwrap_or(1.0),
+                ..EngineConfig::with_host(args, entry.url.clone())
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -129,10 +280,10 @@ mod tests {
         let c = resolve(&["isc-transcode", "a.mp4"]);
         assert_eq!(c.preset.name, "h264");
         assert_eq!(c.scan.out_ext, c.preset.extension);
-        assert_eq!(c.engine.host, default_host());
-        assert_eq!(c.engine.job_timeout, JobTimeout::Auto);
-        assert_eq!(c.engine.transfer, MountPolicy::Auto);
-        assert_eq!(c.engine.jobs, None);
+        assert_eq!(c.engines[0].host, default_host());
+        assert_eq!(c.engines[0].job_timeout, JobTimeout::Auto);
+        assert_eq!(c.engines[0].transfer, MountPolicy::Auto);
+        assert_eq!(c.engines[0].jobs, None);
         assert!(c.wait_for_lock);
         assert!(!c.plan.read_only);
     }
@@ -159,13 +310,13 @@ mod tests {
             "--overwrite",
         ]);
         assert_eq!(c.preset.name, "copy");
-        assert_eq!(c.engine.out, PathBuf::from("web"));
+        assert_eq!(c.engines[0].out, PathBuf::from("web"));
         assert_eq!(c.scan.out_dir, PathBuf::from("web"));
-        assert_eq!(c.engine.jobs, Some(3));
-        assert_eq!(c.engine.host, "tcp://127.0.0.1:2375");
-        assert_eq!(c.engine.transfer, MountPolicy::Never);
+        assert_eq!(c.engines[0].jobs, Some(3));
+        assert_eq!(c.engines[0].host, "tcp://127.0.0.1:2375");
+        assert_eq!(c.engines[0].transfer, MountPolicy::Never);
         assert_eq!(
-            c.engine.job_timeout,
+            c.engines[0].job_timeout,
             JobTimeout::Fixed(Duration::from_secs(7200))
         );
         assert!(!c.wait_for_lock);
@@ -189,6 +340,180 @@ mod tests {
         assert!(!c.replace.force && !c.replace.verify && !c.replace.read_only);
         let c = resolve(&["isc-transcode", "a.mp4"]);
         assert!(!c.replace.overwrite && !c.replace.adopt);
+    }
+
+    fn args(argv: &[&str]) -> RunArgs {
+        let mut full = vec!["isc-transcode", "a.mp4"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).expect("parse").run
+    }
+
+    fn hosts(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("engines.toml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn one_engine_from_h_else_docker_host_else_the_socket() {
+        let one = |argv: &[&str], env: Option<&str>| {
+            EngineConfig::resolve_with(&args(argv), env.map(String::from)).expect("resolve")
+        };
+        let e = one(&[], None);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].host, default_host());
+        assert_eq!(e[0].tls, None);
+        let e = one(&[], Some("tcp://127.0.0.1:2375"));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].host, "tcp://127.0.0.1:2375");
+        let e = one(&["-H", "unix:///run/a.sock"], Some("tcp://127.0.0.1:2375"));
+        assert_eq!(e.len(), 1, "-H replaces DOCKER_HOST");
+        assert_eq!(e[0].host, "unix:///run/a.sock");
+    }
+
+    #[test]
+    fn h_may_be_repeated_and_each_engine_takes_the_run_s_limits() {
+        let e = EngineConfig::resolve_with(
+            &args(&[
+                "-H",
+                "unix:///run/a.sock",
+                "-H",
+                "tcp://127.0.0.1:2375",
+                "-j",
+                "3",
+                "--memory",
+                "1g",
+            ]),
+            Some("tcp://127.0.0.1:9999".into()),
+        )
+        .expect("resolve");
+        let hosts: Vec<&str> = e.iter().map(|e| e.host.as_str()).collect();
+        assert_eq!(hosts, ["unix:///run/a.sock", "tcp://127.0.0.1:2375"]);
+        assert!(e.iter().all(|e| e.jobs == Some(3) && e.memory == 1 << 30));
+        let twice = EngineConfig::resolve_with(
+            &args(&["-H", "unix:///run/a.sock", "-H", "unix:///run/a.sock"]),
+            None,
+        )
+        .expect_err("twice");
+        assert!(twice.to_string().contains("named twice"), "{twice}");
+        let local = EngineConfig::resolve_with(
+            &args(&[
+                "-H",
+                "unix:///run/a.sock",
+                "-H",
+                "unix:///run/b.sock",
+                "--backend",
+                "local",
+            ]),
+            None,
+        )
+        .expect_err("local over engines");
+        assert!(local.to_string().contains("--backend local"), "{local}");
+        let one = EngineConfig::resolve_with(
+            &args(&["-H", "unix:///run/a.sock", "--backend", "local"]),
+            None,
+        )
+        .expect("one -H with local is accepted, as before");
+        assert_eq!(one.len(), 1);
+    }
+
+    #[test]
+    fn a_hosts_file_lists_engines_with_slots_tls_relative_to_it_labels_and_weight() {
+        let (dir, path) = hosts(
+            r#"
+            [[engine]]
+            url = "unix:///var/run/docker.sock"
+            slots = 2
+
+            [[engine]]
+            url = "tcp://127.0.0.1:23761"
+            tls = { ca = "b/ca.pem", cert = "b/cert.pem", key = "/abs/key.pem" }
+            labels = ["fast", "gpu"]
+            weight = 2.5
+            "#,
+        );
+        let p = path.to_str().expect("utf-8");
+        let e =
+            EngineConfig::resolve_with(&args(&["-H", "tcp://127.0.0.1:2375", "--hosts", p]), None)
+                .expect("resolve");
+        let hosts: Vec<&str> = e.iter().map(|e| e.host.as_str()).collect();
+        assert_eq!(
+            hosts,
+            [
+                "tcp://127.0.0.1:2375",
+                "unix:///var/run/docker.sock",
+                "tcp://127.0.0.1:23761"
+            ]
+        );
+        assert_eq!(e[0].jobs, None);
+        assert_eq!(e[1].jobs, Some(2));
+        assert_eq!(e[1].tls, None);
+        assert_eq!(e[2].jobs, None, "no slots: the engine's CPU count");
+        assert_eq!(
+            e[2].tls,
+            Some(TlsFiles {
+                ca: dir.path().join("b/ca.pem"),
+                cert: dir.path().join("b/cert.pem"),
+                key: PathBuf::from("/abs/key.pem"),
+            })
+        );
+        assert_eq!(e[2].labels, ["fast", "gpu"]);
+        assert_eq!(e[2].weight, 2.5);
+        assert_eq!(e[1].weight, 1.0);
+        // --hosts alone: DOCKER_HOST is not added.
+        let e = EngineConfig::resolve_with(
+            &args(&["--hosts", p, "-j", "4"]),
+            Some("tcp://127.0.0.1:9".into()),
+        )
+        .expect("resolve");
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].jobs, Some(2), "slots beat -j");
+        assert_eq!(
+            e[1].jobs,
+            Some(4),
+            "-j is the default of the entries without slots"
+        );
+    }
+
+    #[test]
+    fn a_bad_hosts_file_names_the_file_and_the_line_or_the_entry() {
+        let err = |text: &str| {
+            let (_dir, path) = hosts(text);
+            let p = path.to_str().expect("utf-8").to_string();
+            let e = EngineConfig::resolve_with(&args(&["--hosts", &p]), None).expect_err(text);
+            (e.to_string(), p)
+        };
+        let (e, p) = err("[[engine]]\nurl = \"unix:///a.sock\"\n\n[[engine]]\nurl = 5\n");
+        assert!(e.contains(&p) && e.contains("line 5"), "{e}");
+        let (e, _) = err("[[engine]]\nurl = \"unix:///a.sock\"\nslot = 2\n");
+        assert!(e.contains("slot"), "an unknown key is named: {e}");
+        let (e, p) = err(
+            "[[engine]]\nurl = \"unix:///a.sock\"\n[[engine]]\nurl = \"tcp://192.0.2.7:2375\"\n",
+        );
+        assert!(
+            e.contains(&p)
+                && e.contains("engine 2 (tcp://192.0.2.7:2375)")
+                && e.contains("without TLS"),
+            "a cleartext engine off loopback is refused, naming its entry: {e}"
+        );
+        let (e, _) = err("[[engine]]\nurl = \"unix:///a.sock\"\nslots = 0\n");
+        assert!(e.contains("engine 1") && e.contains("slots"), "{e}");
+        let (e, _) = err("[[engine]]\nurl = \"unix:///a.sock\"\nweight = -1\n");
+        assert!(e.contains("weight"), "{e}");
+        let (e, _) = err(
+            "[[engine]]\nurl = \"unix:///a.sock\"\ntls = { ca = \"c\", cert = \"c\", key = \"k\" }\n",
+        );
+        assert!(e.contains("engine 1") && e.contains("unix socket"), "{e}");
+        let (e, p) = err("# nothing\n");
+        assert!(e.contains(&p) && e.contains("names no engine"), "{e}");
+        let missing =
+            EngineConfig::resolve_with(&args(&["--hosts", "/no/such/engines.toml"]), None)
+                .expect_err("missing");
+        assert!(
+            missing.to_string().contains("/no/such/engines.toml"),
+            "{missing}"
+        );
     }
 
     #[test]

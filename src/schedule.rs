@@ -520,6 +520,11 @@ pub(crate) async fn run_one<B: Backend + ?Sized>(
     };
     match outcome {
         Ok(p) => {
+            // The engine that made it, which for a fleet is one of several: for one engine
+            // this is the backend's own description.
+            if p.made_by.image.is_some() && !p.made_by.host.is_empty() {
+                result.host = format!("docker {}", p.made_by.host);
+            }
             result.bytes_out = p.bytes_out;
             result.transfer = Some(p.transfer);
             result.checked_by = Some(p.checked_by);

@@ -2,17 +2,21 @@
 //!
 //! [`connect`] is the one place that knows which backends exist. The batch command and the
 //! daemon call it with an [`EngineConfig`] and get an `Arc<dyn Backend>`; nothing above it
-//! matches on the kind of backend. For a Docker engine it also prepares the engine: containers
+//! matches on the kind of backend. [`connect_all`] does the same for several engines and returns
+//! them as one [`Fleet`]. For a Docker engine it also prepares the engine: containers
 //! left by runs that are gone are removed, the image is checked, the job limits are settled
 //! (one job's CPU share needs the engine's CPU count), and a library volume is made where the
 //! engine's storage makes every ffmpeg start slow.
 
 use super::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy};
+use super::fleet::{Fleet, Member};
 use super::local::LocalBackend;
+use super::transport::{self, Endpoint, TlsEnv, TlsFiles};
 use super::{Backend, JobTimeout};
 use crate::cli::BackendChoice;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where jobs run and how each job container is confined: one engine, resolved from the flags
 /// ([`crate::config`]) with every default applied.
@@ -35,6 +39,43 @@ pub struct EngineConfig {
     pub transfer: MountPolicy,
     /// The output folder, which a mounted job's private folder is made in.
     pub out: PathBuf,
+    /// The engine's own TLS files (a hosts file's `tls`); `None`: the docker CLI's environment.
+    pub tls: Option<TlsFiles>,
+    /// A hosts file's `labels`: carried for messages and later placement rules.
+    pub labels: Vec<String>,
+    /// A hosts file's `weight` (default 1): between engines with as many free slots, the
+    /// heavier one takes the job.
+    pub weight: f64,
+}
+
+/// A hosts file (`--hosts`) that cannot be used. Each message names the file, and the line
+/// (for TOML errors) or the entry (for an engine that is not valid).
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    #[error("cannot read the hosts file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid hosts file {}: {reason}", path.display())]
+    Parse { path: PathBuf, reason: String },
+    #[error("hosts file {}: engine {index} ({url}): {reason}", path.display())]
+    Entry {
+        path: PathBuf,
+        /// 1-based, in the file's order.
+        index: usize,
+        url: String,
+        reason: String,
+    },
+    #[error("hosts file {} names no engine: add an [[engine]] table with a url", path.display())]
+    Empty { path: PathBuf },
+    #[error("the engine {url} is named twice (-H and --hosts together name each engine once)")]
+    Twice { url: String },
+    #[error(
+        "--backend local runs this machine's ffmpeg, on no engine: drop the {count} engines of          -H and --hosts, or choose --backend docker"
+    )]
+    LocalFleet { count: usize },
 }
 
 /// Why no backend could be made ready.
@@ -42,6 +83,8 @@ pub struct EngineConfig {
 pub enum ConnectError {
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Hosts(#[from] HostsError),
     #[error("--backend local needs ffmpeg and ffprobe on PATH (Debian: apt-get install ffmpeg)")]
     NoLocalFfmpeg,
     /// `--backend auto` found no engine. It never falls back to this machine's ffmpeg: the
@@ -79,26 +122,118 @@ pub async fn connect(
     say: &(dyn Fn(String) + Send + Sync),
     jobs: Option<usize>,
 ) -> Result<Arc<dyn Backend>, ConnectError> {
-    let engine =
-        match cfg.backend {
-            BackendChoice::Local => {
-                let local = LocalBackend::find()
-                    .ok_or(ConnectError::NoLocalFfmpeg)?
-                    .with_job_timeout(cfg.job_timeout)
-                    .with_capacity(cfg.jobs.unwrap_or_else(num_cpus_local));
-                return Ok(Arc::new(local));
+    let engine = match cfg.backend {
+        BackendChoice::Local => {
+            let local = LocalBackend::find()
+                .ok_or(ConnectError::NoLocalFfmpeg)?
+                .with_job_timeout(cfg.job_timeout)
+                .with_capacity(cfg.jobs.unwrap_or_else(num_cpus_local));
+            return Ok(Arc::new(local));
+        }
+        BackendChoice::Docker => reach(cfg).await?,
+        BackendChoice::Auto => reach(cfg).await.map_err(|e| match e {
+            EngineError::Unreachable { .. } | EngineError::Connect { .. } => {
+                ConnectError::NoEngine { source: e }
             }
-            BackendChoice::Docker => Engine::connect(&cfg.host, cfg.insecure).await?,
-            BackendChoice::Auto => Engine::connect(&cfg.host, cfg.insecure)
-                .await
-                .map_err(|e| match e {
-                    EngineError::Unreachable { .. } | EngineError::Connect { .. } => {
-                        ConnectError::NoEngine { source: e }
-                    }
-                    e => ConnectError::Engine(e),
-                })?,
-        };
+            e => ConnectError::Engine(e),
+        })?,
+    };
     Ok(Arc::new(setup_docker(engine, cfg, say, jobs).await?))
+}
+
+/// Make every configured engine ready and return them as one backend: with one engine, that
+/// engine exactly as [`connect`] makes it; with several, a [`Fleet`] over those that answer.
+/// They are connected and prepared at once, each as [`connect`] prepares one. An engine that
+/// does not answer is skipped with a message, as long as one does; when none does, the first
+/// one's error is returned. Any other error (a refused transport, a broken certificate, no
+/// image) stops the run: it is a configuration to fix, not an engine that is away.
+///
+/// Only the engine on a unix socket may bind-mount this machine's files: every other member
+/// streams.
+pub async fn connect_all(
+    cfgs: &[EngineConfig],
+    say: &(dyn Fn(String) + Send + Sync),
+    jobs: Option<usize>,
+) -> Result<Arc<dyn Backend>, ConnectError> {
+    let [first, rest @ ..] = cfgs else {
+        return Err(ConnectError::Engine(EngineError::Unreachable {
+            host: "(none)".into(),
+            reason: "no engine is configured".into(),
+        }));
+    };
+    if rest.is_empty() || first.backend == BackendChoice::Local {
+        return connect(first, say, jobs).await;
+    }
+    let members = cfgs.iter().map(|cfg| {
+        let cfg = EngineConfig {
+            transfer: match cfg.host.starts_with("unix://") {
+                true => cfg.transfer,
+                false => MountPolicy::Never,
+            },
+            ..cfg.clone()
+        };
+        async move {
+            let r = connect(&cfg, say, jobs).await;
+            (cfg, r)
+        }
+    });
+    let mut up = Vec::new();
+    let mut away = None;
+    for (cfg, r) in futures_util::future::join_all(members).await {
+        match r {
+            Ok(backend) => up.push(Member {
+                slots: backend.capacity(),
+                backend,
+                weight: cfg.weight,
+            }),
+            Err(e) if e.is_unreachable() => {
+                say(format!("skipping the engine {}: {e}", cfg.host));
+                away.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match (up.is_empty(), away) {
+        (true, Some(e)) => Err(e),
+        _ => Ok(Arc::new(Fleet::new(up))),
+    }
+}
+
+/// Reach the engine of `cfg`: through the docker CLI's environment, or through the TLS files the
+/// engine's entry names, under the same transport rules ([`transport::endpoint_with`]).
+async fn reach(cfg: &EngineConfig) -> Result<Engine, EngineError> {
+    let Some(files) = &cfg.tls else {
+        return Engine::connect(&cfg.host, cfg.insecure).await;
+    };
+    let unreachable = |reason: String| EngineError::Unreachable {
+        host: cfg.host.clone(),
+        reason,
+    };
+    let endpoint =
+        transport::endpoint_with(&cfg.host, Some(files), &TlsEnv::from_env(), cfg.insecure)?;
+    let Endpoint::Tls { host, port, files } = &endpoint else {
+        return Err(unreachable(
+            "TLS files given, but not a TLS endpoint".into(),
+        ));
+    };
+    let docker = transport::tls_client(host, *port, files)?;
+    match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
+        Err(_) => Err(unreachable("no answer within 5 s".into())),
+        Ok(Err(e)) => {
+            let mut reason = transport::causes(&e);
+            if reason.contains("invalid peer certificate") {
+                reason += &format!(
+                    " (the engine's certificate must chain to {}: no other CA is trusted)",
+                    files.ca.display()
+                );
+            }
+            Err(unreachable(reason))
+        }
+        Ok(Ok(_)) => Ok(Engine {
+            docker,
+            host: cfg.host.clone(),
+        }),
+    }
 }
 
 /// Make a connected engine ready for jobs: remove containers of dead runs, make sure the image
@@ -176,4 +311,67 @@ pub(crate) fn num_cpus_local() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn cfg(host: &str) -> EngineConfig {
+        EngineConfig {
+            backend: BackendChoice::Auto,
+            host: host.into(),
+            insecure: false,
+            image: "isc-ffmpeg:latest".into(),
+            jobs: None,
+            memory: 1 << 30,
+            pids: 512,
+            cpus: None,
+            job_timeout: JobTimeout::Auto,
+            transfer: MountPolicy::Auto,
+            out: PathBuf::from("out"),
+            tls: None,
+            labels: Vec::new(),
+            weight: 1.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn engines_that_do_not_answer_are_skipped_and_none_answering_is_the_usual_error() {
+        // Nothing listens on these loopback ports: each connection is refused at once.
+        let cfgs = [cfg("tcp://127.0.0.1:9"), cfg("tcp://127.0.0.1:7")];
+        let said = Mutex::new(Vec::new());
+        let say = |s: String| said.lock().expect("lock").push(s);
+        let e = match connect_all(&cfgs, &say, Some(2)).await {
+            Ok(b) => panic!("connected to {}", b.describe()),
+            Err(e) => e,
+        };
+        assert!(matches!(e, ConnectError::NoEngine { .. }), "{e}");
+        assert!(
+            e.to_string().contains("127.0.0.1:9"),
+            "the first one's error: {e}"
+        );
+        let said = said.lock().expect("lock").clone();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].contains("skipping the engine tcp://127.0.0.1:9"),
+            "{said:?}"
+        );
+        assert!(
+            said[1].contains("skipping the engine tcp://127.0.0.1:7"),
+            "{said:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_transport_stops_the_run_even_with_other_engines() {
+        let cfgs = [cfg("tcp://127.0.0.1:9"), cfg("tcp://192.0.2.7:2375")];
+        let e = match connect_all(&cfgs, &|_| {}, None).await {
+            Ok(b) => panic!("connected to {}", b.describe()),
+            Err(e) => e,
+        };
+        assert!(e.to_string().contains("without TLS"), "{e}");
+        assert!(!e.is_unreachable());
+    }
 }

@@ -11,6 +11,8 @@
 //! - [`docker::DockerBackend`] runs each job in a locked-down container on a Docker engine, local
 //!   or remote, streaming the input in and the output back over the engine's API.
 //! - [`local::LocalBackend`] runs the same presets with the ffmpeg on this machine.
+//! - [`fleet::Fleet`] uses several engines as one backend: each job on a free slot of an engine
+//!   that is up, and again on another engine when its engine failed it.
 //!
 //! The job's own types ([`JobSpec`], [`JobCtx`], [`JobError`], ...) live in [`crate::job`] and
 //! are re-exported here, the names the backends know them by. This module is also the one place
@@ -21,6 +23,7 @@ pub mod connect;
 pub mod docker;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod fleet;
 pub(crate) mod jobserver;
 pub mod local;
 pub mod transport;

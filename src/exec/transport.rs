@@ -148,6 +148,19 @@ pub enum TransportError {
 
 /// Check `host` against the transport rules and say how to reach it. No I/O.
 pub fn endpoint(host: &str, env: &TlsEnv, insecure: bool) -> Result<Endpoint, TransportError> {
+    endpoint_with(host, None, env, insecure)
+}
+
+/// [`endpoint`] for an engine that names its own TLS files (an entry of a hosts file): with
+/// `files`, a `tcp://` engine is reached over TLS with those three files whatever the
+/// environment says, and the rules are the same. `files` for a `unix://` engine is refused: it
+/// would be silently ignored. No I/O.
+pub fn endpoint_with(
+    host: &str,
+    files: Option<&TlsFiles>,
+    env: &TlsEnv,
+    insecure: bool,
+) -> Result<Endpoint, TransportError> {
     let invalid = |reason: &str| TransportError::Address {
         host: host.to_string(),
         reason: reason.to_string(),
@@ -162,9 +175,14 @@ pub fn endpoint(host: &str, env: &TlsEnv, insecure: bool) -> Result<Endpoint, Tr
             if rest.is_empty() {
                 return Err(invalid("no socket path"));
             }
+            if files.is_some() {
+                return Err(invalid(
+                    "TLS files are for tcp:// and https:// engines, not a unix socket",
+                ));
+            }
             return Ok(Endpoint::Unix(host.to_string()));
         }
-        "tcp" | "http" => env.verify,
+        "tcp" | "http" => env.verify || files.is_some(),
         "https" => true,
         _ => {
             return Err(TransportError::Scheme {
@@ -189,7 +207,9 @@ pub fn endpoint(host: &str, env: &TlsEnv, insecure: bool) -> Result<Endpoint, Tr
         return Ok(Endpoint::Tls {
             host: name.to_string(),
             port,
-            files: TlsFiles::in_dir(&env.cert_dir),
+            files: files
+                .cloned()
+                .unwrap_or_else(|| TlsFiles::in_dir(&env.cert_dir)),
         });
     }
     let host_ip = if is_localhost(name) {
@@ -369,6 +389,38 @@ mod tests {
             verify,
             cert_dir: PathBuf::from("/certs"),
         }
+    }
+
+    #[test]
+    fn an_engine_s_own_tls_files_turn_tls_on_and_replace_the_environment_s() {
+        let own = TlsFiles {
+            ca: PathBuf::from("/fleet/b/ca.pem"),
+            cert: PathBuf::from("/fleet/b/cert.pem"),
+            key: PathBuf::from("/fleet/b/key.pem"),
+        };
+        for verify in [false, true] {
+            let e = endpoint_with("tcp://build2", Some(&own), &env(verify), false).expect("tls");
+            assert_eq!(
+                e,
+                Endpoint::Tls {
+                    host: "build2".into(),
+                    port: TLS_PORT,
+                    files: own.clone(),
+                }
+            );
+        }
+        let e = endpoint_with("unix:///run/docker.sock", Some(&own), &env(false), false)
+            .expect_err("unix with tls");
+        assert!(e.to_string().contains("not a unix socket"), "{e}");
+        // Without its own files an engine reads the environment, as before.
+        assert_eq!(
+            endpoint_with("tcp://build2", None, &env(true), false).expect("env tls"),
+            endpoint("tcp://build2", &env(true), false).expect("env tls"),
+        );
+        assert!(matches!(
+            endpoint_with("tcp://build2:2375", None, &env(false), false),
+            Err(TransportError::Cleartext { .. })
+        ));
     }
 
     #[test]

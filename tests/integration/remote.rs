@@ -4,8 +4,9 @@ use crate::util::*;
 use std::path::Path;
 use std::process::Command;
 
-/// A private TLS-only engine on loopback, stopped on drop.
-pub struct TlsEngine {
+/// A private TLS-only engine on loopback, stopped on drop. Shared with the watch and fleet
+/// tests.
+pub(crate) struct TlsEngine {
     dir: tempfile::TempDir,
     port: u16,
     pub host: String,
@@ -42,6 +43,11 @@ impl TlsEngine {
             port,
             dir,
         }
+    }
+
+    /// The folder that holds everything of the engine: certificates, data, `docker.pid`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Take the engine away, as a crash or a reboot would.

@@ -19,24 +19,25 @@
 //!    checks an output must pass, and signals. [`place`] holds the output folder's rules (lock,
 //!    state folder, temporary names, publish = fsync + rename + folder fsync): inside the output
 //!    folder, through no link, over nothing this tool did not write.
-//! 5. [`exec`] holds the backends behind one small trait: [`exec::docker`] streams each input
-//!    into a container on a Docker engine and the output back; [`exec::local`] runs local
-//!    ffmpeg; [`exec::transport`] decides how an engine may be reached (plain TCP only to
-//!    loopback, TLS trusting only the given CA). [`media`] reads container layouts (where an
-//!    MP4's index sits) to choose how the input travels.
+//! 5. [`exec`] holds the backends behind one small, object-safe trait: [`exec::docker`] streams
+//!    each input into a container on a Docker engine and the output back; [`exec::local`] runs
+//!    local ffmpeg; [`exec::fleet`] uses several engines as one backend (free slots, a job
+//!    failed by its engine retried on another); [`exec::transport`] decides how an engine may be
+//!    reached (plain TCP only to loopback, TLS trusting only the given CA). [`media`] reads
+//!    container layouts (where an MP4's index sits) to choose how the input travels.
 //! 6. [`ffmpeg`] reads ffmpeg's stderr (input facts, progress, errors) and ffprobe's JSON;
 //!    [`readback`] reads MP4 outputs back here from their index; [`verify`] decides whether an
 //!    output is good enough to count.
 //! 7. [`report`] is the one reporter, with three outputs: bars in a terminal, plain lines or a
 //!    JSON document elsewhere, for the whole batch from the scan on; and, for the daemon
-//!    ([`report::daemon`]), log records and metrics. [`show`] lays out what the one-shot commands print (presets,
-//!    status, hashes, gc, the dry-run plan).
+//!    ([`report::daemon`]), log records and metrics. [`show`] lays out what the one-shot
+//!    commands print (presets, status, hashes, gc, the dry-run plan).
 //!
-//! Shared by the batch command and the daemon: [`exec::connect`] makes a backend ready from an
-//! [`exec::connect::EngineConfig`] (connect, prepare the engine or find local ffmpeg, how many jobs it
-//! runs at once) and hands it over as `Arc<dyn Backend>`; [`record`] records finished outputs,
-//! each with the engine, image and ffmpeg that made it, in the [`state`] store, [`copy`] gives a job a copy of an output that already exists
-//! for the same content.
+//! Shared by the batch command and the daemon: [`exec::connect`] makes a backend ready from
+//! [`exec::connect::EngineConfig`]s (connect, prepare each engine or find local ffmpeg, how
+//! many jobs it runs at once) and hands it over as `Arc<dyn Backend>`; [`record`] records
+//! finished outputs, each with the engine, image and ffmpeg that made it, in the [`state`]
+//! store; [`copy`] gives a job a copy of an output that already exists for the same content.
 //!
 //! [`watch`] is the daemon (`isc-transcode watch`): it follows folders, takes each file once it
 //! has stopped changing, keeps its queue in the [`state`] store, and runs the same

@@ -11,12 +11,11 @@
 use super::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy};
 use super::fleet::{Fleet, Member};
 use super::local::LocalBackend;
-use super::transport::{self, Endpoint, TlsEnv, TlsFiles};
+use super::transport::TlsFiles;
 use super::{Backend, JobTimeout};
 use crate::cli::BackendChoice;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Where jobs run and how each job container is confined: one engine, resolved from the flags
 /// ([`crate::config`]) with every default applied.
@@ -200,40 +199,9 @@ pub async fn connect_all(
 }
 
 /// Reach the engine of `cfg`: through the docker CLI's environment, or through the TLS files the
-/// engine's entry names, under the same transport rules ([`transport::endpoint_with`]).
+/// engine's entry names, under the same transport rules ([`Engine::connect_with`]).
 async fn reach(cfg: &EngineConfig) -> Result<Engine, EngineError> {
-    let Some(files) = &cfg.tls else {
-        return Engine::connect(&cfg.host, cfg.insecure).await;
-    };
-    let unreachable = |reason: String| EngineError::Unreachable {
-        host: cfg.host.clone(),
-        reason,
-    };
-    let endpoint =
-        transport::endpoint_with(&cfg.host, Some(files), &TlsEnv::from_env(), cfg.insecure)?;
-    let Endpoint::Tls { host, port, files } = &endpoint else {
-        return Err(unreachable(
-            "TLS files given, but not a TLS endpoint".into(),
-        ));
-    };
-    let docker = transport::tls_client(host, *port, files)?;
-    match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
-        Err(_) => Err(unreachable("no answer within 5 s".into())),
-        Ok(Err(e)) => {
-            let mut reason = transport::causes(&e);
-            if reason.contains("invalid peer certificate") {
-                reason += &format!(
-                    " (the engine's certificate must chain to {}: no other CA is trusted)",
-                    files.ca.display()
-                );
-            }
-            Err(unreachable(reason))
-        }
-        Ok(Ok(_)) => Ok(Engine {
-            docker,
-            host: cfg.host.clone(),
-        }),
-    }
+    Engine::connect_with(&cfg.host, cfg.tls.as_ref(), cfg.insecure).await
 }
 
 /// Make a connected engine ready for jobs: remove containers of dead runs, make sure the image

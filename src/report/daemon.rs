@@ -105,19 +105,13 @@ impl DaemonReport {
 
     /// The engine stopped answering (`error`: what the failed call said).
     pub fn engine_down(&self, error: &str) {
-        self.engine_up.store(false, Ordering::Relaxed);
-        if let Some(host) = &self.engine_host {
-            self.metrics.set_engine_up(host, false);
-        }
+        self.set_engine(false);
         warn!(error = %error, "the engine does not answer; files stay queued; reconnecting");
     }
 
     /// The engine did not answer at start; it is asked again after `retry_in`.
     pub fn engine_unreachable(&self, error: &str, retry_in: Duration) {
-        self.engine_up.store(false, Ordering::Relaxed);
-        if let Some(host) = &self.engine_host {
-            self.metrics.set_engine_up(host, false);
-        }
+        self.set_engine(false);
         warn!(error = %error, retry_in_s = retry_in.as_secs(), "the Docker engine does not answer; retrying");
     }
 
@@ -126,9 +120,14 @@ impl DaemonReport {
         if was_down {
             info!("the engine answers again; resuming");
         }
-        self.engine_up.store(true, Ordering::Relaxed);
+        self.set_engine(true);
+    }
+
+    /// `/healthz` and the engine's metric, together.
+    fn set_engine(&self, up: bool) {
+        self.engine_up.store(up, Ordering::Relaxed);
         if let Some(host) = &self.engine_host {
-            self.metrics.set_engine_up(host, true);
+            self.metrics.set_engine_up(host, up);
         }
     }
 }

@@ -203,7 +203,6 @@ impl Daemon {
         let env = Arc::new(JobEnv {
             cfg: cfg.clone(),
             host: backend.describe(),
-            engine_host,
             backend: backend.clone(),
             recorder,
             store: shared.store.clone(),
@@ -235,7 +234,7 @@ impl Daemon {
             report: DaemonReport::new(
                 shared.metrics.clone(),
                 shared.engine_up.clone(),
-                env.engine_host.clone(),
+                engine_host,
             ),
             env,
             cfg,

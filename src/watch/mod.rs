@@ -162,12 +162,10 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
     let say = |s: String| info!("{s}");
     // The engine's name on the metrics; local ffmpeg has none.
     let engine_host = (engine.backend != BackendChoice::Local).then(|| engine.host.clone());
+    let report = DaemonReport::new(metrics.clone(), engine_up.clone(), engine_host.clone());
     let backend = match engine.backend {
         // Waits for the engine: a daemon started before it must not give up.
-        BackendChoice::Docker => {
-            let report = DaemonReport::new(metrics.clone(), engine_up.clone(), engine_host.clone());
-            wait_for_engine(&engine, &say, &mut signals, &report).await?
-        }
+        BackendChoice::Docker => wait_for_engine(&engine, &say, &mut signals, &report).await?,
         BackendChoice::Auto | BackendChoice::Local => {
             Some(crate::exec::connect::connect(&engine, &say, None).await?)
         }
@@ -181,9 +179,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
     let code = match backend {
         None => ExitCode::Success,
         Some(backend) => {
-            if let Some(host) = &engine_host {
-                metrics.set_engine_up(host, true);
-            }
+            report.engine_up(false);
             let recorder = Arc::new(StateRecorder::new(
                 store.clone(),
                 cfg.out.clone(),

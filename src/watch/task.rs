@@ -22,8 +22,6 @@ pub(super) struct JobEnv {
     pub(super) cfg: Arc<Config>,
     pub(super) backend: Arc<dyn Backend>,
     pub(super) host: String,
-    /// The engine's name on the metrics (`None` for local ffmpeg).
-    pub(super) engine_host: Option<String>,
     pub(super) recorder: Arc<dyn Recorder>,
     pub(super) store: Arc<Store>,
     pub(super) cands: Arc<Candidates>,

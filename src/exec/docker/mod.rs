@@ -262,7 +262,17 @@ impl Engine {
     /// The unit test `requests_carry_no_api_version` pins that behaviour, and every integration test
     /// runs against an engine older (API 1.41) than bollard's default (1.53).
     pub async fn connect(host: &str, insecure: bool) -> Result<Engine, EngineError> {
-        let endpoint = transport::endpoint(host, &TlsEnv::from_env(), insecure)?;
+        Engine::connect_with(host, None, insecure).await
+    }
+
+    /// [`Engine::connect`] to an engine that names its own TLS files (an entry of a hosts
+    /// file) instead of the docker CLI's environment ([`transport::endpoint_with`]).
+    pub async fn connect_with(
+        host: &str,
+        tls: Option<&transport::TlsFiles>,
+        insecure: bool,
+    ) -> Result<Engine, EngineError> {
+        let endpoint = transport::endpoint_with(host, tls, &TlsEnv::from_env(), insecure)?;
         let connect = |source| EngineError::Connect {
             host: host.to_string(),
             source,

@@ -148,29 +148,16 @@ pub enum BackendChoice {
     Local,
 }
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Files and/or folders to transcode. Folders are walked recursively; files in them are
-    /// taken by media extension (mp4, mov, mkv, webm, avi, ts, mp3, wav, ...). Files named
-    /// directly are taken whatever their extension. Example: `isc-transcode a.mp4 clips/`
-    #[arg(value_name = "INPUT", required = true)]
-    pub inputs: Vec<PathBuf>,
+/// `--memory`'s default, 4 GiB (the flag's `default_value`, in bytes).
+pub const DEFAULT_MEMORY: i64 = 4 << 30;
 
-    /// Preset: a built-in name (h264, h265, vp9, av1, copy, 720p, aac, mp3, thumbnail) or the
-    /// path of a preset TOML file. Example: `-p vp9`, `-p ./presets/mine.toml`
-    #[arg(short, long, value_name = "NAME|FILE", default_value = "h264")]
-    pub preset: String,
+/// `--pids-limit`'s default.
+pub const DEFAULT_PIDS: i64 = 512;
 
-    /// Output folder. A file found under an input folder D goes to
-    /// `OUT/<path relative to D>/<stem>.<ext>`; a file named directly goes to `OUT/<stem>.<ext>`.
-    /// The output folder is never scanned for inputs. Example: `-o /srv/media/web`
-    #[arg(short, long, value_name = "DIR", default_value = "out")]
-    pub out: PathBuf,
-
-    /// Jobs at once per engine [default: the engine's CPU count]. Example: `-j 2`
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub jobs: Option<u16>,
-
+/// The engines a command talks to, and the worker image: shared by a run, the daemon, `doctor`
+/// and `image sync`.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
     /// ffmpeg worker image. Build it with `scripts/build-image.sh` (no registry needed) or
     /// `docker build -t isc-ffmpeg:latest docker/`.
     #[arg(
@@ -203,6 +190,33 @@ pub struct RunArgs {
     /// (DOCKER_TLS_VERIFY=1, DOCKER_CERT_PATH). Example: `-H tcp://10.0.0.5:2375 --insecure`
     #[arg(long)]
     pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Files and/or folders to transcode. Folders are walked recursively; files in them are
+    /// taken by media extension (mp4, mov, mkv, webm, avi, ts, mp3, wav, ...). Files named
+    /// directly are taken whatever their extension. Example: `isc-transcode a.mp4 clips/`
+    #[arg(value_name = "INPUT", required = true)]
+    pub inputs: Vec<PathBuf>,
+
+    /// Preset: a built-in name (h264, h265, vp9, av1, copy, 720p, aac, mp3, thumbnail) or the
+    /// path of a preset TOML file. Example: `-p vp9`, `-p ./presets/mine.toml`
+    #[arg(short, long, value_name = "NAME|FILE", default_value = "h264")]
+    pub preset: String,
+
+    /// Output folder. A file found under an input folder D goes to
+    /// `OUT/<path relative to D>/<stem>.<ext>`; a file named directly goes to `OUT/<stem>.<ext>`.
+    /// The output folder is never scanned for inputs. Example: `-o /srv/media/web`
+    #[arg(short, long, value_name = "DIR", default_value = "out")]
+    pub out: PathBuf,
+
+    /// Jobs at once per engine [default: the engine's CPU count]. Example: `-j 2`
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
 
     /// Where ffmpeg runs. `auto` (the default) and `docker` run it in containers on the engine
     /// of -H; with no engine answering, they stop (exit 2) and say how to start one. `local`
@@ -236,7 +250,7 @@ pub struct RunArgs {
 
     /// Process limit of each job container, from 16 up: ffmpeg's threads count. Example:
     /// `--pids-limit 256`
-    #[arg(long, value_name = "N", default_value_t = 512, value_parser = parse_pids)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PIDS, value_parser = parse_pids)]
     pub pids_limit: i64,
 
     /// CPUs each job container may use, fractions allowed, at most 1024 [default: one job's
@@ -514,6 +528,13 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_memory_default_is_the_flag_s_default() {
+        let cli = Cli::try_parse_from(["isc-transcode", "a.mp4"]).expect("parse");
+        assert_eq!(cli.run.memory, DEFAULT_MEMORY);
+        assert_eq!(cli.run.pids_limit, DEFAULT_PIDS);
     }
 
     #[test]

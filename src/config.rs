@@ -7,7 +7,7 @@
 //! [`EngineConfig`]: one per `-H`, and one per entry of a `--hosts` file, each checked here
 //! against the transport rules so that a bad entry is named before anything is reached.
 
-use crate::cli::{RunArgs, TransferChoice};
+use crate::cli::{BackendChoice, EngineArgs, RunArgs, TransferChoice};
 use crate::error::AppError;
 use crate::exec::JobTimeout;
 use crate::exec::connect::{ConnectError, HostsError};
@@ -132,44 +132,74 @@ impl EngineConfig {
     /// the daemon, which runs on one engine.
     pub fn resolve(args: &RunArgs) -> EngineConfig {
         let host = args
+            .engine
             .host
             .first()
             .cloned()
             .or_else(docker_host_env)
             .unwrap_or_else(default_host);
-        EngineConfig::with_host(args, host)
+        EngineConfig {
+            host,
+            ..EngineConfig::of_run(args)
+        }
     }
 
     /// Every engine the flags name, in order: each `-H`, then each entry of `--hosts`; with
     /// neither, `DOCKER_HOST`, else the local socket. A hosts file that cannot be read or has a
     /// bad entry, and an engine named twice, are errors.
     pub fn resolve_all(args: &RunArgs) -> Result<Vec<EngineConfig>, AppError> {
-        EngineConfig::resolve_with(args, docker_host_env())
+        EngineConfig::resolve_with(&args.engine, EngineConfig::of_run(args), docker_host_env())
             .map_err(|e| ConnectError::from(e).into())
     }
 
-    /// [`EngineConfig::resolve_all`] with `DOCKER_HOST` as given.
+    /// Every engine of `args`, as [`EngineConfig::resolve_all`] names them, for a command that
+    /// runs no batch (`doctor`, `image sync`): the job limits are the run's defaults and
+    /// the backend is Docker.
+    pub fn resolve_engines(args: &EngineArgs) -> Result<Vec<EngineConfig>, AppError> {
+        let template = EngineConfig {
+            backend: BackendChoice::Docker,
+            host: String::new(),
+            insecure: args.insecure,
+            image: args.image.clone(),
+            jobs: None,
+            memory: crate::cli::DEFAULT_MEMORY,
+            pids: crate::cli::DEFAULT_PIDS,
+            cpus: None,
+            job_timeout: JobTimeout::Auto,
+            transfer: MountPolicy::Auto,
+            out: PathBuf::from("out"),
+            tls: None,
+            labels: Vec::new(),
+            weight: 1.0,
+        };
+        EngineConfig::resolve_with(args, template, docker_host_env())
+            .map_err(|e| ConnectError::from(e).into())
+    }
+
+    /// [`EngineConfig::resolve_all`] with `DOCKER_HOST` as given, each engine made from
+    /// `template` (the run's limits; its `host` is replaced).
     fn resolve_with(
-        args: &RunArgs,
+        args: &EngineArgs,
+        template: EngineConfig,
         docker_host: Option<String>,
     ) -> Result<Vec<EngineConfig>, HostsError> {
-        let mut engines: Vec<EngineConfig> = args
-            .host
-            .iter()
-            .map(|h| EngineConfig::with_host(args, h.clone()))
-            .collect();
+        let with_host = |host: String| EngineConfig {
+            host,
+            ..template.clone()
+        };
+        let mut engines: Vec<EngineConfig> =
+            args.host.iter().map(|h| with_host(h.clone())).collect();
         if let Some(path) = &args.hosts {
             let text = std::fs::read_to_string(path).map_err(|source| HostsError::Read {
                 path: path.clone(),
                 source,
             })?;
-            engines.extend(hosts_file(args, path, &text)?);
+            engines.extend(hosts_file(&template, path, &text)?);
         }
         if engines.is_empty() {
-            let host = docker_host.unwrap_or_else(default_host);
-            engines.push(EngineConfig::with_host(args, host));
+            engines.push(with_host(docker_host.unwrap_or_else(default_host)));
         }
-        if args.backend == crate::cli::BackendChoice::Local && engines.len() > 1 {
+        if template.backend == BackendChoice::Local && engines.len() > 1 {
             return Err(HostsError::LocalFleet {
                 count: engines.len(),
             });
@@ -184,12 +214,13 @@ impl EngineConfig {
         Ok(engines)
     }
 
-    fn with_host(args: &RunArgs, host: String) -> EngineConfig {
+    /// An engine as the run's flags configure it; `host` is left empty for the caller.
+    fn of_run(args: &RunArgs) -> EngineConfig {
         EngineConfig {
             backend: args.backend,
-            host,
-            insecure: args.insecure,
-            image: args.image.clone(),
+            host: String::new(),
+            insecure: args.engine.insecure,
+            image: args.engine.image.clone(),
             jobs: args.jobs.map(usize::from),
             memory: args.memory,
             pids: args.pids_limit,
@@ -216,7 +247,11 @@ fn docker_host_env() -> Option<String> {
 /// The engines of the hosts file at `path`, whose text is `text`. Each entry's address is
 /// checked against the transport rules now ([`transport::endpoint_with`]), so that a refused
 /// address names its entry; TLS paths are taken relative to the file's folder.
-fn hosts_file(args: &RunArgs, path: &Path, text: &str) -> Result<Vec<EngineConfig>, HostsError> {
+fn hosts_file(
+    template: &EngineConfig,
+    path: &Path,
+    text: &str,
+) -> Result<Vec<EngineConfig>, HostsError> {
     let file: HostsFile = toml::from_str(text).map_err(|e| HostsError::Parse {
         path: path.to_path_buf(),
         reason: e.to_string().trim_end().to_string(),
@@ -251,14 +286,15 @@ fn hosts_file(args: &RunArgs, path: &Path, text: &str) -> Result<Vec<EngineConfi
                 cert: base.join(&t.cert),
                 key: base.join(&t.key),
             });
-            transport::endpoint_with(&entry.url, tls.as_ref(), &env, args.insecure)
+            transport::endpoint_with(&entry.url, tls.as_ref(), &env, template.insecure)
                 .map_err(|e| bad(e.to_string()))?;
             Ok(EngineConfig {
-                jobs: entry.slots.or(args.jobs.map(usize::from)),
+                host: entry.url.clone(),
+                jobs: entry.slots.or(template.jobs),
                 tls,
                 labels: entry.labels.clone(),
                 weight: entry.weight.unwrap_or(1.0),
-                ..EngineConfig::with_host(args, entry.url.clone())
+                ..template.clone()
             })
         })
         .collect()
@@ -342,6 +378,13 @@ mod tests {
         assert!(!c.replace.overwrite && !c.replace.adopt);
     }
 
+    fn resolve_with(
+        args: &RunArgs,
+        docker_host: Option<String>,
+    ) -> Result<Vec<EngineConfig>, HostsError> {
+        EngineConfig::resolve_with(&args.engine, EngineConfig::of_run(args), docker_host)
+    }
+
     fn args(argv: &[&str]) -> RunArgs {
         let mut full = vec!["isc-transcode", "a.mp4"];
         full.extend_from_slice(argv);
@@ -358,7 +401,7 @@ mod tests {
     #[test]
     fn one_engine_from_h_else_docker_host_else_the_socket() {
         let one = |argv: &[&str], env: Option<&str>| {
-            EngineConfig::resolve_with(&args(argv), env.map(String::from)).expect("resolve")
+            resolve_with(&args(argv), env.map(String::from)).expect("resolve")
         };
         let e = one(&[], None);
         assert_eq!(e.len(), 1);
@@ -374,7 +417,7 @@ mod tests {
 
     #[test]
     fn h_may_be_repeated_and_each_engine_takes_the_run_s_limits() {
-        let e = EngineConfig::resolve_with(
+        let e = resolve_with(
             &args(&[
                 "-H",
                 "unix:///run/a.sock",
@@ -391,13 +434,13 @@ mod tests {
         let hosts: Vec<&str> = e.iter().map(|e| e.host.as_str()).collect();
         assert_eq!(hosts, ["unix:///run/a.sock", "tcp://127.0.0.1:2375"]);
         assert!(e.iter().all(|e| e.jobs == Some(3) && e.memory == 1 << 30));
-        let twice = EngineConfig::resolve_with(
+        let twice = resolve_with(
             &args(&["-H", "unix:///run/a.sock", "-H", "unix:///run/a.sock"]),
             None,
         )
         .expect_err("twice");
         assert!(twice.to_string().contains("named twice"), "{twice}");
-        let local = EngineConfig::resolve_with(
+        let local = resolve_with(
             &args(&[
                 "-H",
                 "unix:///run/a.sock",
@@ -410,7 +453,7 @@ mod tests {
         )
         .expect_err("local over engines");
         assert!(local.to_string().contains("--backend local"), "{local}");
-        let one = EngineConfig::resolve_with(
+        let one = resolve_with(
             &args(&["-H", "unix:///run/a.sock", "--backend", "local"]),
             None,
         )
@@ -434,9 +477,8 @@ mod tests {
             "#,
         );
         let p = path.to_str().expect("utf-8");
-        let e =
-            EngineConfig::resolve_with(&args(&["-H", "tcp://127.0.0.1:2375", "--hosts", p]), None)
-                .expect("resolve");
+        let e = resolve_with(&args(&["-H", "tcp://127.0.0.1:2375", "--hosts", p]), None)
+            .expect("resolve");
         let hosts: Vec<&str> = e.iter().map(|e| e.host.as_str()).collect();
         assert_eq!(
             hosts,
@@ -462,7 +504,7 @@ mod tests {
         assert_eq!(e[2].weight, 2.5);
         assert_eq!(e[1].weight, 1.0);
         // --hosts alone: DOCKER_HOST is not added.
-        let e = EngineConfig::resolve_with(
+        let e = resolve_with(
             &args(&["--hosts", p, "-j", "4"]),
             Some("tcp://127.0.0.1:9".into()),
         )
@@ -481,7 +523,7 @@ mod tests {
         let err = |text: &str| {
             let (_dir, path) = hosts(text);
             let p = path.to_str().expect("utf-8").to_string();
-            let e = EngineConfig::resolve_with(&args(&["--hosts", &p]), None).expect_err(text);
+            let e = resolve_with(&args(&["--hosts", &p]), None).expect_err(text);
             (e.to_string(), p)
         };
         let (e, p) = err("[[engine]]\nurl = \"unix:///a.sock\"\n\n[[engine]]\nurl = 5\n");
@@ -508,8 +550,7 @@ mod tests {
         let (e, p) = err("# nothing\n");
         assert!(e.contains(&p) && e.contains("names no engine"), "{e}");
         let missing =
-            EngineConfig::resolve_with(&args(&["--hosts", "/no/such/engines.toml"]), None)
-                .expect_err("missing");
+            resolve_with(&args(&["--hosts", "/no/such/engines.toml"]), None).expect_err("missing");
         assert!(
             missing.to_string().contains("/no/such/engines.toml"),
             "{missing}"

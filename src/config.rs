@@ -128,22 +128,6 @@ struct TlsEntry {
 // The engine's configuration is the backends' own type; resolving it from the flags belongs
 // with the rest of the flags' resolution, here.
 impl EngineConfig {
-    /// The first engine the flags name: `-H`, else `DOCKER_HOST`, else the local socket. For
-    /// the daemon, which runs on one engine.
-    pub fn resolve(args: &RunArgs) -> EngineConfig {
-        let host = args
-            .engine
-            .host
-            .first()
-            .cloned()
-            .or_else(docker_host_env)
-            .unwrap_or_else(default_host);
-        EngineConfig {
-            host,
-            ..EngineConfig::of_run(args)
-        }
-    }
-
     /// Every engine the flags name, in order: each `-H`, then each entry of `--hosts`; with
     /// neither, `DOCKER_HOST`, else the local socket. A hosts file that cannot be read or has a
     /// bad entry, and an engine named twice, are errors.

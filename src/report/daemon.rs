@@ -75,6 +75,8 @@ impl DaemonReport {
             bytes_in = result.bytes_in,
             bytes_out = result.bytes_out,
             how = if transcoded { "transcoded" } else { "copied" },
+            // Where it ran: with several engines, which one made this output.
+            engine = %result.host,
             after = after,
             "job done"
         );

@@ -85,11 +85,12 @@ impl Signals {
     }
 }
 
-/// Make the engine ready, retrying with backoff until it answers. `None`: a signal came first.
+/// Make the engines ready, retrying with backoff until one answers (with several, those that
+/// answer form the pool; [`crate::exec::connect::connect_all`]). `None`: a signal came first.
 /// An address or TLS setup that the transport rules refuse, or a missing image, is an error at
 /// once: waiting would not change it.
 pub(super) async fn wait_for_engine(
-    engine: &EngineConfig,
+    engines: &[EngineConfig],
     say: &(dyn Fn(String) + Send + Sync),
     signals: &mut Signals,
     report: &DaemonReport,
@@ -98,7 +99,7 @@ pub(super) async fn wait_for_engine(
     loop {
         let backoff = crate::backoff::doubling(PROBE_MIN, PROBE_MAX, failures);
         let attempt = tokio::select! {
-            r = crate::exec::connect::connect(engine, say, None) => r,
+            r = crate::exec::connect::connect_all(engines, say, None) => r,
             () = signals.recv() => return Ok(None),
         };
         match attempt {

@@ -158,16 +158,25 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
         None => None,
     };
 
-    let engine = EngineConfig::resolve(&args.run);
+    // Every engine of -H and --hosts, as a batch uses them: the daemon keeps taking files
+    // while one of them answers.
+    let engines = EngineConfig::resolve_all(&args.run)?;
     let say = |s: String| info!("{s}");
-    // The engine's name on the metrics; local ffmpeg has none.
-    let engine_host = (engine.backend != BackendChoice::Local).then(|| engine.host.clone());
+    let backend_choice = engines[0].backend;
+    // The engines' name on the metrics; local ffmpeg has none.
+    let engine_host = (backend_choice != BackendChoice::Local).then(|| {
+        engines
+            .iter()
+            .map(|e| e.host.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
     let report = DaemonReport::new(metrics.clone(), engine_up.clone(), engine_host.clone());
-    let backend = match engine.backend {
-        // Waits for the engine: a daemon started before it must not give up.
-        BackendChoice::Docker => wait_for_engine(&engine, &say, &mut signals, &report).await?,
+    let backend = match backend_choice {
+        // Waits for an engine: a daemon started before them must not give up.
+        BackendChoice::Docker => wait_for_engine(&engines, &say, &mut signals, &report).await?,
         BackendChoice::Auto | BackendChoice::Local => {
-            Some(crate::exec::connect::connect(&engine, &say, None).await?)
+            Some(crate::exec::connect::connect_all(&engines, &say, None).await?)
         }
     };
     let shared = Shared {

@@ -574,6 +574,87 @@ fn watch_keeps_files_queued_while_the_engine_is_away() {
 }
 
 #[test]
+fn watch_uses_every_engine_and_goes_on_while_one_answers() {
+    require_engine();
+    let engine = crate::remote::TlsEngine::start(23_764);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).expect("mkdir");
+    let out = tmp.path().join("out");
+    let default = std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    let hosts = tmp.path().join("engines.toml");
+    std::fs::write(
+        &hosts,
+        format!(
+            "[[engine]]\nurl = \"{default}\"\nslots = 1\n\n[[engine]]\nurl = \"{}\"\nslots = 1\n\
+             tls = {{ ca = \"{c}/ca.pem\", cert = \"{c}/cert.pem\", key = \"{c}/key.pem\" }}\n",
+            engine.host,
+            c = engine.certs
+        ),
+    )
+    .expect("write hosts file");
+    let hosts = hosts.display().to_string();
+    let mut d = start_env(
+        &input,
+        &out,
+        &["--settle", "1", "-p", "copy", "--hosts", &hosts],
+        &[],
+    );
+    // Files that arrive together are spread over both engines: one slot each.
+    let engines_of = |d: &Daemon, names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .flat_map(|n| d.about("job done", &input.join(n)))
+            .map(|r| r["engine"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let first: Vec<String> = (0..6).map(|n| format!("first{n}.mp4")).collect();
+    for (n, name) in first.iter().enumerate() {
+        distinct_copy(&samples().join("faststart.mp4"), &input.join(name), n);
+    }
+    d.wait_for("the first files", Duration::from_secs(120), |d| {
+        engines_of(d, &first).len() == first.len()
+    });
+    let used: std::collections::BTreeSet<String> = engines_of(&d, &first).into_iter().collect();
+    assert_eq!(
+        used.len(),
+        2,
+        "both engines take files: {used:?}\n{}",
+        d.log()
+    );
+    assert!(
+        used.contains(&format!("docker {}", engine.host)),
+        "{used:?}"
+    );
+
+    // One engine goes away: files that arrive meanwhile are done on the other, each once,
+    // and the daemon never reports the pool as away.
+    engine.stop();
+    let later: Vec<String> = (0..3).map(|n| format!("later{n}.mp4")).collect();
+    for (n, name) in later.iter().enumerate() {
+        distinct_copy(&samples().join("no-audio.mp4"), &input.join(name), 10 + n);
+    }
+    d.wait_for("the later files", Duration::from_secs(120), |d| {
+        engines_of(d, &later).len() == later.len()
+    });
+    for (name, on) in later.iter().zip(engines_of(&d, &later)) {
+        assert_eq!(on, format!("docker {default}"), "{name}");
+        let p = probe(&out.join(name));
+        assert!((duration(&p) - sample_duration("no-audio.mp4")).abs() < 0.5);
+    }
+    assert!(
+        d.records("the engine does not answer; files stay queued; reconnecting")
+            .is_empty(),
+        "one engine still answers: {}",
+        d.log()
+    );
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
 fn watch_changes_failures_and_a_second_signal() {
     require_engine();
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -18,10 +18,10 @@
 //! `status`, `hash`, `gc`, `--dry-run`) finds goes to [`crate::show`]. It reads the resolved
 //! [`RunConfig`], not the flags.
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::{Cli, Command, EngineArgs, RunArgs};
 use crate::config::RunConfig;
 use crate::error::{AppError, ExitCode};
-use crate::exec::docker::{Engine, default_host};
+use crate::exec::docker::{Engine, EngineError};
 use crate::hash;
 use crate::job::{Event, Job, Recorder};
 use crate::place::remove_stale_temps;
@@ -45,11 +45,7 @@ pub async fn run() -> Result<ExitCode, AppError> {
     match cli.command {
         Some(Command::Presets { name }) => show_presets(name.as_deref()),
         Some(Command::Status { out, failures }) => show_status(&out, failures),
-        Some(Command::Gc {
-            host,
-            all,
-            insecure,
-        }) => gc(host, all, insecure).await,
+        Some(Command::Gc { engine, all }) => gc(&engine, all).await,
         Some(Command::Hash { files }) => Ok(hash_files(&files)),
         Some(Command::Watch(args)) => crate::watch::run(*args).await,
         None => transcode(cli.run).await,
@@ -86,17 +82,36 @@ fn hash_files(files: &[PathBuf]) -> ExitCode {
     end.into()
 }
 
-async fn gc(host: Option<String>, all: bool, insecure: bool) -> Result<ExitCode, AppError> {
-    let host = host.unwrap_or_else(default_host);
-    let engine = Engine::connect(&host, insecure).await?;
-    let containers = engine.remove_labelled(all).await?;
-    let volumes = if all {
-        Some(engine.remove_library_volumes().await?)
-    } else {
-        None
+/// `gc`: clean every engine the flags name, at once. With one engine its error is the
+/// command's; with several, each engine's outcome is shown and a failure makes the exit code 1.
+async fn gc(args: &EngineArgs, all: bool) -> Result<ExitCode, AppError> {
+    let engines = crate::config::EngineConfig::resolve_engines(args)?;
+    let clean = |cfg: &crate::config::EngineConfig| {
+        let (host, tls, insecure) = (cfg.host.clone(), cfg.tls.clone(), cfg.insecure);
+        async move {
+            let engine = Engine::connect_with(&host, tls.as_ref(), insecure).await?;
+            let containers = engine.remove_labelled(all).await?;
+            let volumes = match all {
+                true => Some(engine.remove_library_volumes().await?),
+                false => None,
+            };
+            Ok::<_, EngineError>((engine.host.clone(), containers, volumes))
+        }
     };
-    show::gc(&host, containers, volumes);
-    Ok(ExitCode::Success)
+    let results = futures_util::future::join_all(engines.iter().map(clean)).await;
+    let single = results.len() == 1;
+    let mut code = ExitCode::Success;
+    for (cfg, r) in engines.iter().zip(results) {
+        match r {
+            Ok((host, containers, volumes)) => show::gc(&host, containers, volumes),
+            Err(e) if single => return Err(e.into()),
+            Err(e) => {
+                show::gc_failed(&cfg.host, &e);
+                code = ExitCode::SomeFailed;
+            }
+        }
+    }
+    Ok(code)
 }
 
 /// How a batch command ended.

@@ -107,21 +107,19 @@ pub enum Command {
         #[arg(value_name = "FILE", required = true)]
         files: Vec<PathBuf>,
     },
-    /// Remove containers left on an engine by isc-transcode runs that are no longer alive.
+    /// Remove containers left on engines by isc-transcode runs that are no longer alive.
     ///
-    /// Every run does this on the engines it uses; `gc` does it on demand.
-    /// Example: `isc-transcode gc -H tcp://build1:2376`
+    /// Every run does this on the engines it uses; `gc` does it on demand, on each engine of
+    /// -H and --hosts (else DOCKER_HOST, else the local socket). Exit 1 when an engine could
+    /// not be cleaned while others were. Example: `isc-transcode gc -H tcp://build1:2376`,
+    /// `isc-transcode gc --hosts engines.toml`
     Gc {
-        /// Docker engine [default: DOCKER_HOST, else the local socket].
-        #[arg(short = 'H', long, value_name = "URL", env = "DOCKER_HOST")]
-        host: Option<String>,
-        /// Remove every isc-transcode container on the engine, including those of live runs.
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Remove every isc-transcode container on the engines, including those of live runs,
+        /// and the library volumes.
         #[arg(long)]
         all: bool,
-        /// Allow a `tcp://` engine that is not on loopback without TLS (see the run's
-        /// --insecure).
-        #[arg(long)]
-        insecure: bool,
     },
 }
 

@@ -92,6 +92,11 @@ pub fn gc(host: &str, containers: usize, volumes: Option<usize>) {
     }
 }
 
+/// `gc` on one engine of several that could not be cleaned.
+pub fn gc_failed(host: &str, e: &dyn std::fmt::Display) {
+    eprintln!("isc-transcode: cannot clean {host}: {e}");
+}
+
 /// One input of a dry run's plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {

@@ -567,3 +567,28 @@ fn tls_trusts_only_the_given_ca_and_names_a_missing_key() {
     );
     assert!(!out.join("faststart.mp4").exists());
 }
+
+#[test]
+fn gc_cleans_every_engine_named_and_says_which_one_failed() {
+    require_engine();
+    let default = std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    // Nothing listens on this loopback port: the connection is refused at once.
+    let o = run(bin().args(["gc", "-H", &default, "-H", "tcp://127.0.0.1:9"]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("container(s) from {default}")),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("cannot clean tcp://127.0.0.1:9"),
+        "{}",
+        stderr(&o)
+    );
+    // One engine alone: its error is the command's, as before.
+    let o = run(bin().args(["gc", "-H", "tcp://127.0.0.1:9"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

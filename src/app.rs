@@ -48,6 +48,12 @@ pub async fn run() -> Result<ExitCode, AppError> {
         Some(Command::Gc { engine, all }) => gc(&engine, all).await,
         Some(Command::Hash { files }) => Ok(hash_files(&files)),
         Some(Command::Watch(args)) => crate::watch::run(*args).await,
+        Some(Command::Doctor {
+            engine,
+            preset,
+            jobs,
+            json,
+        }) => crate::doctor::run(&engine, &preset, jobs, json).await,
         None => transcode(cli.run).await,
     }
 }

@@ -121,7 +121,54 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Check every engine a run would use, and whether each is ready for a preset.
+    ///
+    /// Each engine (-H, --hosts, else DOCKER_HOST, else the local socket) is checked at once
+    /// with the others, a down one for at most a few seconds. It is pinged, asked for its
+    /// version and the worker image, and, when it has the image, runs one short container (no
+    /// network, the jobs' confinement) with `ffmpeg -encoders`. Nothing is pulled or left behind.
+    #[command(after_help = DOCTOR_HELP)]
+    Doctor {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// The preset whose encoders each engine's image must have: a built-in name or a preset
+        /// file. Example: `-p vp9`
+        #[arg(short, long, value_name = "NAME|FILE", default_value = "h264")]
+        preset: String,
+        /// Jobs at once per engine, as a run would take it: shown as the slots of engines whose
+        /// hosts-file entry names none [default: the engine's CPU count].
+        #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
+        /// Print one JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+const DOCTOR_HELP: &str = "\
+Columns:
+  ENGINE     the engine's URL, as -H or the hosts file names it
+  REACHABLE  yes when it answered a ping within 5 s
+  API        the API version it answers at
+  TLS        unix: a local socket; verified: TLS, the engine's certificate checked against your
+             ca.pem only; tls: TLS configured, no handshake completed; loopback: plain TCP to
+             this machine; insecure: plain TCP to another machine (--insecure)
+  IMAGE      the worker image's short ID, or missing
+  FFMPEG     the version of ffmpeg in the image
+  ENCODERS   ok when the image's ffmpeg lists every encoder the preset names (-c:v libx264,
+             -c:a aac, ...; copy needs none), else the missing ones
+  SLOTS      jobs at once there: the hosts file's slots, else --jobs, else the engine's CPUs
+  RTT        the median of 3 pings, in ms
+  VERDICT    ready, or why not: down, refused, no image, missing encoder NAME, error
+Each engine that is not ready gets a line under the table saying why.
+
+Examples:
+  isc-transcode doctor                             the default engine, for preset h264
+  isc-transcode doctor --hosts engines.toml -p vp9 every engine of a fleet, for VP9
+  isc-transcode doctor -H tcp://build1:2376 --json
+
+Exit codes: 0 every engine is ready for the preset, 1 some engine is not, 2 usage or
+configuration error (an unknown preset, a bad hosts file).";
 
 /// How inputs reach a Docker engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

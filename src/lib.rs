@@ -47,6 +47,8 @@
 //!
 //! [`fsopen`] is the one way an input is opened: never blocking, only a regular file.
 //!
+//! [`doctor`] checks the engines a run would use, and whether each is ready for a preset.
+//!
 //! [`error`] maps what can stop a run to the documented exit codes; [`backoff`] is the one rule
 //! for pauses between retries.
 //!
@@ -63,6 +65,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod copy;
+pub mod doctor;
 pub mod error;
 pub mod exec;
 pub mod ffmpeg;

@@ -278,6 +278,13 @@ fn is_loopback(ip: IpAddr) -> bool {
 }
 
 impl Endpoint {
+    /// Whether this is plain HTTP to a loopback address, as opposed to plain HTTP that
+    /// `--insecure` let through ([`endpoint_with`] keeps a loopback host as its address).
+    pub fn is_plain_loopback(&self) -> bool {
+        matches!(self, Endpoint::Plain { host, .. }
+            if host.parse::<IpAddr>().is_ok_and(is_loopback))
+    }
+
     /// The URL bollard's plain clients take (`unix://...`, `tcp://host:port`).
     pub fn url(&self) -> String {
         match self {

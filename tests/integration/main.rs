@@ -2,6 +2,7 @@
 //! Run them with `scripts/test.sh`, which sets up the engine, the image and host ffprobe.
 
 mod cron;
+mod doctor;
 mod fleet;
 mod hostile;
 mod inputs;

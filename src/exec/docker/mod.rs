@@ -239,6 +239,15 @@ impl WorkerImage {
     }
 }
 
+/// What an engine says of its version ([`Engine::version`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineVersion {
+    /// The API version it answers at (`1.41`).
+    pub api: Option<String>,
+    /// The engine's own version (`20.10.24`).
+    pub server: Option<String>,
+}
+
 /// A connected engine that answered a ping.
 #[derive(Clone)]
 pub struct Engine {
@@ -327,6 +336,49 @@ impl Engine {
         Ok(info.ncpu.unwrap_or(1).max(1) as usize)
     }
 
+    /// The engine's version and the API version it answers at, from a `version` call (for
+    /// `doctor`: a run never asks, see [`Engine::connect`]).
+    pub async fn version(&self) -> Result<EngineVersion, EngineError> {
+        let v = self.docker.version().await.map_err(|e| self.api(e))?;
+        Ok(EngineVersion {
+            api: v.api_version,
+            server: v.version,
+        })
+    }
+
+    /// How long one ping takes to come back.
+    pub async fn round_trip(&self) -> Result<Duration, EngineError> {
+        let started = std::time::Instant::now();
+        self.docker.ping().await.map_err(|e| self.api(e))?;
+        Ok(started.elapsed())
+    }
+
+    /// The worker image as the engine holds it, or `None` when the engine does not have it.
+    /// Nothing is pulled.
+    pub async fn image(&self, image: &str) -> Result<Option<WorkerImage>, EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(Some(WorkerImage::from_inspect(i))),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.api(e)),
+        }
+    }
+
+    /// What the image's ffmpeg says about itself: its banner (the version) and its list of
+    /// encoders, from `ffmpeg -encoders` in one locked-down container like a setup container's,
+    /// removed after at most `limit`.
+    pub async fn ffmpeg_encoders(
+        &self,
+        image: &str,
+        limit: Duration,
+    ) -> Result<String, EngineError> {
+        // The banner goes to stderr and the container's stdout is all that is read.
+        let cmd = ["sh", "-c", "exec ffmpeg -nostdin -encoders 2>&1"];
+        self.one_off(image, &cmd, vec![], &Limits::default(), limit)
+            .await
+    }
+
     /// The engine's storage driver, from an `info` call: for engines whose image inspection does
     /// not name it.
     async fn storage_driver(&self) -> Result<String, EngineError> {
@@ -341,12 +393,8 @@ impl Engine {
         image: &str,
         say: &(dyn Fn(String) + Send + Sync),
     ) -> Result<WorkerImage, EngineError> {
-        match self.docker.inspect_image(image).await {
-            Ok(i) => return Ok(WorkerImage::from_inspect(i)),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
-            Err(e) => return Err(self.api(e)),
+        if let Some(found) = self.image(image).await? {
+            return Ok(found);
         }
         say(format!(
             "worker image {image} is not on {}; pulling it",
@@ -442,14 +490,15 @@ impl Engine {
         Ok(n)
     }
 
-    /// Run `cmd` in a one-off locked-down container, with `limits` and at most
-    /// [`SETUP_TIMEOUT`], and return what it printed (up to 64 KiB).
+    /// Run `cmd` in a one-off locked-down container, with `limits` and for at most `limit`
+    /// ([`SETUP_TIMEOUT`] for setup), and return what it printed (up to 64 KiB).
     async fn one_off(
         &self,
         image: &str,
         cmd: &[&str],
         mounts: Vec<Mount>,
         limits: &Limits,
+        limit: Duration,
     ) -> Result<String, EngineError> {
         let config = ContainerCreateBody {
             image: Some(image.to_string()),
@@ -482,7 +531,7 @@ impl Engine {
             .await
             .map_err(|e| self.api(e))?
             .id;
-        let result = tokio::time::timeout(SETUP_TIMEOUT, async {
+        let result = tokio::time::timeout(limit, async {
             let mut attach = self
                 .docker
                 .attach_container(
@@ -511,7 +560,7 @@ impl Engine {
             Ok(r) => r.map_err(|e| self.api(e)),
             Err(_) => Err(EngineError::SetupTimeout {
                 host: self.host.clone(),
-                limit: SETUP_TIMEOUT,
+                limit,
             }),
         }
     }
@@ -575,7 +624,7 @@ impl Engine {
 d=$(ldd "$f" 2>/dev/null | sed -n 's|.*=> \(/[^ ]*\)/libavcodec\.so.*|\1|p' | head -n 1)
 [ -n "$d" ] && cd "$d" && pwd -P"#;
                 let found = self
-                    .one_off(image, &["sh", "-c", FIND], vec![], limits)
+                    .one_off(image, &["sh", "-c", FIND], vec![], limits, SETUP_TIMEOUT)
                     .await?;
                 let mut lines = found.lines().map(str::trim);
                 if !lines.next().is_some_and(|f| f.starts_with("/usr/")) {
@@ -611,6 +660,7 @@ d=$(ldd "$f" 2>/dev/null | sed -n 's|.*=> \(/[^ ]*\)/libavcodec\.so.*|\1|p' | he
                         &["sh", "-c", "command -v ffmpeg"],
                         vec![mount.clone()],
                         limits,
+                        SETUP_TIMEOUT,
                     )
                     .await;
                 if !matches!(&filled, Ok(f) if f.trim().starts_with("/usr/")) {

@@ -46,8 +46,10 @@ impl Hosts {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("mkdir");
         // The watcher: once this process is gone, take the hosts down and remove the folder.
-        let _ = Command::new("setsid")
+        // `setsid -f` forks it off in a session of its own and returns at once.
+        let started = Command::new("setsid")
             .args([
+                "-f",
                 "sh",
                 "-c",
                 "while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; \"$1\" down \"$2\" \
@@ -59,8 +61,9 @@ impl Hosts {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()
+            .status()
             .expect("start the watcher");
+        assert!(started.success(), "cannot start the watcher");
         let mut cmd = Command::new(script());
         cmd.arg("up")
             .arg(&dir)

@@ -172,6 +172,9 @@ const OPTIONS: &[Opt] = &[
     opt("analyzeduration", false, Kind::Int, true),
     opt("probesize", false, Kind::Int, true),
     opt("thread_queue_size", false, Kind::Int, true),
+    // Read the input at its native frame rate: for presets that pace a job in real time (the
+    // fleet benchmark's latency-bound jobs).
+    opt("re", false, Kind::Flag, true),
 ];
 
 /// Every filter a filtergraph of a preset may use: none of them reads or writes a file, opens a
@@ -755,6 +758,7 @@ mod tests {
             Place::Input,
         )
         .expect("input");
+        check(&strings(&["-re", "-ss", "1"]), Place::Input).expect("-re is a flag");
     }
 
     #[test]

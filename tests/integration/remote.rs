@@ -45,11 +45,6 @@ impl TlsEngine {
         }
     }
 
-    /// The folder that holds everything of the engine: certificates, data, `docker.pid`.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// Take the engine away, as a crash or a reboot would.
     pub fn stop(&self) {
         let ok = Command::new(root().join("scripts/tls-engine.sh"))

@@ -303,9 +303,13 @@ async fn check(cfg: &EngineConfig, jobs: Option<usize>, needed: &[String]) -> Ro
     let engine = match Engine::connect_with(&cfg.host, cfg.tls.as_ref(), cfg.insecure).await {
         Ok(engine) => engine,
         Err(e) => {
-            row.refused = matches!(e, EngineError::Transport(_));
+            row.refused = matches!(
+                e,
+                EngineError::Transport(_) | EngineError::TlsRefused { .. }
+            );
             row.problems.push(match e {
                 EngineError::Unreachable { reason, .. } => reason,
+                EngineError::TlsRefused { reason, .. } => format!("TLS handshake failed: {reason}"),
                 e => transport::causes(&e),
             });
             return row.judged();

@@ -232,6 +232,38 @@ pub fn endpoint_with(
     }
 }
 
+/// Whether `e` is a failed TLS handshake (a certificate not trusted or not valid for the name,
+/// a client certificate refused): a configuration to fix, not an engine that is away. Found by
+/// the TLS library's own error type among the causes, which the connector wraps in an I/O error.
+pub fn is_tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = next {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        next = cause.source();
+    }
+    // An I/O error's `source()` skips the error it wraps, so the TLS library's error may sit
+    // where the chain above never reaches: its messages, as the connector words them.
+    let text = causes(e);
+    [
+        "invalid peer certificate",
+        "received fatal alert",
+        "peer sent no certificates",
+        "peer is incompatible",
+        "peer misbehaved",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+}
+
 /// An error and every cause under it, as one line: a failed handshake shows as "client error
 /// (Connect)" alone, with the reason (an unknown issuer, a refused certificate) only below.
 pub fn causes(e: &dyn std::error::Error) -> String {

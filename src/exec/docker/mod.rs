@@ -192,6 +192,9 @@ pub enum EngineError {
     Transport(#[from] transport::TransportError),
     #[error("no Docker engine answered at {host}: {reason}")]
     Unreachable { host: String, reason: String },
+    /// The engine answered, but the TLS handshake failed: waiting will not change that.
+    #[error("the TLS handshake with {host} failed: {reason}")]
+    TlsRefused { host: String, reason: String },
     #[error(
         "worker image {image:?} is not on the engine at {host} and could not be pulled: {reason}\n\
          build it without a registry:  scripts/build-image.sh {image}\n\
@@ -311,6 +314,12 @@ impl Engine {
                         " (the engine's certificate must chain to {}: no other CA is trusted)",
                         files.ca.display()
                     );
+                }
+                if transport::is_tls_refusal(&e) {
+                    return Err(EngineError::TlsRefused {
+                        host: host.to_string(),
+                        reason,
+                    });
                 }
                 return Err(unreachable(reason));
             }

@@ -18,7 +18,7 @@
 //! `status`, `hash`, `gc`, `--dry-run`) finds goes to [`crate::show`]. It reads the resolved
 //! [`RunConfig`], not the flags.
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::{Cli, Command, ImageCommand, RunArgs};
 use crate::config::RunConfig;
 use crate::error::{AppError, ExitCode};
 use crate::exec::docker::{Engine, default_host};
@@ -52,6 +52,9 @@ pub async fn run() -> Result<ExitCode, AppError> {
         }) => gc(host, all, insecure).await,
         Some(Command::Hash { files }) => Ok(hash_files(&files)),
         Some(Command::Watch(args)) => crate::watch::run(*args).await,
+        Some(Command::Image {
+            what: ImageCommand::Sync { engine, from },
+        }) => crate::image_sync::run(&engine, from.as_deref()).await,
         None => transcode(cli.run).await,
     }
 }

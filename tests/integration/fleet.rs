@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 /// The default engine's address, as the other tests reach it.
-fn default_engine() -> String {
+pub(crate) fn default_engine() -> String {
     std::env::var("DOCKER_HOST")
         .ok()
         .filter(|h| !h.is_empty())
@@ -19,7 +19,7 @@ fn default_engine() -> String {
 /// A hosts file naming the default engine and `engines`, one slot each. The first TLS engine's
 /// certificates are copied beside the file and named relative to it; the others' by absolute
 /// path.
-fn hosts_file(dir: &Path, engines: &[&TlsEngine]) -> PathBuf {
+pub(crate) fn hosts_file(dir: &Path, engines: &[&TlsEngine]) -> PathBuf {
     let mut text = format!("[[engine]]\nurl = \"{}\"\nslots = 1\n", default_engine());
     for (i, e) in engines.iter().enumerate() {
         let certs = match i {
@@ -54,7 +54,7 @@ fn two_engines(ports: [u16; 2]) -> (TlsEngine, TlsEngine) {
 }
 
 /// The engine named by each `done` line (`... docker <host> (pipe)`).
-fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
+pub(crate) fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
     lines_starting(o, "done")
         .iter()
         .map(|l| {
@@ -68,7 +68,7 @@ fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
         .collect()
 }
 
-fn inputs(dir: &Path, from: &Path, range: std::ops::Range<usize>) -> Vec<PathBuf> {
+pub(crate) fn inputs(dir: &Path, from: &Path, range: std::ops::Range<usize>) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).expect("mkdir");
     range
         .map(|n| {

@@ -4,6 +4,7 @@
 mod cron;
 mod fleet;
 mod hostile;
+mod images;
 mod inputs;
 mod jobserver;
 mod outputs;

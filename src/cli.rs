@@ -139,7 +139,7 @@ Examples:
         make every engine of the hosts file hold build1's image
 
 The image streams from one engine's image export straight into the other's image load
-(`docker save | docker load`, without a registry or a copy on this machine), and the target
+(`docker save | docker load`: no registry, and no file on this machine), and the target
 must then hold the very image ID of the source. Exit 0 when every engine has it, 1 when one
 could not get it, 2 on a usage or configuration error.";
 

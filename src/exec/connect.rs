@@ -209,36 +209,63 @@ pub async fn connect_all(
     let engines = one_image(engines, &first.image, say).await?;
     let members = engines.into_iter().map(|(cfg, engine)| async move {
         let r = setup_docker(engine, cfg, say, jobs).await;
-        (cfg, r)
+        (cfg, r.map_err(ConnectError::from))
     });
     let mut up = Vec::new();
+    let mut away = None;
     for (cfg, r) in futures_util::future::join_all(members).await {
-        let backend = r?;
-        up.push(Member {
-            slots: backend.capacity(),
-            backend: Arc::new(backend),
-            weight: cfg.weight,
-        });
+        match r {
+            Ok(backend) => up.push(Member {
+                slots: backend.capacity(),
+                backend: Arc::new(backend),
+                weight: cfg.weight,
+            }),
+            Err(e) if e.is_unreachable() => {
+                say(format!("skipping the engine {}: {e}", cfg.host));
+                away.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(Arc::new(Fleet::new(up)))
+    match (up.is_empty(), away) {
+        (true, Some(e)) => Err(e),
+        _ => Ok(Arc::new(Fleet::new(up))),
+    }
 }
 
 /// Give every engine the image ID of the first engine that has the worker image, by streaming
 /// it over from that one ([`sync_image`]): a fleet runs one image, and a pull could bring
 /// another build of the tag, or nothing at all on engines without a registry. The copies run
 /// at once, one per engine that lacks the image or holds another ID. An engine the image
-/// cannot be copied to is left out with a message. When no engine has the image, every one
-/// is left as it is, to pull it as a lone engine would.
+/// cannot be asked for its image, or copied to, is left out with a message (an error only when
+/// none is left). When no engine has the image, every one is left as it is, to pull it as a
+/// lone engine would.
 async fn one_image<'a>(
     engines: Vec<(&'a EngineConfig, Engine)>,
     image: &str,
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Vec<(&'a EngineConfig, Engine)>, ConnectError> {
-    let facts = futures_util::future::join_all(engines.iter().map(|(_, e)| e.image_facts(image)))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConnectError::Image(Box::new(e)))?;
+    let asked =
+        futures_util::future::join_all(engines.iter().map(|(_, e)| e.image_facts(image))).await;
+    let mut kept = Vec::new();
+    let mut facts = Vec::new();
+    let mut unasked = None;
+    for (e, r) in engines.into_iter().zip(asked) {
+        match r {
+            Ok(f) => {
+                kept.push(e);
+                facts.push(f);
+            }
+            Err(why) => {
+                say(format!("skipping the engine {}: {why}", e.1.host));
+                unasked.get_or_insert(why);
+            }
+        }
+    }
+    if let (true, Some(why)) = (kept.is_empty(), unasked) {
+        return Err(ConnectError::Image(Box::new(why)));
+    }
+    let engines = kept;
     let ids: Vec<Option<&str>> = facts
         .iter()
         .map(|f| f.as_ref().map(|f| f.id.as_str()))

@@ -8,7 +8,9 @@
 #
 # DIR holds everything: certificates (DIR/certs: ca.pem cert.pem key.pem for the client), the
 # engine's data root, exec root, pid file and log. The worker image is copied from the default
-# engine with `docker save | docker load`. Nothing listens anywhere but loopback.
+# engine with `docker save | docker load`, unless ISC_NO_IMAGE=1: then the engine starts without
+# it, as an engine of an air-gapped fleet that has not been given it yet. Nothing listens
+# anywhere but loopback.
 set -euo pipefail
 
 cmd=${1:?start or stop}
@@ -65,6 +67,8 @@ ssl x509 -req -in server/client.csr -CA certs/ca.pem -CAkey server/ca-key.pem -C
     -days 2 -extfile server/client-ext.cnf -out certs/cert.pem
 
 launch
-engine_load_image "$dir" "$image"
+if [ "${ISC_NO_IMAGE:-}" != 1 ]; then
+    engine_load_image "$dir" "$image"
+fi
 echo "DOCKER_HOST=tcp://127.0.0.1:$port"
 echo "DOCKER_CERT_PATH=$dir/certs"

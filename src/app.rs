@@ -18,7 +18,7 @@
 //! `status`, `hash`, `gc`, `--dry-run`) finds goes to [`crate::show`]. It reads the resolved
 //! [`RunConfig`], not the flags.
 
-use crate::cli::{Cli, Command, EngineArgs, RunArgs};
+use crate::cli::{Cli, Command, EngineArgs, ImageCommand, RunArgs};
 use crate::config::RunConfig;
 use crate::error::{AppError, ExitCode};
 use crate::exec::docker::{Engine, EngineError};
@@ -54,6 +54,9 @@ pub async fn run() -> Result<ExitCode, AppError> {
             jobs,
             json,
         }) => crate::doctor::run(&engine, &preset, jobs, json).await,
+        Some(Command::Image {
+            what: ImageCommand::Sync { engine, from },
+        }) => crate::image_sync::run(&engine, from.as_deref()).await,
         None => transcode(cli.run).await,
     }
 }

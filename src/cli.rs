@@ -143,6 +143,44 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The worker image on the engines: `image sync` gives every engine the same image ID.
+    Image {
+        #[command(subcommand)]
+        what: ImageCommand,
+    },
+}
+
+const IMAGE_SYNC_EXAMPLES: &str = "\
+Examples:
+  isc-transcode image sync -H unix:///var/run/docker.sock -H tcp://build2:2376
+        copy the local engine's worker image to build2 (TLS from DOCKER_TLS_VERIFY and
+        DOCKER_CERT_PATH), unless build2 already has the same image ID
+  isc-transcode image sync --hosts engines.toml --from tcp://build1:2376
+        make every engine of the hosts file hold build1's image
+
+The image streams from one engine's image export straight into the other's image load
+(`docker save | docker load`: no registry, and no file on this machine), and the target
+must then hold the very image ID of the source. Exit 0 when every engine has it, 1 when one
+could not get it, 2 on a usage or configuration error.";
+
+/// What `isc-transcode image` does.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Give every engine the worker image with the same image ID, copying it from the engine of
+    /// --from, else the first engine that has it.
+    ///
+    /// A run over several engines does this by itself before work starts; this does it on
+    /// demand, for example after rebuilding the image on one engine of an air-gapped fleet.
+    #[command(after_help = IMAGE_SYNC_EXAMPLES)]
+    Sync {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// The engine to copy the image from (one of -H/--hosts, or another one, reached with
+        /// the docker CLI's TLS environment) [default: the first engine that has the image].
+        /// Example: `--from tcp://build1:2376`
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
+    },
 }
 
 const DOCTOR_HELP: &str = "\

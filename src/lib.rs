@@ -73,6 +73,7 @@ pub mod fsopen;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hash;
+pub mod image_sync;
 pub mod job;
 pub mod media;
 pub mod metrics;

@@ -6,8 +6,11 @@
 //! them as one [`Fleet`]. For a Docker engine it also prepares the engine: containers
 //! left by runs that are gone are removed, the image is checked, the job limits are settled
 //! (one job's CPU share needs the engine's CPU count), and a library volume is made where the
-//! engine's storage makes every ffmpeg start slow.
+//! engine's storage makes every ffmpeg start slow. The engines of a fleet first get one image
+//! ID between them: one that lacks the worker image, or holds another build of it, gets it
+//! streamed from the first engine that has it, since air-gapped engines cannot pull.
 
+use super::docker::image::{Coarse, SyncError, plan_sync, short_id, sync_image};
 use super::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy};
 use super::fleet::{Fleet, Member};
 use super::local::LocalBackend;
@@ -84,6 +87,8 @@ pub enum ConnectError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Hosts(#[from] HostsError),
+    #[error(transparent)]
+    Image(Box<SyncError>),
     #[error("--backend local needs ffmpeg and ffprobe on PATH (Debian: apt-get install ffmpeg)")]
     NoLocalFfmpeg,
     /// `--backend auto` found no engine. It never falls back to this machine's ffmpeg: the
@@ -121,23 +126,29 @@ pub async fn connect(
     say: &(dyn Fn(String) + Send + Sync),
     jobs: Option<usize>,
 ) -> Result<Arc<dyn Backend>, ConnectError> {
-    let engine = match cfg.backend {
-        BackendChoice::Local => {
-            let local = LocalBackend::find()
-                .ok_or(ConnectError::NoLocalFfmpeg)?
-                .with_job_timeout(cfg.job_timeout)
-                .with_capacity(cfg.jobs.unwrap_or_else(num_cpus_local));
-            return Ok(Arc::new(local));
-        }
-        BackendChoice::Docker => reach(cfg).await?,
+    if cfg.backend == BackendChoice::Local {
+        let local = LocalBackend::find()
+            .ok_or(ConnectError::NoLocalFfmpeg)?
+            .with_job_timeout(cfg.job_timeout)
+            .with_capacity(cfg.jobs.unwrap_or_else(num_cpus_local));
+        return Ok(Arc::new(local));
+    }
+    let engine = reach_engine(cfg).await?;
+    Ok(Arc::new(setup_docker(engine, cfg, say, jobs).await?))
+}
+
+/// Reach the engine of `cfg` as its backend choice says: under `--backend auto` an engine that
+/// does not answer is [`ConnectError::NoEngine`], which says how to start one.
+async fn reach_engine(cfg: &EngineConfig) -> Result<Engine, ConnectError> {
+    match cfg.backend {
         BackendChoice::Auto => reach(cfg).await.map_err(|e| match e {
             EngineError::Unreachable { .. } | EngineError::Connect { .. } => {
                 ConnectError::NoEngine { source: e }
             }
             e => ConnectError::Engine(e),
-        })?,
-    };
-    Ok(Arc::new(setup_docker(engine, cfg, say, jobs).await?))
+        }),
+        _ => Ok(reach(cfg).await?),
+    }
 }
 
 /// Make every configured engine ready and return them as one backend: with one engine, that
@@ -146,6 +157,10 @@ pub async fn connect(
 /// does not answer is skipped with a message, as long as one does; when none does, the first
 /// one's error is returned. Any other error (a refused transport, a broken certificate, no
 /// image) stops the run: it is a configuration to fix, not an engine that is away.
+///
+/// Before any is prepared, every engine is given the worker image of the first one that has
+/// it, with the same image ID ([`one_image`]); an engine it cannot be copied to is skipped
+/// like one that does not answer. Only when no engine has the image does each pull it.
 ///
 /// Only the engine on a unix socket may bind-mount this machine's files: every other member
 /// streams.
@@ -163,18 +178,38 @@ pub async fn connect_all(
     if rest.is_empty() || first.backend == BackendChoice::Local {
         return connect(first, say, jobs).await;
     }
-    let members = cfgs.iter().map(|cfg| {
-        let cfg = EngineConfig {
+    let cfgs: Vec<EngineConfig> = cfgs
+        .iter()
+        .map(|cfg| EngineConfig {
             transfer: match cfg.host.starts_with("unix://") {
                 true => cfg.transfer,
                 false => MountPolicy::Never,
             },
             ..cfg.clone()
-        };
-        async move {
-            let r = connect(&cfg, say, jobs).await;
-            (cfg, r)
+        })
+        .collect();
+    let reached = cfgs
+        .iter()
+        .map(|cfg| async move { (cfg, reach_engine(cfg).await) });
+    let mut engines = Vec::new();
+    let mut away = None;
+    for (cfg, r) in futures_util::future::join_all(reached).await {
+        match r {
+            Ok(engine) => engines.push((cfg, engine)),
+            Err(e) if e.is_unreachable() => {
+                say(format!("skipping the engine {}: {e}", cfg.host));
+                away.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
         }
+    }
+    if let (true, Some(e)) = (engines.is_empty(), away) {
+        return Err(e);
+    }
+    let engines = one_image(engines, &first.image, say).await?;
+    let members = engines.into_iter().map(|(cfg, engine)| async move {
+        let r = setup_docker(engine, cfg, say, jobs).await;
+        (cfg, r.map_err(ConnectError::from))
     });
     let mut up = Vec::new();
     let mut away = None;
@@ -182,7 +217,7 @@ pub async fn connect_all(
         match r {
             Ok(backend) => up.push(Member {
                 slots: backend.capacity(),
-                backend,
+                backend: Arc::new(backend),
                 weight: cfg.weight,
             }),
             Err(e) if e.is_unreachable() => {
@@ -196,6 +231,88 @@ pub async fn connect_all(
         (true, Some(e)) => Err(e),
         _ => Ok(Arc::new(Fleet::new(up))),
     }
+}
+
+/// Give every engine the image ID of the first engine that has the worker image, by streaming
+/// it over from that one ([`sync_image`]): a fleet runs one image, and a pull could bring
+/// another build of the tag, or nothing at all on engines without a registry. The copies run
+/// at once, one per engine that lacks the image or holds another ID. An engine the image
+/// cannot be asked for its image, or copied to, is left out with a message (an error only when
+/// none is left). When no engine has the image, every one is left as it is, to pull it as a
+/// lone engine would.
+async fn one_image<'a>(
+    engines: Vec<(&'a EngineConfig, Engine)>,
+    image: &str,
+    say: &(dyn Fn(String) + Send + Sync),
+) -> Result<Vec<(&'a EngineConfig, Engine)>, ConnectError> {
+    let asked =
+        futures_util::future::join_all(engines.iter().map(|(_, e)| e.image_facts(image))).await;
+    let mut kept = Vec::new();
+    let mut facts = Vec::new();
+    let mut unasked = None;
+    for (e, r) in engines.into_iter().zip(asked) {
+        match r {
+            Ok(f) => {
+                kept.push(e);
+                facts.push(f);
+            }
+            Err(why) => {
+                say(format!("skipping the engine {}: {why}", e.1.host));
+                unasked.get_or_insert(why);
+            }
+        }
+    }
+    if let (true, Some(why)) = (kept.is_empty(), unasked) {
+        return Err(ConnectError::Image(Box::new(why)));
+    }
+    let engines = kept;
+    let ids: Vec<Option<&str>> = facts
+        .iter()
+        .map(|f| f.as_ref().map(|f| f.id.as_str()))
+        .collect();
+    let Some((reference, targets)) = plan_sync(&ids) else {
+        return Ok(engines);
+    };
+    let source = &engines[reference].1;
+    let id = ids[reference].unwrap_or_default();
+    let copies = targets.iter().map(|&i| {
+        let target = &engines[i].1;
+        if let Some(other) = ids[i] {
+            say(format!(
+                "the worker image {image} on {} is {}, not the fleet's {} (on {}): replacing it",
+                target.host,
+                short_id(other),
+                short_id(id),
+                source.host
+            ));
+        }
+        async move {
+            let mut lines = Coarse::new(image, id, &source.host, &target.host);
+            let mut progress = |p| {
+                if let Some(line) = lines.line(p) {
+                    say(line);
+                }
+            };
+            let r = sync_image(source, target, image, &mut progress).await;
+            if let Ok(copied) = &r {
+                say(lines.done(copied));
+            }
+            (i, r)
+        }
+    });
+    let mut failed = Vec::new();
+    for (i, r) in futures_util::future::join_all(copies).await {
+        if let Err(e) = r {
+            say(format!("skipping the engine {}: {e}", engines[i].1.host));
+            failed.push(i);
+        }
+    }
+    Ok(engines
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !failed.contains(i))
+        .map(|(_, e)| e)
+        .collect())
 }
 
 /// Reach the engine of `cfg`: through the docker CLI's environment, or through the TLS files the

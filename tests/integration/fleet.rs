@@ -233,7 +233,7 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 }
 
 /// The engine named by each `done` line (`... docker <host> (pipe)`).
-fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
+pub(crate) fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
     lines_starting(o, "done")
         .iter()
         .map(|l| {
@@ -247,7 +247,7 @@ fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
         .collect()
 }
 
-fn inputs(dir: &Path, from: &Path, range: std::ops::Range<usize>) -> Vec<PathBuf> {
+pub(crate) fn inputs(dir: &Path, from: &Path, range: std::ops::Range<usize>) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).expect("mkdir");
     range
         .map(|n| {

@@ -5,6 +5,7 @@ mod cron;
 mod doctor;
 mod fleet;
 mod hostile;
+mod images;
 mod inputs;
 mod jobserver;
 mod outputs;

@@ -15,11 +15,21 @@ pub(crate) struct TlsEngine {
 
 impl TlsEngine {
     pub fn start(port: u16) -> TlsEngine {
+        TlsEngine::launch(port, false)
+    }
+
+    /// An engine that starts without the worker image (`ISC_NO_IMAGE=1`).
+    pub fn start_empty(port: u16) -> TlsEngine {
+        TlsEngine::launch(port, true)
+    }
+
+    fn launch(port: u16, empty: bool) -> TlsEngine {
         let dir = tempfile::Builder::new()
             .prefix("isc-tls-engine")
             .tempdir_in("/var/tmp")
             .expect("tempdir");
         let out = Command::new(root().join("scripts/tls-engine.sh"))
+            .env("ISC_NO_IMAGE", if empty { "1" } else { "0" })
             .arg("start")
             .arg(dir.path())
             .arg(port.to_string())

@@ -59,6 +59,7 @@
 //! handle the pool's idle list holds live here rather than in `pool`.
 
 mod client;
+pub mod image;
 mod mount;
 mod pool;
 mod stream;

@@ -343,6 +343,10 @@ pub async fn run_batch<B: Backend + ?Sized>(
     let parallel = opts.parallel;
     let out_root = Arc::new(out_dir.to_path_buf());
     let host = backend.describe();
+    // Larger inputs first (a stable sort: equal sizes keep their order): a big file started
+    // last would run alone at the end while every other slot sits idle.
+    let mut jobs = jobs;
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.spec.size));
     let mut pending = jobs.into_iter();
     let mut running = JoinSet::new();
     // What each running task runs: a task aborted by a second stop still gets its result.

@@ -9,7 +9,7 @@
 //! engine's storage makes every ffmpeg start slow.
 
 use super::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy};
-use super::fleet::{Fleet, Member};
+use super::fleet::{Fleet, FleetOptions, Member};
 use super::local::LocalBackend;
 use super::transport::TlsFiles;
 use super::{Backend, JobTimeout};
@@ -45,6 +45,9 @@ pub struct EngineConfig {
     /// A hosts file's `weight` (default 1): between engines with as many free slots, the
     /// heavier one takes the job.
     pub weight: f64,
+    /// How a fleet of several engines retries and waits (`--retries`, `--engine-timeout`):
+    /// the same for every engine of a run; the first one's is used.
+    pub fleet: FleetOptions,
 }
 
 /// A hosts file (`--hosts`) that cannot be used. Each message names the file, and the line
@@ -194,7 +197,7 @@ pub async fn connect_all(
     }
     match (up.is_empty(), away) {
         (true, Some(e)) => Err(e),
-        _ => Ok(Arc::new(Fleet::new(up))),
+        _ => Ok(Arc::new(Fleet::with_options(up, first.fleet))),
     }
 }
 
@@ -302,6 +305,7 @@ mod tests {
             tls: None,
             labels: Vec::new(),
             weight: 1.0,
+            fleet: FleetOptions::default(),
         }
     }
 

@@ -1046,6 +1046,23 @@ mod tests {
                 .collect()
         }
 
+        // The batch's sizes are the plan's (`JobSpec::size`): the jobs here are copies of one
+        // sample, so the test gives them the sizes whose order it checks.
+        #[tokio::test(start_paused = true)]
+        async fn larger_inputs_start_first_and_equal_sizes_keep_their_order() {
+            let mut b = batch(4);
+            for (j, size) in b.jobs.iter_mut().zip([10, 30, 20, 30]) {
+                j.spec.size = size;
+            }
+            let fake = Arc::new(FakeBackend::new());
+            let told = Arc::new(Told::default());
+            let outcome = run(&fake, &b, opts(1), &told).await;
+            assert_eq!(fake.seen(|s| s.started.clone()), [1, 3, 2, 0]);
+            let ids: Vec<usize> = outcome.results.iter().map(|r| r.id).collect();
+            assert_eq!(ids, [0, 1, 2, 3], "results in plan order");
+            assert!(outcome.results.iter().all(|r| r.status == Status::Done));
+        }
+
         #[tokio::test(start_paused = true)]
         async fn no_more_than_the_parallel_jobs_run_at_once_and_every_output_lands() {
             let b = batch(6);

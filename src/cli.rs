@@ -386,6 +386,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
     pub stall_timeout: std::time::Duration,
 
+    /// With several engines: how many other engines a file is tried on after the engine
+    /// running it failed it or went away (its partial output is discarded each time; a file
+    /// that fails the same way on two engines is not tried further). Not the daemon's
+    /// `--retries`, which retries a failed file later: there this is `--engine-retries`.
+    #[arg(long = "retries", value_name = "N", default_value_t = crate::exec::fleet::RETRIES)]
+    pub engine_retries: usize,
+
+    /// With several engines: when every one is down, how long files wait for one to answer
+    /// before they fail. Example: `--engine-timeout 15m`
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub engine_timeout: std::time::Duration,
+
     /// Transcode even what the state store says is done.
     #[arg(long)]
     pub force: bool,
@@ -456,6 +468,7 @@ fn retell(arg: clap::Arg, text: &'static str) -> clap::Arg {
     mut_arg("verbose", |a| retell(a, WATCH_VERBOSE)),
     mut_arg("backend", |a| retell(a, WATCH_BACKEND)),
     mut_arg("json", |a| a.hide(true)),
+    mut_arg("engine_retries", |a| a.long("engine-retries").hide(true)),
     mut_arg("dry_run", |a| a.hide(true)),
     mut_arg("max_runtime", |a| a.hide(true)),
     mut_arg("follow", |a| a.hide(true)),

@@ -155,6 +155,7 @@ impl EngineConfig {
             tls: None,
             labels: Vec::new(),
             weight: 1.0,
+            fleet: crate::exec::fleet::FleetOptions::default(),
         };
         EngineConfig::resolve_with(args, template, docker_host_env())
             .map_err(|e| ConnectError::from(e).into())
@@ -219,6 +220,10 @@ impl EngineConfig {
             tls: None,
             labels: Vec::new(),
             weight: 1.0,
+            fleet: crate::exec::fleet::FleetOptions {
+                retries: args.engine_retries,
+                engine_timeout: args.engine_timeout,
+            },
         }
     }
 }

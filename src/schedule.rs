@@ -343,6 +343,10 @@ pub async fn run_batch<B: Backend + ?Sized>(
     let parallel = opts.parallel;
     let out_root = Arc::new(out_dir.to_path_buf());
     let host = backend.describe();
+    // Larger inputs first (a stable sort: equal sizes keep their order): a big file started
+    // last would run alone at the end while every other slot sits idle.
+    let mut jobs = jobs;
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.spec.size));
     let mut pending = jobs.into_iter();
     let mut running = JoinSet::new();
     // What each running task runs: a task aborted by a second stop still gets its result.
@@ -1040,6 +1044,23 @@ mod tests {
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n.starts_with(place::TEMP_PREFIX))
                 .collect()
+        }
+
+        // The batch's sizes are the plan's (`JobSpec::size`): the jobs here are copies of one
+        // sample, so the test gives them the sizes whose order it checks.
+        #[tokio::test(start_paused = true)]
+        async fn larger_inputs_start_first_and_equal_sizes_keep_their_order() {
+            let mut b = batch(4);
+            for (j, size) in b.jobs.iter_mut().zip([10, 30, 20, 30]) {
+                j.spec.size = size;
+            }
+            let fake = Arc::new(FakeBackend::new());
+            let told = Arc::new(Told::default());
+            let outcome = run(&fake, &b, opts(1), &told).await;
+            assert_eq!(fake.seen(|s| s.started.clone()), [1, 3, 2, 0]);
+            let ids: Vec<usize> = outcome.results.iter().map(|r| r.id).collect();
+            assert_eq!(ids, [0, 1, 2, 3], "results in plan order");
+            assert!(outcome.results.iter().all(|r| r.status == Status::Done));
         }
 
         #[tokio::test(start_paused = true)]

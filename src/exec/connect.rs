@@ -12,7 +12,7 @@
 
 use super::docker::image::{Coarse, SyncError, plan_sync, short_id, sync_image};
 use super::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy};
-use super::fleet::{Fleet, Member};
+use super::fleet::{Fleet, FleetOptions, Member};
 use super::local::LocalBackend;
 use super::transport::TlsFiles;
 use super::{Backend, JobTimeout};
@@ -48,6 +48,9 @@ pub struct EngineConfig {
     /// A hosts file's `weight` (default 1): between engines with as many free slots, the
     /// heavier one takes the job.
     pub weight: f64,
+    /// How a fleet of several engines retries and waits (`--retries`, `--engine-timeout`):
+    /// the same for every engine of a run; the first one's is used.
+    pub fleet: FleetOptions,
 }
 
 /// A hosts file (`--hosts`) that cannot be used. Each message names the file, and the line
@@ -229,7 +232,7 @@ pub async fn connect_all(
     }
     match (up.is_empty(), away) {
         (true, Some(e)) => Err(e),
-        _ => Ok(Arc::new(Fleet::new(up))),
+        _ => Ok(Arc::new(Fleet::with_options(up, first.fleet))),
     }
 }
 
@@ -419,6 +422,7 @@ mod tests {
             tls: None,
             labels: Vec::new(),
             weight: 1.0,
+            fleet: FleetOptions::default(),
         }
     }
 

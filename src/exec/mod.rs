@@ -146,6 +146,14 @@ pub trait Backend: Send + Sync + 'static {
         ctx: &'a JobCtx,
     ) -> BoxFuture<'a, Result<Produced, JobError>>;
 
+    /// Make the backend ready for jobs again after it was away (a fleet calls it before a member
+    /// that was down takes jobs again): remove what this run left there while it was cut off,
+    /// such as containers of jobs already moved elsewhere, and anything kept warm from before.
+    /// An error says why it is not ready; the fleet asks again later.
+    fn rejoin(&self) -> BoxFuture<'_, Result<(), EngineFault>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Release what the backend keeps between jobs (warm containers) at the end of a batch.
     fn finish(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

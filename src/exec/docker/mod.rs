@@ -952,6 +952,39 @@ impl Backend for DockerBackend {
         })
     }
 
+    /// Remove every container of this run on the engine, found by its labels and the run's
+    /// id: the warm workers (whose sessions did not survive the outage) and the workers of jobs
+    /// that were given up and moved elsewhere while the engine was cut off.
+    fn rejoin(&self) -> super::BoxFuture<'_, Result<(), super::EngineFault>> {
+        Box::pin(async {
+            let idle: Vec<Worker> = self
+                .idle
+                .lock()
+                .map(|mut idle| idle.drain(..).collect())
+                .unwrap_or_default();
+            for mut w in idle {
+                w.session.hang_up();
+                self.retire(w);
+            }
+            let filters = HashMap::from([(
+                "label".to_string(),
+                vec![format!("{LABEL_RUN}={}", self.run_id)],
+            )]);
+            let opts = ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let list = self.engine.docker.list_containers(Some(opts)).await?;
+            for id in list.into_iter().filter_map(|c| c.id) {
+                remove(&self.engine.docker, &id).await?;
+                if let Ok(mut live) = self.live.lock() {
+                    live.remove(&id);
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn abandon(&self) -> super::BoxFuture<'_, ()> {
         Box::pin(async {
             let ids: Vec<String> = self

@@ -1474,5 +1474,134 @@ mod tests {
             assert!(fake.seen(|s| s.cancelled.is_empty()));
             assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
         }
+
+        /// A recorder that removes each output once it is recorded, so that a batch of 100,000
+        /// files needs the disk of a few.
+        #[derive(Default)]
+        struct Discard {
+            done: std::sync::atomic::AtomicUsize,
+        }
+
+        impl Recorder for Discard {
+            fn done(
+                &self,
+                job: &JobSpec,
+                _: &Produced,
+                _: &FileStat,
+                _: f64,
+            ) -> Result<String, String> {
+                let _ = std::fs::remove_file(&job.output);
+                self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(String::new())
+            }
+
+            fn failed(&self, _: &JobSpec, _: &str) {}
+
+            fn replace(&self, _: &JobSpec) -> Replace {
+                Replace::Nothing
+            }
+        }
+
+        /// This process's resident memory (VmRSS) in KiB.
+        fn rss_kib() -> u64 {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                })
+                .unwrap_or(0)
+        }
+
+        /// The dispatcher alone, on the fake backend and on a fleet of three fakes with two
+        /// slots each, for 1,000, 10,000 and 100,000 queued files: the time per job and the
+        /// memory must stay flat as the queue grows. Every job is a real one around the fake's
+        /// instant ffmpeg (temporary file, checks, rename, record), on one input file.
+        /// Run by scripts/bench-dispatch.sh (release build); prints one line per case.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "a benchmark: scripts/bench-dispatch.sh"]
+        async fn bench_dispatch_overhead() {
+            let sizes: Vec<usize> = std::env::var("ISC_BENCH_SIZES")
+                .ok()
+                .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
+                .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
+            let one = batch(1);
+            // On a tmpfs where there is one: each job syncs its output before the rename, and
+            // what is measured here is the dispatcher, not the disk.
+            let dir = tempfile::Builder::new()
+                .prefix("isc-bench-dispatch")
+                .tempdir_in(match Path::new("/dev/shm").is_dir() {
+                    true => Path::new("/dev/shm"),
+                    false => one.dir.path(),
+                })
+                .expect("tempdir");
+            std::fs::create_dir(dir.path().join("out")).expect("out");
+            let mut template = one.jobs[0].clone();
+            let input = dir.path().join("in.mp4");
+            std::fs::copy(&template.spec.input, &input).expect("copy");
+            template.input_stat = file_stat(&input).expect("stat");
+            template.spec.input = input;
+            for backend in ["fake", "fleet"] {
+                for &n in &sizes {
+                    let jobs: Vec<Job> = (0..n)
+                        .map(|id| {
+                            let mut j = template.clone();
+                            j.spec.id = id;
+                            j.spec.output = dir.path().join(format!("out/{id}.mp4"));
+                            j
+                        })
+                        .collect();
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+                    let told = Arc::new(Discard::default());
+                    let rss_before = rss_kib();
+                    let start = std::time::Instant::now();
+                    let outcome = match backend {
+                        "fake" => {
+                            run_batch(
+                                Arc::new(FakeBackend::new()),
+                                jobs,
+                                &dir.path().join("out"),
+                                opts(6),
+                                tx,
+                                told.clone(),
+                            )
+                            .await
+                        }
+                        _ => {
+                            let members = (0..3)
+                                .map(|_| crate::exec::fleet::Member {
+                                    backend: Arc::new(FakeBackend::new()) as Arc<dyn Backend>,
+                                    slots: 2,
+                                    weight: 1.0,
+                                })
+                                .collect();
+                            let fleet = Arc::new(crate::exec::fleet::Fleet::new(members));
+                            run_batch(
+                                fleet,
+                                jobs,
+                                &dir.path().join("out"),
+                                opts(6),
+                                tx,
+                                told.clone(),
+                            )
+                            .await
+                        }
+                    };
+                    let seconds = start.elapsed().as_secs_f64();
+                    let _ = drain.await;
+                    assert_eq!(outcome.results.len(), n);
+                    assert!(statuses(&outcome).iter().all(|s| *s == Status::Done));
+                    assert_eq!(told.done.load(std::sync::atomic::Ordering::Relaxed), n);
+                    println!(
+                        "bench-dispatch backend={backend} jobs={n} seconds={seconds:.2} \
+                         per_job_us={:.1} rss_growth_mib={:.1}",
+                        seconds * 1e6 / n as f64,
+                        rss_kib().saturating_sub(rss_before) as f64 / 1024.0
+                    );
+                }
+            }
+        }
     }
 }

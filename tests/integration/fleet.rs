@@ -233,7 +233,7 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 }
 
 /// The engine named by each `done` line (`... docker <host> (pipe)`).
-pub(crate) fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
+fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
     lines_starting(o, "done")
         .iter()
         .map(|l| {
@@ -247,7 +247,7 @@ pub(crate) fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn inputs(dir: &Path, from: &Path, range: std::ops::Range<usize>) -> Vec<PathBuf> {
+fn inputs(dir: &Path, from: &Path, range: std::ops::Range<usize>) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).expect("mkdir");
     range
         .map(|n| {
@@ -632,6 +632,31 @@ fn hosts_started_without_the_image_get_it_and_do_work() {
     let o = run(batch(&clips, &out, &file, &[]).arg("--json"));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_all_checked(&out, &clips, 2.0);
+    // Copied from host 1, the first that has it, with the same image ID: no registry, no pull.
+    let id = |i: usize| {
+        let o = Command::new("docker")
+            .args([
+                "-H",
+                &h.sockets[i],
+                "image",
+                "inspect",
+                "--format",
+                "{{.Id}}",
+                IMAGE,
+            ])
+            .output()
+            .expect("docker image inspect");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let err = stderr(&o);
+    for i in 1..3 {
+        assert!(
+            err.contains(&format!("from {} to {}: ", h.hosts[0], h.hosts[i])),
+            "the run says it copied the image to host {}: {err}",
+            i + 1
+        );
+        assert_eq!(id(i), id(0), "host {} holds host 1's image", i + 1);
+    }
     let recorded: BTreeSet<String> = outputs_column(&out, "host").into_iter().collect();
     let known: BTreeSet<String> = h.hosts.iter().cloned().collect();
     assert_eq!(recorded, known, "every host made something");

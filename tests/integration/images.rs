@@ -2,11 +2,8 @@
 //! streamed from that engine's image export into their image load, by a run itself and by
 //! `isc-transcode image sync`.
 
-use crate::fleet::{engines_of_done_lines, inputs};
 use crate::remote::TlsEngine;
 use crate::util::*;
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const IMAGE: &str = "isc-ffmpeg:latest";
@@ -17,34 +14,6 @@ fn default_engine() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
-}
-
-/// A hosts file naming the default engine and `engines`, one slot each. The first TLS engine's
-/// certificates are copied beside the file and named relative to it; the others' by absolute
-/// path.
-fn hosts_file(dir: &Path, engines: &[&TlsEngine]) -> PathBuf {
-    let mut text = format!("[[engine]]\nurl = \"{}\"\nslots = 1\n", default_engine());
-    for (i, e) in engines.iter().enumerate() {
-        let certs = match i {
-            0 => {
-                let local = dir.join("certs-b");
-                std::fs::create_dir_all(&local).expect("mkdir");
-                for f in ["ca.pem", "cert.pem", "key.pem"] {
-                    std::fs::copy(Path::new(&e.certs).join(f), local.join(f)).expect("copy");
-                }
-                "certs-b".to_string()
-            }
-            _ => e.certs.clone(),
-        };
-        text += &format!(
-            "\n[[engine]]\nurl = \"{}\"\nslots = 1\nlabels = [\"test\"]\n\
-             tls = {{ ca = \"{certs}/ca.pem\", cert = \"{certs}/cert.pem\", key = \"{certs}/key.pem\" }}\n",
-            e.host
-        );
-    }
-    let path = dir.join("engines.toml");
-    std::fs::write(&path, text).expect("write hosts file");
-    path
 }
 
 /// The worker image's ID on `e`, `None` when it does not have it.
@@ -71,15 +40,6 @@ fn default_image_id() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Two TLS engines without the image, started at once.
-fn two_empty_engines(ports: [u16; 2]) -> (TlsEngine, TlsEngine) {
-    std::thread::scope(|s| {
-        let a = s.spawn(|| TlsEngine::start_empty(ports[0]));
-        let b = s.spawn(|| TlsEngine::start_empty(ports[1]));
-        (a.join().expect("engine"), b.join().expect("engine"))
-    })
-}
-
 fn image_sync(engines: &[&str], certs: &str) -> std::process::Output {
     let mut cmd = bin();
     cmd.args(["image", "sync"]);
@@ -90,60 +50,6 @@ fn image_sync(engines: &[&str], certs: &str) -> std::process::Output {
         .env("DOCKER_TLS_VERIFY", "1")
         .env("DOCKER_CERT_PATH", certs)
         .env_remove("DOCKER_HOST"))
-}
-
-#[test]
-fn engines_that_start_without_the_image_get_it_from_the_fleet_and_work() {
-    require_engine();
-    let (b, c) = two_empty_engines([23_781, 23_782]);
-    assert_eq!(image_id_on(&b), None, "{} starts without the image", b.host);
-    assert_eq!(image_id_on(&c), None, "{} starts without the image", c.host);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let hosts = hosts_file(tmp.path(), &[&b, &c]);
-    let clips = inputs(
-        &tmp.path().join("in"),
-        &samples().join("faststart.mp4"),
-        0..9,
-    );
-    let out = tmp.path().join("out");
-    let o = run(bin()
-        .args(&clips)
-        .arg("-o")
-        .arg(&out)
-        .args(["-p", "h264", "--hosts"])
-        .arg(&hosts)
-        .env_remove("DOCKER_TLS_VERIFY")
-        .env_remove("DOCKER_CERT_PATH"));
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
-    let want = default_image_id();
-    for e in [&b, &c] {
-        assert!(
-            err.contains(&format!("copied worker image {IMAGE}"))
-                && err.contains(&format!("from {} to {}: ", default_engine(), e.host)),
-            "the run says it copied the image to {}: {err}",
-            e.host
-        );
-        assert_eq!(
-            image_id_on(e).as_deref(),
-            Some(want.as_str()),
-            "{} holds the default engine's image ID",
-            e.host
-        );
-    }
-    assert!(err.contains("on 3 engines: "), "{err}");
-    let done = engines_of_done_lines(&o);
-    assert_eq!(done.len(), clips.len(), "{}", stdout(&o));
-    let engines: BTreeSet<&str> = done.iter().map(String::as_str).collect();
-    for e in [&b, &c] {
-        assert!(
-            engines.contains(e.host.as_str()),
-            "{} did no job: {done:?}",
-            e.host
-        );
-    }
-    b.stop();
-    c.stop();
 }
 
 #[test]

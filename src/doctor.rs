@@ -24,7 +24,7 @@
 use crate::cli::EngineArgs;
 use crate::config::EngineConfig;
 use crate::error::{AppError, ExitCode};
-use crate::exec::docker::{Engine, EngineError};
+use crate::exec::docker::{Engine, EngineError, Limits};
 use crate::exec::transport::{self, Endpoint, TlsEnv};
 use crate::ffmpeg::StderrParser;
 use crate::preset::{self, Preset};
@@ -374,7 +374,16 @@ async fn check(cfg: &EngineConfig, jobs: Option<usize>, needed: &[String]) -> Ro
     };
     row.image_id = Some(short_id(&image.id));
 
-    match engine.ffmpeg_encoders(&cfg.image, PROBE_LIMIT).await {
+    // A job's confinement: the same limits a run would give the engine's jobs.
+    let limits = Limits {
+        memory: cfg.memory,
+        pids: cfg.pids,
+        cpus: cfg.cpus,
+    };
+    match engine
+        .ffmpeg_encoders(&cfg.image, &limits, PROBE_LIMIT)
+        .await
+    {
         Ok(out) => {
             let mut parser = StderrParser::new();
             parser.feed(out.as_bytes());
@@ -452,8 +461,10 @@ pub fn needed_encoders(preset: &Preset) -> Vec<String> {
     names
 }
 
-/// The encoder names of `ffmpeg -encoders` output: the second word of each line after the
-/// `------` that ends the legend (` V....D libx264  libx264 H.264 / AVC ...`).
+/// The names `-c` takes that `ffmpeg -encoders` output lists: the second word of each line after
+/// the `------` that ends the legend (` V....D libx264  libx264 H.264 / AVC ... (codec h264)`),
+/// and the codec a line ends with in `(codec NAME)`, because ffmpeg takes a codec's name for
+/// its first encoder (`-c:v h264` is libx264 when that is the image's H.264 encoder).
 pub fn listed_encoders(out: &str) -> HashSet<String> {
     let mut listed = HashSet::new();
     let mut in_list = false;
@@ -470,6 +481,15 @@ pub fn listed_encoders(out: &str) -> HashSet<String> {
             && flags.len() == 6
         {
             listed.insert(name.to_string());
+            if let Some(codec) = line
+                .trim_end()
+                .strip_suffix(')')
+                .and_then(|l| l.rsplit_once("(codec "))
+                .map(|(_, c)| c)
+                .filter(|c| !c.is_empty() && !c.contains(char::is_whitespace))
+            {
+                listed.insert(codec.to_string());
+            }
         }
     }
     listed
@@ -692,8 +712,11 @@ Encoders:
     #[test]
     fn the_encoder_list_and_the_banner_version_are_read_from_ffmpeg_s_output() {
         let listed = listed_encoders(ENCODERS);
-        assert_eq!(listed.len(), 3, "{listed:?}");
+        assert_eq!(listed.len(), 5, "{listed:?}");
         assert!(listed.contains("libx264") && listed.contains("aac"));
+        // `-c:v h264` picks the image's first H.264 encoder: the codec names count too.
+        assert!(listed.contains("h264") && listed.contains("c64"));
+        assert!(!listed.contains("hevc"));
         // The legend is not a list of encoders.
         assert!(!listed.contains("="));
         let mut parser = StderrParser::new();

@@ -1,5 +1,6 @@
 //! `isc-transcode doctor` against the real engine: healthy, without the image, with a preset
-//! whose encoder the image lacks, down (refused, and silent), over TLS, and as JSON.
+//! whose encoder the image lacks (and one naming a codec, not an encoder), down (refused, and
+//! silent), over TLS, and as JSON.
 
 use crate::remote::TlsEngine;
 use crate::util::*;
@@ -135,6 +136,20 @@ fn doctor_names_a_missing_image_and_a_missing_encoder() {
         "{}",
         stdout(&o)
     );
+
+    // A codec's name is no encoder's, but ffmpeg takes it for the codec's first encoder.
+    let by_codec = tmp.path().join("by-codec.toml");
+    let named = h264.replace("\"-c:v\", \"libx264\"", "\"-c:v\", \"h264\"");
+    assert_ne!(named, h264);
+    std::fs::write(&by_codec, named).expect("write preset");
+    let o = run(bin()
+        .arg("doctor")
+        .arg("-p")
+        .arg(&by_codec)
+        .args(["-H", &host]));
+    assert!(stdout(&o).contains(" needs h264, aac\n"), "{}", stdout(&o));
+    assert_eq!(cell(&o, &host, "ENCODERS"), "ok");
+    assert_eq!(o.status.code(), Some(0));
 }
 
 #[test]

@@ -377,16 +377,16 @@ impl Engine {
 
     /// What the image's ffmpeg says about itself: its banner (the version) and its list of
     /// encoders, from `ffmpeg -encoders` in one locked-down container like a setup container's,
-    /// removed after at most `limit`.
+    /// with a job's `limits`, removed after at most `limit`.
     pub async fn ffmpeg_encoders(
         &self,
         image: &str,
+        limits: &Limits,
         limit: Duration,
     ) -> Result<String, EngineError> {
         // The banner goes to stderr and the container's stdout is all that is read.
         let cmd = ["sh", "-c", "exec ffmpeg -nostdin -encoders 2>&1"];
-        self.one_off(image, &cmd, vec![], &Limits::default(), limit)
-            .await
+        self.one_off(image, &cmd, vec![], limits, limit).await
     }
 
     /// The engine's storage driver, from an `info` call: for engines whose image inspection does

@@ -607,4 +607,67 @@ mod tests {
         let e = RunConfig::resolve(&cli.run).expect_err("refused");
         assert!(e.to_string().contains("no-such-preset"), "{e}");
     }
+
+    #[test]
+    fn docker_context_counts_only_where_docker_host_would_and_yields_to_it() {
+        let a = args(&[]);
+        let t = EngineConfig::of_run(&a);
+        let with = |argv: &[&str], host: Option<&str>, ctx: &str| {
+            EngineConfig::resolve_with(
+                &args(argv).engine,
+                t.clone(),
+                host.map(String::from),
+                Some(ctx.to_string()),
+            )
+        };
+        // An unknown context in DOCKER_CONTEXT is not even read when -H or DOCKER_HOST names
+        // the engine.
+        let e = with(&["-H", "tcp://127.0.0.1:2375"], None, "no-such-ctx").expect("-H");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].host, "tcp://127.0.0.1:2375");
+        let e = with(&[], Some("tcp://127.0.0.1:2375"), "no-such-ctx").expect("DOCKER_HOST");
+        assert_eq!(e[0].host, "tcp://127.0.0.1:2375");
+        let e = with(&[], None, "default").expect("default");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].host, default_host());
+    }
+
+    #[test]
+    fn a_context_engine_keeps_the_transport_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key: String = <sha2::Sha256 as sha2::Digest>::digest(b"far")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let meta = dir.path().join("contexts/meta").join(&key);
+        std::fs::create_dir_all(&meta).expect("mkdir");
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Endpoints":{"docker":{"Host":"tcp://192.0.2.7:2375"}}}"#,
+        )
+        .expect("write");
+        let t = EngineConfig::of_run(&args(&[]));
+        let e = context_engine(&t, "far", dir.path()).expect_err("cleartext off loopback");
+        assert!(
+            matches!(e, HostsError::Context(ContextError::Refused { .. })),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("\"far\"") && e.to_string().contains("without TLS"),
+            "{e}"
+        );
+        let insecure = EngineConfig {
+            insecure: true,
+            ..t.clone()
+        };
+        let e = context_engine(&insecure, "far", dir.path())
+            .expect("--insecure allows it")
+            .expect("an engine");
+        assert_eq!((e.host.as_str(), e.tls), ("tcp://192.0.2.7:2375", None));
+        assert!(
+            context_engine(&t, "default", dir.path())
+                .expect("default")
+                .is_none()
+        );
+    }
 }

@@ -273,6 +273,12 @@ pub struct EngineArgs {
     /// (DOCKER_TLS_VERIFY=1, DOCKER_CERT_PATH). Example: `-H tcp://10.0.0.5:2375 --insecure`
     #[arg(long)]
     pub insecure: bool,
+
+    /// A docker CLI context (`docker context create`) whose engine joins the others, with its
+    /// TLS files; `default` adds none. DOCKER_CONTEXT is used when no engine is named and
+    /// DOCKER_HOST is unset. Example: `--context build2`
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ use crate::cli::{BackendChoice, EngineArgs, RunArgs, TransferChoice};
 use crate::error::AppError;
 use crate::exec::JobTimeout;
 use crate::exec::connect::{ConnectError, HostsError};
+use crate::exec::context::{self, ContextError};
 use crate::exec::docker::{MountPolicy, default_host};
 use crate::exec::transport::{self, TlsEnv, TlsFiles};
 use crate::plan::PlanOptions;
@@ -132,8 +133,13 @@ impl EngineConfig {
     /// neither, `DOCKER_HOST`, else the local socket. A hosts file that cannot be read or has a
     /// bad entry, and an engine named twice, are errors.
     pub fn resolve_all(args: &RunArgs) -> Result<Vec<EngineConfig>, AppError> {
-        EngineConfig::resolve_with(&args.engine, EngineConfig::of_run(args), docker_host_env())
-            .map_err(|e| ConnectError::from(e).into())
+        EngineConfig::resolve_with(
+            &args.engine,
+            EngineConfig::of_run(args),
+            docker_host_env(),
+            docker_context_env(),
+        )
+        .map_err(|e| ConnectError::from(e).into())
     }
 
     /// Every engine of `args`, as [`EngineConfig::resolve_all`] names them, for a command that
@@ -157,16 +163,19 @@ impl EngineConfig {
             weight: 1.0,
             fleet: crate::exec::fleet::FleetOptions::default(),
         };
-        EngineConfig::resolve_with(args, template, docker_host_env())
+        EngineConfig::resolve_with(args, template, docker_host_env(), docker_context_env())
             .map_err(|e| ConnectError::from(e).into())
     }
 
-    /// [`EngineConfig::resolve_all`] with `DOCKER_HOST` as given, each engine made from
-    /// `template` (the run's limits; its `host` is replaced).
+    /// [`EngineConfig::resolve_all`] with `DOCKER_HOST` and `DOCKER_CONTEXT` as given, each
+    /// engine made from `template` (the run's limits; its `host` is replaced). The engine of
+    /// `--context` comes after those of -H and --hosts; `DOCKER_CONTEXT` counts only where
+    /// `DOCKER_HOST` would (neither -H nor --hosts) and, as for the docker CLI, yields to it.
     fn resolve_with(
         args: &EngineArgs,
         template: EngineConfig,
         docker_host: Option<String>,
+        docker_context: Option<String>,
     ) -> Result<Vec<EngineConfig>, HostsError> {
         let with_host = |host: String| EngineConfig {
             host,
@@ -180,6 +189,16 @@ impl EngineConfig {
                 source,
             })?;
             engines.extend(hosts_file(&template, path, &text)?);
+        }
+        let context = match &args.context {
+            Some(name) => Some(name.clone()),
+            None if engines.is_empty() && docker_host.is_none() => docker_context,
+            None => None,
+        };
+        if let Some(name) = context
+            && let Some(engine) = context_engine(&template, &name, &context::config_dir())?
+        {
+            engines.push(engine);
         }
         if engines.is_empty() {
             engines.push(with_host(docker_host.unwrap_or_else(default_host)));
@@ -231,6 +250,41 @@ impl EngineConfig {
 /// `DOCKER_HOST`, as the docker CLI reads it: empty counts as unset.
 fn docker_host_env() -> Option<String> {
     std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty())
+}
+
+/// `DOCKER_CONTEXT`, as the docker CLI reads it: empty counts as unset.
+fn docker_context_env() -> Option<String> {
+    std::env::var("DOCKER_CONTEXT")
+        .ok()
+        .filter(|c| !c.is_empty())
+}
+
+/// The engine of the docker context `name` in the configuration folder `dir` (`None` for
+/// `default`), checked against the transport rules as a hosts-file entry is, its TLS files
+/// taking the place of the entry's `tls`.
+fn context_engine(
+    template: &EngineConfig,
+    name: &str,
+    dir: &Path,
+) -> Result<Option<EngineConfig>, HostsError> {
+    let Some(found) = context::read(dir, name)? else {
+        return Ok(None);
+    };
+    transport::endpoint_with(
+        &found.host,
+        found.tls.as_ref(),
+        &TlsEnv::from_env(),
+        template.insecure,
+    )
+    .map_err(|e| ContextError::Refused {
+        name: name.to_string(),
+        reason: format!("{}: {e}", found.host),
+    })?;
+    Ok(Some(EngineConfig {
+        host: found.host,
+        tls: found.tls,
+        ..template.clone()
+    }))
 }
 
 /// The engines of the hosts file at `path`, whose text is `text`. Each entry's address is
@@ -371,7 +425,7 @@ mod tests {
         args: &RunArgs,
         docker_host: Option<String>,
     ) -> Result<Vec<EngineConfig>, HostsError> {
-        EngineConfig::resolve_with(&args.engine, EngineConfig::of_run(args), docker_host)
+        EngineConfig::resolve_with(&args.engine, EngineConfig::of_run(args), docker_host, None)
     }
 
     fn args(argv: &[&str]) -> RunArgs {
@@ -552,5 +606,68 @@ mod tests {
             Cli::try_parse_from(["isc-transcode", "a.mp4", "-p", "no-such-preset"]).expect("parse");
         let e = RunConfig::resolve(&cli.run).expect_err("refused");
         assert!(e.to_string().contains("no-such-preset"), "{e}");
+    }
+
+    #[test]
+    fn docker_context_counts_only_where_docker_host_would_and_yields_to_it() {
+        let a = args(&[]);
+        let t = EngineConfig::of_run(&a);
+        let with = |argv: &[&str], host: Option<&str>, ctx: &str| {
+            EngineConfig::resolve_with(
+                &args(argv).engine,
+                t.clone(),
+                host.map(String::from),
+                Some(ctx.to_string()),
+            )
+        };
+        // An unknown context in DOCKER_CONTEXT is not even read when -H or DOCKER_HOST names
+        // the engine.
+        let e = with(&["-H", "tcp://127.0.0.1:2375"], None, "no-such-ctx").expect("-H");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].host, "tcp://127.0.0.1:2375");
+        let e = with(&[], Some("tcp://127.0.0.1:2375"), "no-such-ctx").expect("DOCKER_HOST");
+        assert_eq!(e[0].host, "tcp://127.0.0.1:2375");
+        let e = with(&[], None, "default").expect("default");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].host, default_host());
+    }
+
+    #[test]
+    fn a_context_engine_keeps_the_transport_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key: String = <sha2::Sha256 as sha2::Digest>::digest(b"far")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let meta = dir.path().join("contexts/meta").join(&key);
+        std::fs::create_dir_all(&meta).expect("mkdir");
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Endpoints":{"docker":{"Host":"tcp://192.0.2.7:2375"}}}"#,
+        )
+        .expect("write");
+        let t = EngineConfig::of_run(&args(&[]));
+        let e = context_engine(&t, "far", dir.path()).expect_err("cleartext off loopback");
+        assert!(
+            matches!(e, HostsError::Context(ContextError::Refused { .. })),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("\"far\"") && e.to_string().contains("without TLS"),
+            "{e}"
+        );
+        let insecure = EngineConfig {
+            insecure: true,
+            ..t.clone()
+        };
+        let e = context_engine(&insecure, "far", dir.path())
+            .expect("--insecure allows it")
+            .expect("an engine");
+        assert_eq!((e.host.as_str(), e.tls), ("tcp://192.0.2.7:2375", None));
+        assert!(
+            context_engine(&t, "default", dir.path())
+                .expect("default")
+                .is_none()
+        );
     }
 }

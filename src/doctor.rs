@@ -734,6 +734,7 @@ Encoders:
                 host: vec!["tcp://127.0.0.1:9".into()],
                 hosts: None,
                 insecure: false,
+                context: None,
             })
             .expect("resolve")[0],
         );

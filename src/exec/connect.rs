@@ -81,6 +81,8 @@ pub enum HostsError {
         "--backend local runs this machine's ffmpeg, on no engine: drop the {count} engines of          -H and --hosts, or choose --backend docker"
     )]
     LocalFleet { count: usize },
+    #[error(transparent)]
+    Context(#[from] super::context::ContextError),
 }
 
 /// Why no backend could be made ready.

@@ -20,6 +20,7 @@
 //! [`EngineFault`], so that nothing above the backends depends on the client library.
 
 pub mod connect;
+pub mod context;
 pub mod docker;
 #[cfg(test)]
 pub(crate) mod fake;

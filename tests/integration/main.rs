@@ -1,6 +1,7 @@
 //! Integration tests: the real binary against the real Docker engine and the real worker image.
 //! Run them with `scripts/test.sh`, which sets up the engine, the image and host ffprobe.
 
+mod contexts;
 mod cron;
 mod doctor;
 mod fleet;

@@ -461,6 +461,10 @@ const WATCH_BACKEND: &str = "Where ffmpeg runs. `docker` waits at start, retryin
     saying how to start one. Both keep files queued through a later outage. Neither ever falls \
     back to this machine's ffmpeg: `local` runs it, with no container, on media you trust";
 
+const WATCH_ENGINE_RETRIES: &str = "With several engines: how many other engines a file is \
+    tried on at once after the engine running it failed it or went away (`run --retries`); a \
+    file that still fails counts as one failure for --retries";
+
 /// A run option whose meaning is different for the daemon: say so in both help forms.
 fn retell(arg: clap::Arg, text: &'static str) -> clap::Arg {
     arg.help(text).long_help(text)
@@ -474,7 +478,7 @@ fn retell(arg: clap::Arg, text: &'static str) -> clap::Arg {
     mut_arg("verbose", |a| retell(a, WATCH_VERBOSE)),
     mut_arg("backend", |a| retell(a, WATCH_BACKEND)),
     mut_arg("json", |a| a.hide(true)),
-    mut_arg("engine_retries", |a| a.long("engine-retries").hide(true)),
+    mut_arg("engine_retries", |a| retell(a, WATCH_ENGINE_RETRIES).long("engine-retries")),
     mut_arg("dry_run", |a| a.hide(true)),
     mut_arg("max_runtime", |a| a.hide(true)),
     mut_arg("follow", |a| a.hide(true)),

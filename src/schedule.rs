@@ -894,6 +894,7 @@ mod tests {
         use super::super::*;
         use crate::exec::JobTimeout;
         use crate::exec::fake::{FakeBackend, Script};
+        use crate::exec::fleet::{Fleet, Member};
         use std::sync::Mutex;
 
         /// A recorder that remembers what it was told.
@@ -988,8 +989,8 @@ mod tests {
         }
 
         /// Run the batch until it ends or `stops` says so; its outcome and the notes it sent.
-        async fn run_until(
-            backend: &Arc<FakeBackend>,
+        async fn run_until<B: Backend>(
+            backend: &Arc<B>,
             b: &Batch,
             opts: BatchOptions,
             told: &Arc<Told>,
@@ -1015,8 +1016,8 @@ mod tests {
         }
 
         /// Run the batch with no one to stop it.
-        async fn run(
-            backend: &Arc<FakeBackend>,
+        async fn run<B: Backend>(
+            backend: &Arc<B>,
             b: &Batch,
             opts: BatchOptions,
             told: &Arc<Told>,
@@ -1044,6 +1045,99 @@ mod tests {
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n.starts_with(place::TEMP_PREFIX))
                 .collect()
+        }
+
+        /// Two fake engines as one fleet (each takes two jobs at once).
+        fn two_fakes() -> (Arc<FakeBackend>, Arc<FakeBackend>, Arc<Fleet>) {
+            let (a, b) = (Arc::new(FakeBackend::new()), Arc::new(FakeBackend::new()));
+            let member = |f: &Arc<FakeBackend>| Member {
+                backend: f.clone(),
+                slots: 2,
+                weight: 1.0,
+            };
+            let fleet = Arc::new(Fleet::new(vec![member(&a), member(&b)]));
+            (a, b, fleet)
+        }
+
+        // A job that waits for an engine shows no progress, and must not be taken for stalled:
+        // the wait has its own limit, --engine-timeout, longer here than --stall-timeout.
+        #[tokio::test(start_paused = true)]
+        async fn with_every_engine_down_jobs_fail_after_the_engine_timeout_not_as_stalled() {
+            let b = batch(3);
+            let (fa, fb, fleet) = two_fakes();
+            for j in &b.jobs {
+                for f in [&fa, &fb] {
+                    f.script(&j.spec.input, vec![Script::Busy]);
+                }
+            }
+            let told = Arc::new(Told::default());
+            let start = tokio::time::Instant::now();
+            let cut = async {
+                tokio::time::sleep(Duration::from_millis(2_500)).await;
+                fa.set_down(true);
+                fb.set_down(true);
+            };
+            let ((outcome, notes), ()) = tokio::join!(
+                async {
+                    let (_no_one, stops) = stops();
+                    run_until(&fleet, &b, opts(4), &told, stops).await
+                },
+                cut
+            );
+            // Down at the pings of 4 s, then five minutes' wait.
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_secs(304) && took < Duration::from_secs(306),
+                "{took:?}"
+            );
+            for r in &outcome.results {
+                assert_eq!(r.status, Status::Failed);
+                let error = r.error.as_deref().unwrap_or("");
+                assert!(error.contains("(--engine-timeout)"), "{error}");
+            }
+            assert!(told.done.lock().expect("lock").is_empty());
+            assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
+            let waiting = notes
+                .iter()
+                .filter(|n| n.starts_with("every engine is down"));
+            assert_eq!(waiting.count(), 1, "{notes:?}");
+        }
+
+        // An engine dies while it runs two of the batch's jobs: they run again on the other,
+        // each file is done once, with the whole of its input, and nothing half-done stays.
+        #[tokio::test(start_paused = true)]
+        async fn jobs_of_an_engine_that_dies_are_done_once_elsewhere() {
+            let b = batch(4);
+            let (fa, fb, fleet) = two_fakes();
+            for j in &b.jobs {
+                for f in [&fa, &fb] {
+                    f.script(
+                        &j.spec.input,
+                        vec![Script::Succeed(Duration::from_secs(10))],
+                    );
+                }
+            }
+            let told = Arc::new(Told::default());
+            let cut = async {
+                tokio::time::sleep(Duration::from_millis(4_500)).await;
+                fa.set_down(true);
+            };
+            let (outcome, ()) = tokio::join!(run(&fleet, &b, opts(4), &told), cut);
+            assert!(
+                outcome.results.iter().all(|r| r.status == Status::Done),
+                "{:?}",
+                outcome.results
+            );
+            let mut done = told.done.lock().expect("lock").clone();
+            done.sort();
+            assert_eq!(done, [0, 1, 2, 3], "each once");
+            assert_eq!(fa.seen(|s| s.cancelled.len()), 2, "a's two were given up");
+            assert_eq!(fb.seen(|s| s.started.len()), 4, "b ran its two, then a's");
+            for j in &b.jobs {
+                let out = std::fs::read(&j.spec.output).expect("output in place");
+                assert_eq!(out, std::fs::read(&j.spec.input).expect("input"));
+            }
+            assert!(leftovers(&b).is_empty(), "{:?}", leftovers(&b));
         }
 
         // The batch's sizes are the plan's (`JobSpec::size`): the jobs here are copies of one

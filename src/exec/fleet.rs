@@ -76,6 +76,9 @@ pub const HOLD_CAP: Duration = Duration::from_secs(300);
 /// How long an attempt on a member that went down gets to clean up before it is dropped.
 pub const GIVE_UP_GRACE: Duration = Duration::from_secs(2);
 
+/// How often a job waiting for a slot tells the stall watchdog it is alive.
+const WAIT_ALIVE: Duration = Duration::from_secs(5);
+
 /// How much one finished job moves a member's speed estimate.
 const SPEED_WEIGHT: f64 = 0.3;
 
@@ -416,9 +419,13 @@ impl Shared {
                     None => std::future::pending().await,
                 }
             };
+            // Waiting for an engine is no stall: the job stays alive for the stall watchdog,
+            // and --engine-timeout alone limits the wait.
+            ctx.touch();
             tokio::select! {
                 () = &mut changed => {}
                 () = wait_out => {}
+                () = tokio::time::sleep(WAIT_ALIVE) => {}
                 () = ctx.cancel.cancelled() => return Err(JobError::Cancelled),
             }
         }
@@ -768,6 +775,8 @@ mod tests {
         hold: Duration,
         /// Its runs do not hear their cancellation: a link cut mid-stream.
         deaf: AtomicBool,
+        /// Its pings get no answer, ever: a link cut (packets dropped, nothing refused).
+        silent: AtomicBool,
         errors: Mutex<VecDeque<fn() -> JobError>>,
         /// (job id, the temporary file's length when the run started, when).
         runs: Mutex<Vec<(usize, u64, Instant)>>,
@@ -786,6 +795,7 @@ mod tests {
                 slots,
                 hold,
                 deaf: AtomicBool::new(false),
+                silent: AtomicBool::new(false),
                 errors: Mutex::default(),
                 runs: Mutex::default(),
                 log: Mutex::default(),
@@ -893,6 +903,9 @@ mod tests {
         fn health(&self) -> BoxFuture<'_, Result<(), EngineFault>> {
             Box::pin(async move {
                 self.say("health".into());
+                if self.silent.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
                 match self.healthy.load(Ordering::SeqCst) {
                     true => Ok(()),
                     false => Err(EngineFault {
@@ -1287,6 +1300,38 @@ mod tests {
             "{notes:?}"
         );
         assert_eq!(f.shared.seats()[0].busy, 0, "the leases went back");
+    }
+
+    // The benchmark of an engine's death: the worst case of a link cut so that nothing is
+    // refused (pings and the running job hear nothing), just after a ping answered. The next
+    // ping is PING_EVERY later, times out after PING_LIMIT, and the attempts get GIVE_UP_GRACE:
+    // 7 s from the cut to the job running elsewhere, within the 10 s aimed at.
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_link_moves_its_jobs_elsewhere_within_ten_seconds() {
+        let a = Scripted::timed("a", 2, Duration::from_secs(60));
+        let b = Scripted::timed("b", 1, Duration::from_secs(5));
+        // Its job will not hear that it is given up.
+        a.deaf.store(true, Ordering::SeqCst);
+        let f = fleet(&[&a, &b]);
+        let bench = bench();
+        let temp = bench.temp();
+        let start = Instant::now();
+        let cut = async {
+            // The pings of 2 s and 4 s answered.
+            tokio::time::sleep(Duration::from_millis(4_001)).await;
+            a.silent.store(true, Ordering::SeqCst);
+            Instant::now()
+        };
+        let j = job(0);
+        let (r, cut_at) = tokio::join!(f.run(&j, &temp, &bench.ctx), cut);
+        assert_eq!(r.expect("moved").made_by.host, "b");
+        assert_eq!(content(&temp), "b");
+        assert_eq!(secs(start, &a.started()), [0]);
+        let moved = b.started()[0] - cut_at;
+        let worst = PING_EVERY + PING_LIMIT + GIVE_UP_GRACE;
+        assert!(moved <= worst, "{moved:?}");
+        assert!(moved >= worst - Duration::from_millis(10), "{moved:?}");
+        assert!(worst < Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]

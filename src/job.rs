@@ -472,6 +472,9 @@ pub struct JobResult {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub host: String,
+    /// The ID of the worker image that made the output (`sha256:...`), for transcoded outputs
+    /// made in a container.
+    pub image_id: Option<String>,
     pub transfer: Option<Transfer>,
     /// What read the output back, for transcoded outputs.
     pub checked_by: Option<Checker>,
@@ -499,6 +502,7 @@ impl JobResult {
             bytes_in: job.size,
             bytes_out: 0,
             host: String::new(),
+            image_id: None,
             transfer: None,
             checked_by: None,
             media_seconds: None,

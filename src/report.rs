@@ -107,6 +107,8 @@ pub struct FileEntry {
     pub error: Option<String>,
     pub key: Option<String>,
     pub host: Option<String>,
+    /// The worker image's ID on that engine (`sha256:...`), for outputs made in a container.
+    pub image_id: Option<String>,
     pub seconds: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -324,6 +326,7 @@ pub async fn run(mut rx: UnboundedReceiver<Event>, opts: ReportOptions) -> Summa
                         error: Some(p.reason.clone()),
                         key: None,
                         host: None,
+                        image_id: None,
                         seconds: 0.0,
                         bytes_in: 0,
                         bytes_out: 0,
@@ -471,6 +474,7 @@ fn entry(r: &JobResult) -> FileEntry {
         error: r.error.clone(),
         key: r.key.clone(),
         host: Some(r.host.clone()).filter(|h| !h.is_empty()),
+        image_id: r.image_id.clone(),
         seconds: r.seconds,
         bytes_in: r.bytes_in,
         bytes_out: r.bytes_out,
@@ -579,17 +583,28 @@ pub fn done_line(r: &JobResult, word: &str) -> String {
         format!("  dropped: {}", escape(&r.dropped.join(", ")))
     };
     format!(
-        "{word} {} -> {}  {:.1} s  {} -> {}{speed}  {}{}{dropped}",
+        "{word} {} -> {}  {:.1} s  {} -> {}{speed}  {}{}{}{dropped}",
         shown(&r.input),
         shown(&r.output),
         r.seconds,
         human_bytes(r.bytes_in),
         human_bytes(r.bytes_out),
         escape(&r.host),
+        // The image that made it: with several engines, the proof that one image ran them all.
+        short_image(r.image_id.as_deref())
+            .map(|id| format!(" image {id}"))
+            .unwrap_or_default(),
         r.transfer
             .map(|t| format!(" ({})", t.as_str()))
             .unwrap_or_default()
     )
+}
+
+/// An image ID as `docker images` shows it: 12 hex digits, without `sha256:`.
+fn short_image(id: Option<&str>) -> Option<String> {
+    let id = id?;
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    Some(hex.chars().take(12).collect()).filter(|h: &String| !h.is_empty())
 }
 
 pub fn summary_line(s: &Summary) -> String {
@@ -839,6 +854,32 @@ mod tests {
         ] {
             assert!(text.contains(field), "{field} in {text}");
         }
+    }
+
+    #[test]
+    fn the_done_line_and_the_json_entry_name_the_engine_and_its_image() {
+        let job = crate::job::JobSpec {
+            id: 0,
+            input: "in/a.mp4".into(),
+            output: "out/a.mp4".into(),
+            preset: std::sync::Arc::new(crate::preset::load("h264").expect("h264")),
+            size: 1000,
+            input_sha256: None,
+            index_reserve: None,
+        };
+        let mut r = JobResult::without_run(&job, Status::Done);
+        r.host = "docker tcp://10.0.0.5:2376".into();
+        r.transfer = Some(crate::job::Transfer::Pipe);
+        assert!(done_line(&r, "done").ends_with("docker tcp://10.0.0.5:2376 (pipe)"));
+        r.image_id = Some(format!("sha256:{}", "0123456789abcdef".repeat(4)));
+        let line = done_line(&r, "done");
+        assert!(
+            line.ends_with("docker tcp://10.0.0.5:2376 image 0123456789ab (pipe)"),
+            "{line}"
+        );
+        let e = entry(&r);
+        assert_eq!(e.host.as_deref(), Some("docker tcp://10.0.0.5:2376"));
+        assert_eq!(e.image_id, r.image_id);
     }
 
     #[test]

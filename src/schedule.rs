@@ -529,6 +529,7 @@ pub(crate) async fn run_one<B: Backend + ?Sized>(
             if p.made_by.image.is_some() && !p.made_by.host.is_empty() {
                 result.host = format!("docker {}", p.made_by.host);
             }
+            result.image_id = p.made_by.image_id.clone();
             result.bytes_out = p.bytes_out;
             result.transfer = Some(p.transfer);
             result.checked_by = Some(p.checked_by);

@@ -295,10 +295,17 @@ fn assert_recorded_once(out: &Path, inputs: &[PathBuf], report: &Value, hosts: &
         .map(|f| f["input"].as_str().expect("input"))
         .collect();
     assert_eq!(named.len(), inputs.len(), "each file once: {report}");
+    // One image ID made every output, and the report and the store say which.
+    let images: BTreeSet<String> = outputs_column(out, "image_id").into_iter().collect();
+    assert_eq!(images.len(), 1, "{images:?}");
     for f in files {
         assert_eq!(f["status"], "done", "{f}");
         let host = f["host"].as_str().unwrap_or_default();
         assert!(hosts.iter().any(|h| host.ends_with(h.as_str())), "{f}");
+        assert!(
+            images.contains(f["image_id"].as_str().unwrap_or_default()),
+            "{f}"
+        );
     }
     assert_eq!(report["summary"]["done"], inputs.len(), "{report}");
 }

@@ -820,6 +820,14 @@ pub struct DockerBackend {
 }
 
 impl DockerBackend {
+    /// The warm workers, taken out of the pool: for the end of a run, or an engine's rejoin.
+    fn take_idle(&self) -> Vec<Worker> {
+        self.idle
+            .lock()
+            .map(|mut idle| idle.drain(..).collect())
+            .unwrap_or_default()
+    }
+
     pub fn new(engine: Engine, image: String, limits: Limits, run_id: String) -> Self {
         DockerBackend {
             engine,
@@ -941,11 +949,7 @@ impl Backend for DockerBackend {
     /// End the idle workers ([`DockerBackend::retire`]).
     fn finish(&self) -> super::BoxFuture<'_, ()> {
         Box::pin(async {
-            let idle: Vec<Worker> = self
-                .idle
-                .lock()
-                .map(|mut idle| idle.drain(..).collect())
-                .unwrap_or_default();
+            let idle = self.take_idle();
             for w in idle {
                 self.retire(w);
             }
@@ -957,11 +961,7 @@ impl Backend for DockerBackend {
     /// that were given up and moved elsewhere while the engine was cut off.
     fn rejoin(&self) -> super::BoxFuture<'_, Result<(), super::EngineFault>> {
         Box::pin(async {
-            let idle: Vec<Worker> = self
-                .idle
-                .lock()
-                .map(|mut idle| idle.drain(..).collect())
-                .unwrap_or_default();
+            let idle = self.take_idle();
             for mut w in idle {
                 w.session.hang_up();
                 self.retire(w);

@@ -1055,6 +1055,7 @@ mod tests {
                 backend: f.clone(),
                 slots: 2,
                 weight: 1.0,
+                joining: None,
             };
             let fleet = Arc::new(Fleet::new(vec![member(&a), member(&b)]));
             (a, b, fleet)
@@ -1670,6 +1671,7 @@ mod tests {
                                     backend: Arc::new(FakeBackend::new()) as Arc<dyn Backend>,
                                     slots: 2,
                                     weight: 1.0,
+                                    joining: None,
                                 })
                                 .collect();
                             let fleet = Arc::new(crate::exec::fleet::Fleet::new(members));

@@ -13,6 +13,7 @@
 use super::docker::image::{Coarse, SyncError, plan_sync, short_id, sync_image};
 use super::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy};
 use super::fleet::{Fleet, FleetOptions, Member};
+use super::late::{ImageSource, Late};
 use super::local::LocalBackend;
 use super::transport::TlsFiles;
 use super::{Backend, JobTimeout};
@@ -159,13 +160,13 @@ async fn reach_engine(cfg: &EngineConfig) -> Result<Engine, ConnectError> {
 /// Make every configured engine ready and return them as one backend: with one engine, that
 /// engine exactly as [`connect`] makes it; with several, a [`Fleet`] over those that answer.
 /// They are connected and prepared at once, each as [`connect`] prepares one. An engine that
-/// does not answer is skipped with a message, as long as one does; when none does, the first
-/// one's error is returned. Any other error (a refused transport, a broken certificate, no
+/// does not answer joins the run later, when it does ([`Late`]), as long as one answers now;
+/// when none does, the first one's error is returned. Any other error (a refused transport, a broken certificate, no
 /// image) stops the run: it is a configuration to fix, not an engine that is away.
 ///
 /// Before any is prepared, every engine is given the worker image of the first one that has
 /// it, with the same image ID ([`one_image`]); an engine it cannot be copied to is skipped
-/// like one that does not answer. Only when no engine has the image does each pull it.
+/// with a message. Only when no engine has the image does each pull it.
 ///
 /// Only the engine on a unix socket may bind-mount this machine's files: every other member
 /// streams.
@@ -197,45 +198,70 @@ pub async fn connect_all(
         .iter()
         .map(|cfg| async move { (cfg, reach_engine(cfg).await) });
     let mut engines = Vec::new();
-    let mut away = None;
+    let mut away = Vec::new();
     for (cfg, r) in futures_util::future::join_all(reached).await {
         match r {
             Ok(engine) => engines.push((cfg, engine)),
-            Err(e) if e.is_unreachable() => {
-                say(format!("skipping the engine {}: {e}", cfg.host));
-                away.get_or_insert(e);
-            }
+            Err(e) if e.is_unreachable() => away.push((cfg, e)),
             Err(e) => return Err(e),
         }
     }
-    if let (true, Some(e)) = (engines.is_empty(), away) {
-        return Err(e);
+    if engines.is_empty() && !away.is_empty() {
+        return Err(none_answers(away, say));
     }
-    let engines = one_image(engines, &first.image, say).await?;
+    let (engines, source) = one_image(engines, &first.image, say).await?;
     let members = engines.into_iter().map(|(cfg, engine)| async move {
         let r = setup_docker(engine, cfg, say, jobs).await;
         (cfg, r.map_err(ConnectError::from))
     });
     let mut up = Vec::new();
-    let mut away = None;
     for (cfg, r) in futures_util::future::join_all(members).await {
         match r {
             Ok(backend) => up.push(Member {
                 slots: backend.capacity(),
                 backend: Arc::new(backend),
                 weight: cfg.weight,
+                joining: None,
             }),
-            Err(e) if e.is_unreachable() => {
-                say(format!("skipping the engine {}: {e}", cfg.host));
-                away.get_or_insert(e);
-            }
+            Err(e) if e.is_unreachable() => away.push((cfg, e)),
             Err(e) => return Err(e),
         }
     }
-    match (up.is_empty(), away) {
-        (true, Some(e)) => Err(e),
-        _ => Ok(Arc::new(Fleet::with_options(up, first.fleet))),
+    if up.is_empty() && !away.is_empty() {
+        return Err(none_answers(away, say));
     }
+    // Those away join when they answer (`late`), taken to have as many slots as the most any
+    // engine here has until they say.
+    let slots = up.iter().map(|m| m.slots).max().unwrap_or(1);
+    for (cfg, e) in away {
+        say(format!(
+            "the engine {} does not answer ({e}); it joins the run when it does",
+            cfg.host
+        ));
+        let why = e.to_string();
+        up.push(Member {
+            slots: cfg.jobs.unwrap_or(slots),
+            backend: Arc::new(Late::new(cfg.clone(), source.clone(), slots, why.clone())),
+            weight: cfg.weight,
+            joining: Some(why),
+        });
+    }
+    Ok(Arc::new(Fleet::with_options(up, first.fleet)))
+}
+
+/// No engine answers: the first one's error, the others said.
+fn none_answers(
+    mut away: Vec<(&EngineConfig, ConnectError)>,
+    say: &(dyn Fn(String) + Send + Sync),
+) -> ConnectError {
+    let (_, first) = away.remove(0);
+    for (cfg, e) in away {
+        say(format!(
+            "the engine {} does not answer either: {e}",
+            cfg.host
+        ));
+    }
+    first
 }
 
 /// Give every engine the image ID of the first engine that has the worker image, by streaming
@@ -249,7 +275,7 @@ async fn one_image<'a>(
     engines: Vec<(&'a EngineConfig, Engine)>,
     image: &str,
     say: &(dyn Fn(String) + Send + Sync),
-) -> Result<Vec<(&'a EngineConfig, Engine)>, ConnectError> {
+) -> Result<(Vec<(&'a EngineConfig, Engine)>, Option<ImageSource>), ConnectError> {
     let asked =
         futures_util::future::join_all(engines.iter().map(|(_, e)| e.image_facts(image))).await;
     let mut kept = Vec::new();
@@ -276,10 +302,14 @@ async fn one_image<'a>(
         .map(|f| f.as_ref().map(|f| f.id.as_str()))
         .collect();
     let Some((reference, targets)) = plan_sync(&ids) else {
-        return Ok(engines);
+        return Ok((engines, None));
     };
     let source = &engines[reference].1;
     let id = ids[reference].unwrap_or_default();
+    let late = ImageSource {
+        engine: source.clone(),
+        id: id.to_string(),
+    };
     let copies = targets.iter().map(|&i| {
         let target = &engines[i].1;
         if let Some(other) = ids[i] {
@@ -312,12 +342,13 @@ async fn one_image<'a>(
             failed.push(i);
         }
     }
-    Ok(engines
+    let kept = engines
         .into_iter()
         .enumerate()
         .filter(|(i, _)| !failed.contains(i))
         .map(|(_, e)| e)
-        .collect())
+        .collect();
+    Ok((kept, Some(late)))
 }
 
 /// Reach the engine of `cfg`: through the docker CLI's environment, or through the TLS files the
@@ -329,7 +360,7 @@ async fn reach(cfg: &EngineConfig) -> Result<Engine, EngineError> {
 /// Make a connected engine ready for jobs: remove containers of dead runs, make sure the image
 /// is there, and settle the job limits. Independent engine calls are made at once: each is a
 /// round trip before the first job can start.
-async fn setup_docker(
+pub(super) async fn setup_docker(
     engine: Engine,
     cfg: &EngineConfig,
     say: &(dyn Fn(String) + Send + Sync),
@@ -429,7 +460,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn engines_that_do_not_answer_are_skipped_and_none_answering_is_the_usual_error() {
+    async fn no_engine_answering_is_the_first_ones_error_and_the_others_are_named() {
         // Nothing listens on these loopback ports: each connection is refused at once.
         let cfgs = [cfg("tcp://127.0.0.1:9"), cfg("tcp://127.0.0.1:7")];
         let said = Mutex::new(Vec::new());
@@ -444,13 +475,9 @@ mod tests {
             "the first one's error: {e}"
         );
         let said = said.lock().expect("lock").clone();
-        assert_eq!(said.len(), 2, "{said:?}");
+        assert_eq!(said.len(), 1, "{said:?}");
         assert!(
-            said[0].contains("skipping the engine tcp://127.0.0.1:9"),
-            "{said:?}"
-        );
-        assert!(
-            said[1].contains("skipping the engine tcp://127.0.0.1:7"),
+            said[0].contains("the engine tcp://127.0.0.1:7 does not answer either"),
             "{said:?}"
         );
     }

@@ -107,6 +107,10 @@ pub struct Member {
     pub slots: usize,
     /// Between members otherwise alike, the heavier one takes the job.
     pub weight: f64,
+    /// `Some(why)`: it has not joined yet (it was away at the start, [`super::late`]); it
+    /// starts as down for that reason, takes jobs once it rejoins, and from then on has the
+    /// slots its backend says.
+    pub joining: Option<String>,
 }
 
 /// Why and since when a member is down, and when it is asked again.
@@ -137,6 +141,11 @@ struct Seat {
     /// Times it was marked down, rejoined (for tests and messages).
     downs: usize,
     rejoins: usize,
+    /// Jobs at once on it: [`Member::slots`], and once a joining member joined, its
+    /// backend's capacity.
+    slots: usize,
+    /// It has not joined the run yet.
+    joining: bool,
 }
 
 /// What the members' state gives a job looking for a slot.
@@ -203,7 +212,7 @@ impl Shared {
         let pool = if fresh.is_empty() { up } else { fresh };
         let free: Vec<(usize, usize)> = pool
             .into_iter()
-            .map(|i| (i, self.members[i].slots.saturating_sub(seats[i].busy)))
+            .map(|i| (i, seats[i].slots.saturating_sub(seats[i].busy)))
             .filter(|(_, free)| *free > 0)
             .collect();
         let by_speed = free.iter().all(|(i, _)| seats[*i].speed.is_some());
@@ -329,17 +338,28 @@ impl Shared {
                 };
                 match cleaned {
                     Ok(()) => {
-                        {
+                        let joined = {
                             let mut seats = self.seats();
                             let seat = &mut seats[i];
                             seat.down = None;
                             seat.up_since = Some(now);
                             seat.next_check = Some(Instant::now() + PING_EVERY);
                             seat.rejoins += 1;
-                        }
+                            let joined = std::mem::take(&mut seat.joining);
+                            if joined {
+                                seat.slots = backend.capacity().max(1);
+                                // Its first answer is no flap of an engine that was up.
+                                seat.up_since = None;
+                            }
+                            joined
+                        };
                         *lock(&self.all_down) = None;
                         self.changed.notify_waiters();
-                        self.note(format!("engine {} is back", self.name(i)));
+                        let name = self.name(i);
+                        self.note(match joined {
+                            true => format!("engine {name} joined the run"),
+                            false => format!("engine {name} is back"),
+                        });
                     }
                     Err(why) => self.still_down(i, why, now),
                 }
@@ -475,7 +495,23 @@ impl Fleet {
     }
 
     pub fn with_options(members: Vec<Member>, opts: FleetOptions) -> Fleet {
-        let seats = Mutex::new((0..members.len()).map(|_| Seat::default()).collect());
+        let now = Instant::now();
+        let seats = Mutex::new(
+            members
+                .iter()
+                .map(|m| Seat {
+                    slots: m.slots.max(1),
+                    joining: m.joining.is_some(),
+                    down: m.joining.as_ref().map(|why| Down {
+                        why: why.clone(),
+                        backoff: PROBE_FIRST,
+                        hold_until: now,
+                    }),
+                    next_check: m.joining.as_ref().map(|_| now + PROBE_FIRST),
+                    ..Seat::default()
+                })
+                .collect(),
+        );
         Fleet {
             shared: Arc::new(Shared {
                 members: members
@@ -978,6 +1014,7 @@ mod tests {
                     backend: (*m).clone() as Arc<dyn Backend>,
                     slots: m.slots,
                     weight: 1.0,
+                    joining: None,
                 })
                 .collect(),
         )
@@ -1052,11 +1089,13 @@ mod tests {
                 backend: a.clone(),
                 slots: 2,
                 weight: 2.0,
+                joining: None,
             },
             Member {
                 backend: b.clone(),
                 slots: 3,
                 weight: 1.0,
+                joining: None,
             },
         ]);
         let s = &f.shared;
@@ -1242,6 +1281,66 @@ mod tests {
         );
     }
 
+    // b was away when the run started: it starts as down, gets no job until it answers, then
+    // joins (cleaned up like any member coming back) with the slots it says it has, not the
+    // guess it was given.
+    #[tokio::test(start_paused = true)]
+    async fn a_member_away_at_the_start_joins_when_it_answers() {
+        let a = Scripted::timed("a", 1, Duration::from_secs(4));
+        let b = Scripted::timed("b", 2, Duration::from_secs(4));
+        b.set_healthy(false);
+        let f = Fleet::new(vec![
+            Member {
+                backend: a.clone(),
+                slots: 1,
+                weight: 1.0,
+                joining: None,
+            },
+            Member {
+                backend: b.clone(),
+                slots: 1,
+                weight: 1.0,
+                joining: Some("b does not answer".into()),
+            },
+        ]);
+        assert_eq!(f.capacity(), 2, "the guess counts before it joins");
+        let mut bench = bench();
+        let start = Instant::now();
+        let temps = [bench.temp(), bench.temp(), bench.temp()];
+        let jobs = [job(0), job(1), job(2)];
+        let back = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            b.set_healthy(true);
+        };
+        let runs =
+            futures_util::future::join_all((0..3).map(|i| f.run(&jobs[i], &temps[i], &bench.ctx)));
+        let (results, ()) = tokio::join!(runs, back);
+        let hosts: Vec<String> = results
+            .into_iter()
+            .map(|r| r.expect("done").made_by.host)
+            .collect();
+        assert_eq!(hosts.iter().filter(|h| *h == "a").count(), 2, "{hosts:?}");
+        assert_eq!(hosts.iter().filter(|h| *h == "b").count(), 1, "{hosts:?}");
+        // Asked at 1 s and 3 s (down), at 7 s it answers: the job waiting since the start runs
+        // there then, not before.
+        assert_eq!(secs(start, &b.started()), [7]);
+        assert_eq!(
+            b.words(),
+            ["rejoin", "run 2"],
+            "cleaned up before it took a job"
+        );
+        let seats = f.shared.seats();
+        assert_eq!(seats[1].slots, 2, "its own slots once it joined");
+        assert_eq!((seats[1].downs, seats[1].rejoins), (0, 1));
+        drop(seats);
+        let notes = bench.notes();
+        assert!(
+            notes.iter().any(|n| n == "engine b joined the run"),
+            "{notes:?}"
+        );
+        assert!(!notes.iter().any(|n| n.contains("is down")), "{notes:?}");
+    }
+
     // The link to `a` is cut while it runs two jobs: they hear nothing (a deaf member), its
     // pings go unanswered, and the jobs must run on b soon, not after a stall timeout.
     #[tokio::test(start_paused = true)]
@@ -1254,11 +1353,13 @@ mod tests {
                 backend: a.clone(),
                 slots: 3,
                 weight: 2.0,
+                joining: None,
             },
             Member {
                 backend: b.clone(),
                 slots: 2,
                 weight: 1.0,
+                joining: None,
             },
         ]);
         let mut bench = bench();

@@ -26,6 +26,7 @@ pub mod docker;
 pub(crate) mod fake;
 pub mod fleet;
 pub(crate) mod jobserver;
+pub mod late;
 pub mod local;
 pub mod transport;
 

@@ -406,6 +406,42 @@ fn a_host_whose_dockerd_is_killed_mid_batch_loses_no_file() {
     assert!(on_killed < clips.len(), "{report}");
 }
 
+// An engine away when the batch starts is not lost for the whole batch: it joins once it
+// answers, and takes work.
+#[test]
+fn a_host_down_when_the_batch_starts_joins_once_it_answers() {
+    let _one = one_at_a_time();
+    let h = shared();
+    let tmp = tmp();
+    let file = h.hosts_file(tmp.path(), 1);
+    let long = tmp.path().join("long.mp4");
+    long_clip(&long, 6);
+    let clips = inputs(&tmp.path().join("in"), &long, 0..8);
+    let out = tmp.path().join("out");
+    h.kill(2);
+    let running = Running::spawn(&mut batch(&clips, &out, &file, &["--json"]));
+    running.wait_stderr(
+        &format!("the engine {} does not answer", h.hosts[2]),
+        Duration::from_secs(60),
+    );
+    h.restart(2);
+    let o = running.wait(Duration::from_secs(300));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("engine {} joined the run", h.hosts[2])),
+        "{}",
+        stderr(&o)
+    );
+    assert_all_checked(&out, &clips, 6.0);
+    let report: Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    assert_recorded_once(&out, &clips, &report, &h.hosts);
+    let recorded: BTreeSet<String> = outputs_column(&out, "host").into_iter().collect();
+    assert!(
+        recorded.contains(&h.hosts[2]),
+        "the late host made something: {recorded:?}"
+    );
+}
+
 /// Run a batch, cut host 3's link while ffmpeg runs there, and wait until the run has given that
 /// job up there. Returns the running batch and its output folder.
 fn cut_mid_batch(h: &Hosts, tmp: &Path, files: usize) -> (Running, PathBuf, Vec<PathBuf>) {

@@ -1,0 +1,213 @@
+//! An engine that joins a fleet after the run started.
+//!
+//! A fleet's engine may be away when the run starts: a host rebooting, a link being mended,
+//! a machine not yet up at the hour of a nightly job. Leaving it out for the whole run would
+//! waste it once it answers, and a watch daemon runs for weeks. So [`super::connect::connect_all`]
+//! makes such an engine a [`Late`] member: the fleet starts it as down and asks it again with
+//! its usual backoff ([`super::fleet`]). Each question ([`Backend::health`]) looks at the one
+//! join running in the background, and starts one when none runs: reach the engine, give it
+//! the fleet's worker image (the same image ID, streamed from an engine that has it, as at the
+//! start), prepare it as every engine is prepared. Until that is done the answer is an error
+//! saying how far the join got, which the fleet shows as why the engine is down; once it is
+//! done, the engine rejoins as any engine that was down does, and takes jobs.
+//!
+//! Its slots before it answered cannot be asked of it: they are its hosts file's `slots`
+//! (or `--jobs`) when given, else as many as the most any engine of the fleet has. Once it
+//! joined, the fleet uses what the engine says.
+
+use super::connect::{EngineConfig, setup_docker};
+use super::docker::image::sync_image;
+use super::docker::{DockerBackend, Engine};
+use super::{Backend, BoxFuture, EngineFault, JobCtx, JobError, JobSpec, Produced};
+use crate::place::Temp;
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
+
+/// Where the fleet's worker image comes from for an engine that joins late: an engine that has
+/// it, and its ID.
+#[derive(Clone)]
+pub struct ImageSource {
+    pub engine: Engine,
+    pub id: String,
+}
+
+enum State {
+    /// No join runs; the last one failed for this reason (or none ran yet).
+    Idle(String),
+    Joining(JoinHandle<Result<DockerBackend, String>>),
+    Joined(Arc<DockerBackend>),
+}
+
+/// An engine that did not answer when the run started ([module docs](self)).
+pub struct Late {
+    cfg: EngineConfig,
+    source: Option<ImageSource>,
+    slots: usize,
+    state: Mutex<State>,
+}
+
+impl Late {
+    /// `why`: why it could not be reached at the start. `slots`: what it is taken to have until
+    /// it says.
+    pub fn new(cfg: EngineConfig, source: Option<ImageSource>, slots: usize, why: String) -> Late {
+        Late {
+            slots: cfg.jobs.unwrap_or(slots).max(1),
+            cfg,
+            source,
+            state: Mutex::new(State::Idle(why)),
+        }
+    }
+
+    fn joined(&self) -> Option<Arc<DockerBackend>> {
+        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            State::Joined(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    /// Look at the join: `Ok` with the backend once it joined; else start a join when none
+    /// runs, and say why it has not joined yet.
+    fn poll_join(&self) -> Result<Arc<DockerBackend>, String> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let State::Joining(task) = &mut *state
+            && task.is_finished()
+        {
+            // Finished: taking its output does not wait.
+            let done = futures_util::FutureExt::now_or_never(task);
+            *state = match done {
+                Some(Ok(Ok(backend))) => State::Joined(Arc::new(backend)),
+                Some(Ok(Err(why))) => State::Idle(why),
+                Some(Err(e)) => State::Idle(format!("its join ended: {e}")),
+                None => State::Idle("its join ended".into()),
+            };
+        }
+        match &*state {
+            State::Joined(b) => Ok(b.clone()),
+            State::Joining(_) => {
+                Err("joining the run: reaching it and giving it the worker image".into())
+            }
+            State::Idle(why) => {
+                let why = why.clone();
+                let cfg = self.cfg.clone();
+                let source = self.source.clone();
+                *state = State::Joining(tokio::spawn(join(cfg, source)));
+                Err(why)
+            }
+        }
+    }
+
+    fn host(&self) -> &str {
+        &self.cfg.host
+    }
+}
+
+/// Reach the engine, give it the fleet's image, prepare it: an error is why it did not join.
+async fn join(cfg: EngineConfig, source: Option<ImageSource>) -> Result<DockerBackend, String> {
+    let engine = Engine::connect_with(&cfg.host, cfg.tls.as_ref(), cfg.insecure)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(source) = &source {
+        let have = engine
+            .image_facts(&cfg.image)
+            .await
+            .map_err(|e| e.to_string())?;
+        if have.map(|f| f.id).as_deref() != Some(source.id.as_str()) {
+            sync_image(&source.engine, &engine, &cfg.image, &mut |_| {})
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    // Messages of the preparation (containers of dead runs removed) have no terminal here:
+    // what matters reaches the user as the engine's join.
+    setup_docker(engine, &cfg, &|_| {}, None)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn not_joined(host: &str, why: String) -> EngineFault {
+    EngineFault {
+        status: None,
+        message: format!("{host} has not joined the run yet: {why}"),
+    }
+}
+
+impl Backend for Late {
+    /// As the engine's own backend names itself, so that the fleet's messages and the output
+    /// records name it the same way before and after it joined.
+    fn describe(&self) -> String {
+        format!("docker {}", self.host())
+    }
+
+    fn capacity(&self) -> usize {
+        self.joined().map_or(self.slots, |b| b.capacity())
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), EngineFault>> {
+        Box::pin(async move {
+            match self.poll_join() {
+                Ok(b) => b.health().await,
+                Err(why) => Err(not_joined(self.host(), why)),
+            }
+        })
+    }
+
+    fn rejoin(&self) -> BoxFuture<'_, Result<(), EngineFault>> {
+        Box::pin(async move {
+            match self.joined() {
+                Some(b) => b.rejoin().await,
+                None => Err(not_joined(self.host(), "it is still joining".into())),
+            }
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: &'a JobSpec,
+        out: &'a Temp,
+        ctx: &'a JobCtx,
+    ) -> BoxFuture<'a, Result<Produced, JobError>> {
+        Box::pin(async move {
+            match self.joined() {
+                Some(b) => b.run(job, out, ctx).await,
+                None => Err(JobError::Engine(not_joined(
+                    self.host(),
+                    "it is still joining".into(),
+                ))),
+            }
+        })
+    }
+
+    fn finish(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop_join();
+            if let Some(b) = self.joined() {
+                b.finish().await;
+            }
+        })
+    }
+
+    fn abandon(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop_join();
+            if let Some(b) = self.joined() {
+                b.abandon().await;
+            }
+        })
+    }
+}
+
+impl Late {
+    /// The run ends: a join still under way is stopped (an image load cut short leaves the
+    /// engine's image store as it was).
+    fn stop_join(&self) {
+        if let State::Joining(task) = &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Late {
+    fn drop(&mut self) {
+        self.stop_join();
+    }
+}

@@ -16,6 +16,16 @@
 # /27. The engines have no bridge network (--bridge=none) and touch no iptables; containers run
 # with network none.
 #
+# Swarm (`swarm`), measured on engine 20.10 (API 1.41): it works with --bridge=none and
+# --iptables=false; the overlay driver's vxlan is built into this kernel, IPVS is not (so the
+# `ingress` network is removed). The hosts must reach each other through the bridge: see
+# fwd_open. A service task attached to no network gets NetworkMode "default", i.e. the default
+# bridge, which these engines lack: loopback only, every connect fails "Network is unreachable".
+# `--network none` is refused for services ("network none not found"); an --internal overlay
+# still gives the task an eth0. swarm init makes docker_gwbridge (172.17.0.1/16, down, inside
+# host 1's namespace only); an overlay puts its vxlan device in a sandbox namespace bound under
+# the host's exec root. `down` deletes the namespaces and unmounts, which takes them along.
+#
 # Usage:
 #   scripts/fleet-hosts.sh up DIR N [--no-image] [--net K]
 #       -> HOST<I>=tcp://ADDR:2376, ALIAS<I>=tcp://ADDR2:2376, SOCKET<I>=unix://..., NETNS<I>=...,
@@ -28,15 +38,30 @@
 #   scripts/fleet-hosts.sh mend DIR I      bring it back up
 #   scripts/fleet-hosts.sh restart DIR I   stop host I's engine (whatever is left of it) and
 #                                          start it again on the same data
-#   scripts/fleet-hosts.sh down DIR        stop everything, delete netns, veths, bridge, mounts;
-#                                          idempotent, safe after a failed `up`
+#   scripts/fleet-hosts.sh swarm DIR       after `up`: make the hosts one Docker Swarm. Host 1 is
+#                                          the manager (init through its unix socket, advertising
+#                                          and listening on ADDR1:2377), hosts 2..N join as
+#                                          workers; every node gets the label
+#                                          io.isc-transcode.engine=tcp://ADDR_I:2376 (its own
+#                                          engine, where a task's bytes must go: the manager API
+#                                          cannot attach to a task). The routing-mesh network
+#                                          `ingress` is removed (no IPVS in this kernel, and a job
+#                                          publishes no port).
+#       -> MANAGER=tcp://ADDR1:2376, MANAGER_SOCKET=unix://..., NODE<I>=node id
+#   scripts/fleet-hosts.sh drain DIR I     set host I's node to availability drain (its running
+#                                          tasks are shut down, it gets no new ones)
+#   scripts/fleet-hosts.sh activate DIR I  set it back to active
+#   scripts/fleet-hosts.sh down DIR        stop everything, delete netns, veths, bridge, mounts,
+#                                          and the hosts' swarm state (a later `up` on the same
+#                                          DIR starts outside any swarm); idempotent, safe after a
+#                                          failed `up`
 #   scripts/fleet-hosts.sh check DIR       exit 1 and say what is left over (links, netns,
-#                                          mounts, processes) after `down`
+#                                          mounts, processes, the swarm iptables rule) after `down`
 #
 # DIR should be short (unix socket paths are limited to 108 bytes), e.g. under /var/tmp.
 set -euo pipefail
 
-cmd=${1:?up, kill, cut, mend, restart, down or check}
+cmd=${1:?up, swarm, drain, activate, kill, cut, mend, restart, down or check}
 dir=${2:?DIR}
 image=${ISC_IMAGE:-isc-ffmpeg:latest}
 port=2376
@@ -52,6 +77,7 @@ ns_of() { echo "isc-fl$(net)-$1"; }
 addr_of() { echo "198.51.100.$(($(net) * 32 + 10 + $1))"; }
 alias_of() { echo "198.51.100.$(($(net) * 32 + 20 + $1))"; }
 hdir() { echo "$dir/h$1"; }
+sock_of() { echo "unix://$(hdir "$1")/docker.sock"; }
 
 ssl() { openssl "$@" >/dev/null 2>&1; }
 
@@ -140,12 +166,15 @@ down() {
     n=$(count)
     for i in $(seq 1 "$n"); do stop_host "$i" & done
     wait
+    # Swarm state (raft log, node certificates): without this a later `up` on the same DIR
+    # would bring the engines back as members of a swarm that is gone.
+    for i in $(seq 1 "$n"); do rm -rf "$(hdir "$i")/data/swarm" "$dir/node$i"; done
     for i in $(seq 1 "$n"); do
         ip link del "$(ns_of "$i")" 2>/dev/null || true
         ip netns del "$(ns_of "$i")" 2>/dev/null || true
     done
     # Only a bridge this set made (no net file: `up` failed before making one).
-    [ -f "$dir/net" ] && { ip link del "$(bridge)" 2>/dev/null || true; }
+    [ -f "$dir/net" ] && { ip link del "$(bridge)" 2>/dev/null || true; fwd_close; }
     # Cgroups of the hosts' containers (cgroupfs driver: /sys/fs/cgroup/*/docker/<id>).
     for i in $(seq 1 "$n"); do
         for c in "$(hdir "$i")"/data/containers/*/; do
@@ -161,6 +190,8 @@ check() {
     local n i left=0
     n=$(count)
     if ip link show "$(bridge)" >/dev/null 2>&1; then echo "left: bridge $(bridge)"; left=1; fi
+    # shellcheck disable=SC2046
+    if iptables -C $(fwd_rule) 2>/dev/null; then echo "left: iptables rule for $(bridge)"; left=1; fi
     for i in $(seq 1 "$n"); do
         ip link show "$(ns_of "$i")" >/dev/null 2>&1 && { echo "left: link $(ns_of "$i")"; left=1; }
         [ -e "/var/run/netns/$(ns_of "$i")" ] && { echo "left: netns $(ns_of "$i")"; left=1; }
@@ -178,8 +209,62 @@ wait_host() {
     engine_wait "$(hdir "$1")"
 }
 
+# The hosts talk to each other only for swarm (2377 control, 7946 gossip, 4789/udp vxlan). Their
+# frames cross the bridge in the root namespace, and with br_netfilter loaded (the default
+# engine loads it: net.bridge.bridge-nf-call-iptables=1) bridged frames go through the root
+# namespace's FORWARD chain, whose policy the default engine sets to DROP. One rule, for this
+# bridge to itself only, lets them through; `down` removes it.
+fwd_rule() { echo FORWARD -i "$(bridge)" -o "$(bridge)" -m comment --comment isc-fleet-hosts -j ACCEPT; }
+fwd_open() {
+    # shellcheck disable=SC2046 # the rule's words
+    iptables -C $(fwd_rule) 2>/dev/null || iptables -I $(fwd_rule)
+}
+fwd_close() {
+    # shellcheck disable=SC2046
+    while iptables -C $(fwd_rule) 2>/dev/null; do iptables -D $(fwd_rule); done
+}
+
+# swarm: host 1 inits, 2..N join as workers, every node labelled with its engine endpoint.
+swarm() {
+    local n i m tok id
+    n=$(count)
+    [ "$n" -ge 1 ] || { echo "no hosts in $dir: run up first" >&2; return 1; }
+    m=$(sock_of 1)
+    fwd_open
+    docker -H "$m" swarm init --advertise-addr "$(addr_of 1)" \
+        --listen-addr "$(addr_of 1):2377" >/dev/null
+    tok=$(docker -H "$m" swarm join-token -q worker)
+    for i in $(seq 2 "$n"); do
+        docker -H "$(sock_of "$i")" swarm join --token "$tok" --advertise-addr "$(addr_of "$i")" \
+            --listen-addr "$(addr_of "$i"):2377" "$(addr_of 1):2377" >/dev/null
+    done
+    for i in $(seq 1 "$n"); do
+        id=$(docker -H "$(sock_of "$i")" info --format '{{.Swarm.NodeID}}')
+        [ -n "$id" ] || { echo "host $i has no swarm node id" >&2; return 1; }
+        echo "$id" >"$dir/node$i"
+        docker -H "$m" node update --label-add \
+            "io.isc-transcode.engine=tcp://$(addr_of "$i"):$port" "$id" >/dev/null
+    done
+    # The routing mesh needs IPVS, which this kernel lacks, and jobs publish no port.
+    docker -H "$m" network rm ingress >/dev/null 2>&1 <<<y || true
+    echo "MANAGER=tcp://$(addr_of 1):$port"
+    echo "MANAGER_SOCKET=$m"
+    for i in $(seq 1 "$n"); do echo "NODE$i=$(cat "$dir/node$i")"; done
+}
+
 case "$cmd" in
 up) ;;
+swarm)
+    swarm
+    exit $?
+    ;;
+drain | activate)
+    i=${3:?I}
+    avail=drain
+    [ "$cmd" = activate ] && avail=active
+    docker -H "$(sock_of 1)" node update --availability "$avail" "$(cat "$dir/node$i")" >/dev/null
+    exit 0
+    ;;
 kill)
     i=${3:?I}
     pidfile=$(hdir "$i")/docker.pid
@@ -212,8 +297,8 @@ check)
     exit $?
     ;;
 *)
-    echo "usage: $0 up DIR N [--no-image] [--net K] | kill|cut|mend|restart DIR I | down DIR" \
-        "| check DIR" >&2
+    echo "usage: $0 up DIR N [--no-image] [--net K] | swarm DIR" \
+        "| drain|activate|kill|cut|mend|restart DIR I | down DIR | check DIR" >&2
     exit 2
     ;;
 esac

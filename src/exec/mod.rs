@@ -251,9 +251,11 @@ impl From<bollard::errors::Error> for EngineFault {
                 status: Some(status_code),
                 message,
             },
+            // The client's own words ("client error (SendRequest)") say nothing: the reason, a
+            // refused ssh channel or TLS handshake, is among the causes below them.
             e => EngineFault {
                 status: None,
-                message: e.to_string(),
+                message: transport::causes(&e),
             },
         }
     }

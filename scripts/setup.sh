@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine for isc-transcode: a running Docker engine, the ffmpeg worker image,
-# and host ffmpeg/ffprobe (for the local backend and for the tests that check outputs).
+# host ffmpeg/ffprobe (for the local backend and for the tests that check outputs), and
+# OpenSSH's client and server (for ssh:// engines and their tests).
 #
 # Safe to run again: every step checks first and does nothing when it is already done.
 # Exits non-zero, saying why, when a step cannot be done.
@@ -23,6 +24,13 @@ apt_install() {
 
 if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
     apt_install ffmpeg
+fi
+
+# ssh:// engines run the system's ssh; their tests start an sshd of their own on loopback and
+# never use the system's service (on a machine that runs services, installing the package
+# starts it: stop it if you do not want it).
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then
+    apt_install openssh-server openssh-client
 fi
 
 engine_up() { timeout 10 docker info >/dev/null 2>&1; }

@@ -96,9 +96,10 @@ fn hash_files(files: &[PathBuf]) -> ExitCode {
 async fn gc(args: &EngineArgs, all: bool) -> Result<ExitCode, AppError> {
     let engines = crate::config::EngineConfig::resolve_engines(args)?;
     let clean = |cfg: &crate::config::EngineConfig| {
-        let (host, tls, insecure) = (cfg.host.clone(), cfg.tls.clone(), cfg.insecure);
+        let (host, tls, ssh) = (cfg.host.clone(), cfg.tls.clone(), cfg.ssh.clone());
+        let insecure = cfg.insecure;
         async move {
-            let engine = Engine::connect_with(&host, tls.as_ref(), insecure).await?;
+            let engine = Engine::connect_with(&host, tls.as_ref(), &ssh, insecure).await?;
             let containers = engine.remove_labelled(all).await?;
             let volumes = match all {
                 true => Some(engine.remove_library_volumes().await?),

@@ -190,7 +190,8 @@ Columns:
   API        the API version it answers at
   TLS        unix: a local socket; verified: TLS, the engine's certificate checked against your
              ca.pem only; tls: TLS configured, no handshake completed; loopback: plain TCP to
-             this machine; insecure: plain TCP to another machine (--insecure)
+             this machine; insecure: plain TCP to another machine (--insecure); ssh: through
+             ssh, the host key checked against known_hosts (refused when unknown)
   IMAGE      the worker image's short ID, or missing
   FFMPEG     the version of ffmpeg in the image
   ENCODERS   ok when the image's ffmpeg lists every encoder the preset names (-c:v libx264,
@@ -251,19 +252,24 @@ pub struct EngineArgs {
     )]
     pub image: String,
 
-    /// Docker engine: unix:///path/to/docker.sock or tcp://host:port; repeat it to spread the
-    /// batch over several engines. For TLS set DOCKER_TLS_VERIFY=1 (any value but empty) and
-    /// DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem), as for the docker CLI; the engine's
-    /// certificate must chain to ca.pem, and the system's CAs are not trusted for it. Without
-    /// TLS only loopback is reached, unless --insecure [default: DOCKER_HOST when neither -H nor
-    /// --hosts is given, else unix:///var/run/docker.sock]. Example: `-H tcp://10.0.0.5:2376`
+    /// Docker engine: unix:///path/to/docker.sock, tcp://host:port or `ssh://[user@]host[:port]`;
+    /// repeat it to spread the batch over several engines. For TLS set DOCKER_TLS_VERIFY=1 (any
+    /// value but empty) and DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem), as for the docker CLI;
+    /// the engine's certificate must chain to ca.pem, and the system's CAs are not trusted for
+    /// it. Without TLS only loopback is reached, unless --insecure. ssh:// runs the system ssh
+    /// and `docker system dial-stdio` on the far side (which needs the docker CLI, and a user
+    /// that may use the engine); the host's key must already be in known_hosts: an unknown or
+    /// changed key is refused, never added [default: DOCKER_HOST when neither -H nor --hosts is
+    /// given, else unix:///var/run/docker.sock]. Example: `-H tcp://10.0.0.5:2376`, `-H
+    /// ssh://deploy@build1`
     #[arg(short = 'H', long, value_name = "URL")]
     pub host: Vec<String>,
 
     /// A TOML file listing engines to spread the batch over, each an `[[engine]]` table with
-    /// `url`, and optionally `slots` (jobs at once there), `tls = { ca, cert, key }` (paths,
-    /// relative to the file), `labels` and `weight`. Engines of -H come first. Example:
-    /// `--hosts engines.toml`
+    /// `url`, and optionally `slots` (jobs at once there), `tls = { ca, cert, key }`, for an
+    /// ssh:// engine `ssh_key` (the only key it logs in with) and `known_hosts` (the file its
+    /// host key must be in) (paths relative to the file), `labels` and `weight`. Engines of -H
+    /// come first. Example: `--hosts engines.toml`
     #[arg(long, value_name = "FILE")]
     pub hosts: Option<PathBuf>,
 
@@ -360,7 +366,8 @@ pub struct RunArgs {
     /// files of 64 MiB or more, and any file whose job would otherwise start a worker that no
     /// later job could use (a lone file, the last ones of a batch), when the engine shares this
     /// machine's files: that saves moving every byte through the API twice. `stream` always
-    /// streams; `mount` always mounts and fails a job the engine cannot mount for.
+    /// streams; `mount` always mounts and fails a job the engine cannot mount for. An ssh://
+    /// engine is on another machine and always streams (`mount` is refused with one).
     #[arg(long, value_enum, value_name = "HOW", default_value_t = TransferChoice::Auto)]
     pub transfer: TransferChoice,
 

@@ -13,7 +13,7 @@ use crate::exec::JobTimeout;
 use crate::exec::connect::{ConnectError, HostsError};
 use crate::exec::context::{self, ContextError};
 use crate::exec::docker::{MountPolicy, default_host};
-use crate::exec::transport::{self, TlsEnv, TlsFiles};
+use crate::exec::transport::{self, SshFiles, TlsEnv, TlsFiles};
 use crate::plan::PlanOptions;
 use crate::preset::{self, Preset};
 use crate::report::ReportOptions;
@@ -113,6 +113,9 @@ struct HostEntry {
     /// Jobs at once there [default: `--jobs`, else its CPU count].
     slots: Option<usize>,
     tls: Option<TlsEntry>,
+    /// An `ssh://` engine's private key, and the known_hosts file its host key must be in.
+    ssh_key: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
     #[serde(default)]
     labels: Vec<String>,
     weight: Option<f64>,
@@ -159,6 +162,7 @@ impl EngineConfig {
             transfer: MountPolicy::Auto,
             out: PathBuf::from("out"),
             tls: None,
+            ssh: SshFiles::default(),
             labels: Vec::new(),
             weight: 1.0,
             fleet: crate::exec::fleet::FleetOptions::default(),
@@ -215,6 +219,13 @@ impl EngineConfig {
                 });
             }
         }
+        if template.transfer == MountPolicy::Always
+            && let Some(e) = engines.iter().find(|e| transport::is_ssh(&e.host))
+        {
+            return Err(HostsError::MountOverSsh {
+                url: e.host.clone(),
+            });
+        }
         Ok(engines)
     }
 
@@ -237,6 +248,7 @@ impl EngineConfig {
             },
             out: args.out.clone(),
             tls: None,
+            ssh: SshFiles::default(),
             labels: Vec::new(),
             weight: 1.0,
             fleet: crate::exec::fleet::FleetOptions {
@@ -273,6 +285,7 @@ fn context_engine(
     transport::endpoint_with(
         &found.host,
         found.tls.as_ref(),
+        &SshFiles::default(),
         &TlsEnv::from_env(),
         template.insecure,
     )
@@ -329,12 +342,17 @@ fn hosts_file(
                 cert: base.join(&t.cert),
                 key: base.join(&t.key),
             });
-            transport::endpoint_with(&entry.url, tls.as_ref(), &env, template.insecure)
+            let ssh = SshFiles {
+                key: entry.ssh_key.as_ref().map(|k| base.join(k)),
+                known_hosts: entry.known_hosts.as_ref().map(|k| base.join(k)),
+            };
+            transport::endpoint_with(&entry.url, tls.as_ref(), &ssh, &env, template.insecure)
                 .map_err(|e| bad(e.to_string()))?;
             Ok(EngineConfig {
                 host: entry.url.clone(),
                 jobs: entry.slots.or(template.jobs),
                 tls,
+                ssh,
                 labels: entry.labels.clone(),
                 weight: entry.weight.unwrap_or(1.0),
                 ..template.clone()
@@ -598,6 +616,81 @@ mod tests {
             missing.to_string().contains("/no/such/engines.toml"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn an_ssh_engine_takes_its_key_and_known_hosts_relative_to_the_hosts_file() {
+        let (dir, path) = hosts(
+            r#"
+            [[engine]]
+            url = "ssh://deploy@build1:2222"
+            ssh_key = "keys/id_ed25519"
+            known_hosts = "/etc/fleet/known_hosts"
+            slots = 3
+
+            [[engine]]
+            url = "ssh://build2"
+            "#,
+        );
+        let p = path.to_str().expect("utf-8");
+        let e = resolve_with(&args(&["--hosts", p]), None).expect("resolve");
+        assert_eq!(e[0].host, "ssh://deploy@build1:2222");
+        assert_eq!(
+            e[0].ssh,
+            SshFiles {
+                key: Some(dir.path().join("keys/id_ed25519")),
+                known_hosts: Some(PathBuf::from("/etc/fleet/known_hosts")),
+            }
+        );
+        assert_eq!((e[0].jobs, e[0].tls.as_ref()), (Some(3), None));
+        assert_eq!(e[1].ssh, SshFiles::default(), "ssh's own files");
+        // -H and DOCKER_HOST take ssh:// too.
+        let e = resolve_with(&args(&["-H", "ssh://me@build3"]), None).expect("-H");
+        assert_eq!(e[0].host, "ssh://me@build3");
+        let e = resolve_with(&args(&[]), Some("ssh://build4".into())).expect("DOCKER_HOST");
+        assert_eq!(e[0].host, "ssh://build4");
+    }
+
+    #[test]
+    fn ssh_files_only_with_ssh_and_no_mounting_over_ssh() {
+        let err = |text: &str, argv: &[&str]| {
+            let (_dir, path) = hosts(text);
+            let p = path.to_str().expect("utf-8").to_string();
+            let mut full = argv.to_vec();
+            full.extend_from_slice(&["--hosts", &p]);
+            resolve_with(&args(&full), None)
+                .expect_err(text)
+                .to_string()
+        };
+        let e = err(
+            "[[engine]]\nurl = \"tcp://127.0.0.1:2375\"\nssh_key = \"k\"\n",
+            &[],
+        );
+        assert!(
+            e.contains("engine 1") && e.contains("for ssh:// engines"),
+            "{e}"
+        );
+        let e = err(
+            "[[engine]]\nurl = \"ssh://build1\"\ntls = { ca = \"c\", cert = \"c\", key = \"k\" }\n",
+            &[],
+        );
+        assert!(e.contains("engine 1") && e.contains("known_hosts"), "{e}");
+        let e = err("[[engine]]\nurl = \"ssh://-oProxyCommand=x\"\n", &[]);
+        assert!(e.contains("bad host name"), "{e}");
+        let e = err(
+            "[[engine]]\nurl = \"ssh://build1\"\n",
+            &["--transfer", "mount"],
+        );
+        assert!(
+            e.contains("--transfer mount") && e.contains("ssh://build1"),
+            "{e}"
+        );
+        // Streaming, or leaving it to the engine, is fine.
+        for how in ["auto", "stream"] {
+            let (_dir, path) = hosts("[[engine]]\nurl = \"ssh://build1\"\n");
+            let p = path.to_str().expect("utf-8");
+            assert!(resolve_with(&args(&["--transfer", how, "--hosts", p]), None).is_ok());
+        }
     }
 
     #[test]

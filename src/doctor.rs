@@ -107,6 +107,9 @@ pub enum Tls {
     Loopback,
     /// Plain TCP to another machine, let through by `--insecure`.
     Insecure,
+    /// Through ssh, the host key checked against known_hosts (once the row is reachable, the
+    /// key was found there: an unknown one is refused).
+    Ssh,
 }
 
 impl Tls {
@@ -115,6 +118,7 @@ impl Tls {
         match endpoint {
             Endpoint::Unix(_) => Tls::Unix,
             Endpoint::Tls { .. } => Tls::Tls,
+            Endpoint::Ssh(_) => Tls::Ssh,
             e if e.is_plain_loopback() => Tls::Loopback,
             Endpoint::Plain { .. } => Tls::Insecure,
         }
@@ -127,6 +131,7 @@ impl Tls {
             Tls::Tls => "tls",
             Tls::Loopback => "loopback",
             Tls::Insecure => "insecure",
+            Tls::Ssh => "ssh",
         }
     }
 }
@@ -296,20 +301,25 @@ async fn check(cfg: &EngineConfig, jobs: Option<usize>, needed: &[String]) -> Ro
     let endpoint = transport::endpoint_with(
         &cfg.host,
         cfg.tls.as_ref(),
+        &cfg.ssh,
         &TlsEnv::from_env(),
         cfg.insecure,
     );
     row.tls = endpoint.as_ref().ok().map(Tls::of);
-    let engine = match Engine::connect_with(&cfg.host, cfg.tls.as_ref(), cfg.insecure).await {
+    let connected = Engine::connect_with(&cfg.host, cfg.tls.as_ref(), &cfg.ssh, cfg.insecure);
+    let engine = match connected.await {
         Ok(engine) => engine,
         Err(e) => {
             row.refused = matches!(
                 e,
-                EngineError::Transport(_) | EngineError::TlsRefused { .. }
+                EngineError::Transport(_)
+                    | EngineError::TlsRefused { .. }
+                    | EngineError::SshRefused { .. }
             );
             row.problems.push(match e {
                 EngineError::Unreachable { reason, .. } => reason,
                 EngineError::TlsRefused { reason, .. } => format!("TLS handshake failed: {reason}"),
+                EngineError::SshRefused { reason, .. } => format!("ssh refused: {reason}"),
                 e => transport::causes(&e),
             });
             return row.judged();
@@ -805,6 +815,8 @@ Encoders:
         assert_eq!(tls("tcp://build1", true), Tls::Insecure);
         // Verified only once a handshake completed: the address alone says TLS.
         assert_eq!(tls("https://build1:2376", false), Tls::Tls);
+        assert_eq!(tls("ssh://me@build1:2222", false), Tls::Ssh);
+        assert_eq!(Tls::Ssh.word(), "ssh");
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub async fn run(args: &EngineArgs, from: Option<&str>) -> Result<ExitCode, AppE
     let outside = from.filter(|f| !cfgs.iter().any(|c| c.host == *f));
     let configured = cfgs.iter().map(|c| {
         let reach = async {
-            Engine::connect_with(&c.host, c.tls.as_ref(), c.insecure)
+            Engine::connect_with(&c.host, c.tls.as_ref(), &c.ssh, c.insecure)
                 .await
                 .map_err(|e| e.to_string())
         };
@@ -91,7 +91,7 @@ pub async fn run(args: &EngineArgs, from: Option<&str>) -> Result<ExitCode, AppE
             None => None,
             Some(f) => {
                 let reach = async {
-                    Engine::connect_with(f, None, args.insecure)
+                    Engine::connect_with(f, None, &Default::default(), args.insecure)
                         .await
                         .map_err(|e| e.to_string())
                 };

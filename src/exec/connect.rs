@@ -15,7 +15,7 @@ use super::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy};
 use super::fleet::{Fleet, FleetOptions, Member};
 use super::late::{ImageSource, Late};
 use super::local::LocalBackend;
-use super::transport::TlsFiles;
+use super::transport::{SshFiles, TlsFiles};
 use super::{Backend, JobTimeout};
 use crate::cli::BackendChoice;
 use std::path::PathBuf;
@@ -44,6 +44,9 @@ pub struct EngineConfig {
     pub out: PathBuf,
     /// The engine's own TLS files (a hosts file's `tls`); `None`: the docker CLI's environment.
     pub tls: Option<TlsFiles>,
+    /// An `ssh://` engine's own key and known_hosts (a hosts file's `ssh_key` and
+    /// `known_hosts`); unset: ssh's own.
+    pub ssh: SshFiles,
     /// A hosts file's `labels`: carried for messages and later placement rules.
     pub labels: Vec<String>,
     /// A hosts file's `weight` (default 1): between engines with as many free slots, the
@@ -82,6 +85,12 @@ pub enum HostsError {
         "--backend local runs this machine's ffmpeg, on no engine: drop the {count} engines of          -H and --hosts, or choose --backend docker"
     )]
     LocalFleet { count: usize },
+    #[error(
+        "--transfer mount bind-mounts this machine's files into the job containers, but the \
+         engine {url} runs on the far side of ssh and can only have them streamed: drop \
+         --transfer mount"
+    )]
+    MountOverSsh { url: String },
     #[error(transparent)]
     Context(#[from] super::context::ContextError),
 }
@@ -354,7 +363,7 @@ async fn one_image<'a>(
 /// Reach the engine of `cfg`: through the docker CLI's environment, or through the TLS files the
 /// engine's entry names, under the same transport rules ([`Engine::connect_with`]).
 async fn reach(cfg: &EngineConfig) -> Result<Engine, EngineError> {
-    Engine::connect_with(&cfg.host, cfg.tls.as_ref(), cfg.insecure).await
+    Engine::connect_with(&cfg.host, cfg.tls.as_ref(), &cfg.ssh, cfg.insecure).await
 }
 
 /// Make a connected engine ready for jobs: remove containers of dead runs, make sure the image
@@ -414,8 +423,18 @@ pub(super) async fn setup_docker(
             .with_out_dir(&cfg.out)
             .with_job_timeout(cfg.job_timeout)
             .with_libraries(libs)
-            .with_transfer(cfg.transfer),
+            .with_transfer(transfer(cfg)),
     )
+}
+
+/// How the engine of `cfg` gets its inputs: an engine reached over ssh is on another machine,
+/// where this machine's paths name other files or none, so it always streams, whatever
+/// `--transfer` says (the flags' resolution refuses `--transfer mount` with one).
+fn transfer(cfg: &EngineConfig) -> MountPolicy {
+    match super::transport::is_ssh(&cfg.host) {
+        true => MountPolicy::Never,
+        false => cfg.transfer,
+    }
 }
 
 /// A unique id for this run, used in container names and labels.
@@ -453,9 +472,23 @@ mod tests {
             transfer: MountPolicy::Auto,
             out: PathBuf::from("out"),
             tls: None,
+            ssh: SshFiles::default(),
             labels: Vec::new(),
             weight: 1.0,
             fleet: FleetOptions::default(),
+        }
+    }
+
+    #[test]
+    fn an_ssh_engine_never_mounts() {
+        for policy in [MountPolicy::Auto, MountPolicy::Always, MountPolicy::Never] {
+            let mut c = cfg("ssh://me@127.0.0.1:2222");
+            c.transfer = policy;
+            assert_eq!(transfer(&c), MountPolicy::Never, "{policy:?}");
+            c.host = "SSH://build1".into();
+            assert_eq!(transfer(&c), MountPolicy::Never, "{policy:?}");
+            c.host = "unix:///var/run/docker.sock".into();
+            assert_eq!(transfer(&c), policy);
         }
     }
 

@@ -103,7 +103,7 @@ impl Late {
 
 /// Reach the engine, give it the fleet's image, prepare it: an error is why it did not join.
 async fn join(cfg: EngineConfig, source: Option<ImageSource>) -> Result<DockerBackend, String> {
-    let engine = Engine::connect_with(&cfg.host, cfg.tls.as_ref(), cfg.insecure)
+    let engine = Engine::connect_with(&cfg.host, cfg.tls.as_ref(), &cfg.ssh, cfg.insecure)
         .await
         .map_err(|e| e.to_string())?;
     if let Some(source) = &source {

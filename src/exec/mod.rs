@@ -9,7 +9,8 @@
 //! and tested once, whatever the backend.
 //!
 //! - [`docker::DockerBackend`] runs each job in a locked-down container on a Docker engine, local
-//!   or remote, streaming the input in and the output back over the engine's API.
+//!   or remote, streaming the input in and the output back over the engine's API. How a remote
+//!   engine is reached, and what is refused on the way, is [`transport`]'s and [`ssh`]'s.
 //! - [`local::LocalBackend`] runs the same presets with the ffmpeg on this machine.
 //! - [`fleet::Fleet`] uses several engines as one backend: each job on a free slot of an engine
 //!   that is up, and again on another engine when its engine failed it.
@@ -28,6 +29,7 @@ pub mod fleet;
 pub(crate) mod jobserver;
 pub mod late;
 pub mod local;
+pub mod ssh;
 pub mod transport;
 
 use crate::ffmpeg::{Probe, StderrParser};
@@ -249,9 +251,11 @@ impl From<bollard::errors::Error> for EngineFault {
                 status: Some(status_code),
                 message,
             },
+            // The client's own words ("client error (SendRequest)") say nothing: the reason, a
+            // refused ssh channel or TLS handshake, is among the causes below them.
             e => EngineFault {
                 status: None,
-                message: e.to_string(),
+                message: transport::causes(&e),
             },
         }
     }

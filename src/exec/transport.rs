@@ -20,6 +20,14 @@
 //!   here, and a missing or unreadable file is an error that names it. bollard reads them at
 //!   handshake time and, when that fails, silently presents no client certificate; the engine
 //!   then answers with an unhelpful handshake failure.
+//! - **An ssh host key is known, or refused.** `ssh://[user@]host[:port]` reaches the engine
+//!   through the system `ssh` and `docker system dial-stdio` on the far side
+//!   ([`super::ssh`]). The host's key must already be in known_hosts (the engine's own
+//!   `known_hosts` file, else ssh's usual ones): ssh runs with `StrictHostKeyChecking=yes`,
+//!   whatever its configuration says, and `--insecure` does not loosen that. bollard's `ssh`
+//!   feature would accept a new host's key and record it (openssh's default,
+//!   `accept-new`), so it is not used. Names that ssh would read as an option (a leading `-`)
+//!   are refused here, before ssh is started.
 //!
 //! The environment is read as the docker CLI reads it: TLS is on when `DOCKER_TLS_VERIFY` is set
 //! to anything but the empty string; the certificates are in `DOCKER_CERT_PATH`, else in
@@ -95,6 +103,36 @@ impl TlsFiles {
     }
 }
 
+/// What an `ssh://` engine's entry may name (a hosts file's `ssh_key` and `known_hosts`); each
+/// unset one is left to ssh's own configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SshFiles {
+    /// The private key to log in with, and no other (`ssh -i` with `IdentitiesOnly=yes`);
+    /// `None`: ssh's own choice (the agent, `~/.ssh/id_*`, `~/.ssh/config`).
+    pub key: Option<PathBuf>,
+    /// The known_hosts file that must hold the engine's host key; `None`: ssh's own
+    /// (`~/.ssh/known_hosts`, `/etc/ssh/ssh_known_hosts`).
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl SshFiles {
+    pub fn is_empty(&self) -> bool {
+        self.key.is_none() && self.known_hosts.is_none()
+    }
+}
+
+/// An `ssh://` engine: who logs in where, and with what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    /// `None`: ssh's own choice (`~/.ssh/config`, else this user's name).
+    pub user: Option<String>,
+    /// A host name or an IP address (an IPv6 one without its brackets).
+    pub host: String,
+    /// `None`: ssh's own choice (`~/.ssh/config`, else 22).
+    pub port: Option<u16>,
+    pub files: SshFiles,
+}
+
 /// Where an engine is and how it is reached, checked against the rules above.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -108,6 +146,9 @@ pub enum Endpoint {
         port: u16,
         files: TlsFiles,
     },
+    /// The engine's API through `ssh` and `docker system dial-stdio` on the far side, with the
+    /// host key checked against known_hosts.
+    Ssh(SshTarget),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +161,8 @@ pub enum TransportError {
     )]
     Cleartext { host: String },
     #[error(
-        "unsupported Docker host {host:?}: use unix://PATH, tcp://HOST:PORT or https://HOST:PORT"
+        "unsupported Docker host {host:?}: use unix://PATH, tcp://HOST:PORT, https://HOST:PORT \
+         or ssh://[USER@]HOST[:PORT]"
     )]
     Scheme { host: String },
     #[error("invalid Docker host {host:?}: {reason}")]
@@ -144,20 +186,36 @@ pub enum TransportError {
         path: PathBuf,
         reason: String,
     },
+    #[error("cannot read the ssh {what} {} of {host}: {source}", path.display())]
+    SshFile {
+        host: String,
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make an ssh client for {host}: {source}")]
+    SshClient {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
 }
 
 /// Check `host` against the transport rules and say how to reach it. No I/O.
 pub fn endpoint(host: &str, env: &TlsEnv, insecure: bool) -> Result<Endpoint, TransportError> {
-    endpoint_with(host, None, env, insecure)
+    endpoint_with(host, None, &SshFiles::default(), env, insecure)
 }
 
-/// [`endpoint`] for an engine that names its own TLS files (an entry of a hosts file): with
-/// `files`, a `tcp://` engine is reached over TLS with those three files whatever the
-/// environment says, and the rules are the same. `files` for a `unix://` engine is refused: it
-/// would be silently ignored. No I/O.
+/// [`endpoint`] for an engine that names its own TLS files or ssh files (an entry of a hosts
+/// file): with `files`, a `tcp://` engine is reached over TLS with those three files whatever
+/// the environment says, and the rules are the same; `ssh` is for an `ssh://` engine. Files
+/// of the other kind than the address (TLS files for a `unix://` or `ssh://` engine, an ssh key
+/// for a `tcp://` one) are refused: they would be silently ignored. No I/O.
 pub fn endpoint_with(
     host: &str,
     files: Option<&TlsFiles>,
+    ssh: &SshFiles,
     env: &TlsEnv,
     insecure: bool,
 ) -> Result<Endpoint, TransportError> {
@@ -170,7 +228,22 @@ pub fn endpoint_with(
             host: host.to_string(),
         });
     };
-    let tls = match scheme.to_ascii_lowercase().as_str() {
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme == "ssh" {
+        if files.is_some() {
+            return Err(invalid(
+                "TLS files are for tcp:// and https:// engines: ssh checks the host key \
+                 against known_hosts instead",
+            ));
+        }
+        return ssh_target(rest, ssh)
+            .map(Endpoint::Ssh)
+            .map_err(|reason| invalid(&reason));
+    }
+    if !ssh.is_empty() {
+        return Err(invalid("ssh_key and known_hosts are for ssh:// engines"));
+    }
+    let tls = match scheme.as_str() {
         "unix" => {
             if rest.is_empty() {
                 return Err(invalid("no socket path"));
@@ -230,6 +303,61 @@ pub fn endpoint_with(
             host: name.to_string(),
         }),
     }
+}
+
+/// Whether `host` is an `ssh://` address (whatever the case of its scheme): an engine on
+/// another machine, which never mounts this machine's files.
+pub fn is_ssh(host: &str) -> bool {
+    host.split_once("://")
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("ssh"))
+}
+
+/// `[user@]host[:port]` of an `ssh://` address, checked so that nothing of it can reach ssh
+/// as an option, or as anything but a user, a host and a port.
+fn ssh_target(rest: &str, files: &SshFiles) -> Result<SshTarget, String> {
+    if rest.contains(['/', '?', '#']) {
+        return Err("a path after the address is not supported".into());
+    }
+    let (user, authority) = match rest.rsplit_once('@') {
+        Some((user, authority)) => (Some(user), authority),
+        None => (None, rest),
+    };
+    if let Some(user) = user {
+        if user.contains(':') {
+            return Err("a password in the address is not supported: log in with a key".into());
+        }
+        if user.is_empty() || user.starts_with('-') || !user.chars().all(name_char) {
+            return Err(format!("bad user name {user:?}"));
+        }
+    }
+    let (host, port) = split_authority(authority).ok_or("not [USER@]HOST[:PORT]")?;
+    if host.is_empty() {
+        return Err("no host name".into());
+    }
+    let ip = host.parse::<IpAddr>().is_ok();
+    if !ip && (host.starts_with('-') || !host.chars().all(name_char)) {
+        return Err(format!("bad host name {host:?}"));
+    }
+    let port = match port {
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or("bad port")?,
+        ),
+        None => None,
+    };
+    Ok(SshTarget {
+        user: user.map(str::to_string),
+        host: host.to_string(),
+        port,
+        files: files.clone(),
+    })
+}
+
+/// A character of a host or user name as ssh takes it on its command line.
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
 }
 
 /// Whether `e` is a failed TLS handshake (a certificate not trusted or not valid for the name,
@@ -323,11 +451,16 @@ impl Endpoint {
             Endpoint::Unix(url) => url.clone(),
             Endpoint::Plain { host, port } => format!("tcp://{}:{port}", bracket(host)),
             Endpoint::Tls { host, port, .. } => format!("https://{}:{port}", bracket(host)),
+            Endpoint::Ssh(t) => {
+                let user = t.user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+                let port = t.port.map(|p| format!(":{p}")).unwrap_or_default();
+                format!("ssh://{user}{}{port}", bracket(&t.host))
+            }
         }
     }
 }
 
-fn bracket(host: &str) -> String {
+pub(crate) fn bracket(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -430,6 +563,95 @@ mod tests {
         }
     }
 
+    fn none() -> SshFiles {
+        SshFiles::default()
+    }
+
+    #[test]
+    fn ssh_addresses_name_a_user_a_host_and_a_port() {
+        let target = |url: &str| match endpoint(url, &env(false), false) {
+            Ok(Endpoint::Ssh(t)) => (t.user, t.host, t.port),
+            other => panic!("{url}: {other:?}"),
+        };
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            target("ssh://me@build1:2222"),
+            (s("me"), "build1".into(), Some(2222))
+        );
+        assert_eq!(target("ssh://build1"), (None, "build1".into(), None));
+        assert_eq!(
+            target("SSH://build-1.lan"),
+            (None, "build-1.lan".into(), None)
+        );
+        assert_eq!(
+            target("ssh://deploy_2@[2001:db8::1]:22"),
+            (s("deploy_2"), "2001:db8::1".into(), Some(22))
+        );
+        assert_eq!(
+            target("ssh://me@192.0.2.1"),
+            (s("me"), "192.0.2.1".into(), None)
+        );
+        // Off loopback and without TLS: ssh is its own encryption and authentication.
+        for verify in [false, true] {
+            assert!(matches!(
+                endpoint("ssh://192.0.2.1", &env(verify), false),
+                Ok(Endpoint::Ssh(_))
+            ));
+        }
+        let e = endpoint("ssh://me@[::1]:2222", &env(false), false).expect("ssh");
+        assert_eq!(e.url(), "ssh://me@[::1]:2222");
+    }
+
+    #[test]
+    fn bad_ssh_addresses_are_refused_before_ssh_runs() {
+        for (bad, what) in [
+            ("ssh://", "no host"),
+            ("ssh://me@", "no host"),
+            ("ssh://@build1", "bad user"),
+            ("ssh://me@build1:0", "bad port"),
+            ("ssh://me@build1:22x", "bad port"),
+            ("ssh://me@build1:70000", "bad port"),
+            ("ssh://build1/var/run/docker.sock", "path"),
+            ("ssh://build1?socket=x", "path"),
+            ("ssh://me:secret@build1", "password"),
+            // Either would reach ssh's command line as an option.
+            ("ssh://-oProxyCommand=touch%20x", "bad host"),
+            ("ssh://-oProxyCommand=x@build1", "bad user"),
+            ("ssh://build 1", "bad host"),
+            ("ssh://me@build1:22:22", "USER@]HOST[:PORT]"),
+            ("ssh://::1", "USER@]HOST[:PORT]"),
+        ] {
+            let e = endpoint(bad, &env(false), true).expect_err(bad);
+            let msg = e.to_string();
+            assert!(matches!(e, TransportError::Address { .. }), "{bad}: {msg}");
+            assert!(msg.contains(what) && msg.contains(bad), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn ssh_files_go_with_ssh_engines_and_tls_files_never_do() {
+        let files = SshFiles {
+            key: Some(PathBuf::from("/fleet/id_ed25519")),
+            known_hosts: Some(PathBuf::from("/fleet/known_hosts")),
+        };
+        match endpoint_with("ssh://me@build1", None, &files, &env(true), false) {
+            Ok(Endpoint::Ssh(t)) => assert_eq!(t.files, files),
+            other => panic!("{other:?}"),
+        }
+        for url in [
+            "tcp://127.0.0.1:2375",
+            "https://build1",
+            "unix:///run/d.sock",
+        ] {
+            let e = endpoint_with(url, None, &files, &env(false), false).expect_err(url);
+            assert!(e.to_string().contains("for ssh:// engines"), "{url}: {e}");
+        }
+        let tls = TlsFiles::in_dir(Path::new("/certs"));
+        let e = endpoint_with("ssh://build1", Some(&tls), &none(), &env(false), false)
+            .expect_err("tls files for ssh");
+        assert!(e.to_string().contains("known_hosts"), "{e}");
+    }
+
     #[test]
     fn an_engine_s_own_tls_files_turn_tls_on_and_replace_the_environment_s() {
         let own = TlsFiles {
@@ -438,7 +660,8 @@ mod tests {
             key: PathBuf::from("/fleet/b/key.pem"),
         };
         for verify in [false, true] {
-            let e = endpoint_with("tcp://build2", Some(&own), &env(verify), false).expect("tls");
+            let e = endpoint_with("tcp://build2", Some(&own), &none(), &env(verify), false)
+                .expect("tls");
             assert_eq!(
                 e,
                 Endpoint::Tls {
@@ -448,16 +671,22 @@ mod tests {
                 }
             );
         }
-        let e = endpoint_with("unix:///run/docker.sock", Some(&own), &env(false), false)
-            .expect_err("unix with tls");
+        let e = endpoint_with(
+            "unix:///run/docker.sock",
+            Some(&own),
+            &none(),
+            &env(false),
+            false,
+        )
+        .expect_err("unix with tls");
         assert!(e.to_string().contains("not a unix socket"), "{e}");
         // Without its own files an engine reads the environment, as before.
         assert_eq!(
-            endpoint_with("tcp://build2", None, &env(true), false).expect("env tls"),
+            endpoint_with("tcp://build2", None, &none(), &env(true), false).expect("env tls"),
             endpoint("tcp://build2", &env(true), false).expect("env tls"),
         );
         assert!(matches!(
-            endpoint_with("tcp://build2:2375", None, &env(false), false),
+            endpoint_with("tcp://build2:2375", None, &none(), &env(false), false),
             Err(TransportError::Cleartext { .. })
         ));
     }
@@ -548,7 +777,7 @@ mod tests {
     fn bad_addresses_are_named() {
         for (bad, what) in [
             ("build1:2375", "unsupported"),
-            ("ssh://me@build1", "unsupported"),
+            ("ftp://me@build1", "unsupported"),
             ("tcp://", "no host"),
             ("tcp://a:b:c", "HOST:PORT"),
             ("tcp://a:99999", "bad port"),

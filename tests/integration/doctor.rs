@@ -1,8 +1,9 @@
 //! `isc-transcode doctor` against the real engine: healthy, without the image, with a preset
 //! whose encoder the image lacks (and one naming a codec, not an encoder), down (refused, and
-//! silent), over TLS, and as JSON.
+//! silent), over TLS, over ssh, and as JSON.
 
 use crate::remote::TlsEngine;
+use crate::ssh::Sshd;
 use crate::util::*;
 use serde_json::Value;
 use std::process::{Command, Output};
@@ -270,4 +271,37 @@ fn doctor_over_tls_says_verified() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(cell(&o, &engine.host, "TLS"), "tls");
     assert_eq!(cell(&o, &engine.host, "VERDICT"), "down");
+}
+
+#[test]
+fn doctor_over_ssh_says_ssh_and_refused_for_an_unknown_host_key() {
+    let sshd = Sshd::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hosts = sshd.good_hosts(tmp.path());
+    let o = run(bin().arg("doctor").arg("--hosts").arg(&hosts));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(cell(&o, &sshd.url, "REACHABLE"), "yes");
+    assert_eq!(cell(&o, &sshd.url, "TLS"), "ssh");
+    assert_eq!(cell(&o, &sshd.url, "ENCODERS"), "ok");
+    assert_eq!(cell(&o, &sshd.url, "VERDICT"), "ready");
+    let o = run(bin().args(["doctor", "--json", "--hosts"]).arg(&hosts));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(report["engines"][0]["tls"], "ssh");
+
+    let empty = tmp.path().join("known_hosts_empty");
+    std::fs::write(&empty, "").expect("write");
+    let hosts = sshd.hosts_file(tmp.path(), &sshd.path("client_key"), &empty);
+    let o = run(bin().arg("doctor").arg("--hosts").arg(&hosts));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(cell(&o, &sshd.url, "TLS"), "ssh");
+    assert_eq!(cell(&o, &sshd.url, "VERDICT"), "refused");
+    assert!(
+        stdout(&o).contains(&format!(
+            "{}: refused: ssh refused: its host key is not in {}",
+            sshd.url,
+            empty.display()
+        )),
+        "{}",
+        stdout(&o)
+    );
 }

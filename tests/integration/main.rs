@@ -13,6 +13,7 @@ mod outputs;
 mod pipeline;
 mod presets;
 mod remote;
+mod ssh;
 mod state;
 mod util;
 mod watch;

@@ -196,6 +196,11 @@ pub enum EngineError {
     /// The engine answered, but the TLS handshake failed: waiting will not change that.
     #[error("the TLS handshake with {host} failed: {reason}")]
     TlsRefused { host: String, reason: String },
+    /// ssh refused the engine's host key or was refused the login
+    /// ([`ssh::SshError::is_refusal`](crate::exec::ssh::SshError::is_refusal)): as for TLS,
+    /// waiting will not change that.
+    #[error("the ssh connection to {host} was refused: {reason}")]
+    SshRefused { host: String, reason: String },
     #[error(
         "worker image {image:?} is not on the engine at {host} and could not be pulled: {reason}\n\
          build it without a registry:  scripts/build-image.sh {image}\n\
@@ -260,7 +265,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Connect to `host` (unix://, tcp://, https://), honouring `DOCKER_TLS_VERIFY` and
+    /// Connect to `host` (unix://, tcp://, https://, ssh://), honouring `DOCKER_TLS_VERIFY` and
     /// `DOCKER_CERT_PATH` as the docker CLI does, and ping it.
     ///
     /// The address is checked first ([`transport::endpoint`]): plain HTTP to anything but
@@ -275,17 +280,18 @@ impl Engine {
     /// The unit test `requests_carry_no_api_version` pins that behaviour, and every integration test
     /// runs against an engine older (API 1.41) than bollard's default (1.53).
     pub async fn connect(host: &str, insecure: bool) -> Result<Engine, EngineError> {
-        Engine::connect_with(host, None, insecure).await
+        Engine::connect_with(host, None, &transport::SshFiles::default(), insecure).await
     }
 
-    /// [`Engine::connect`] to an engine that names its own TLS files (an entry of a hosts
-    /// file) instead of the docker CLI's environment ([`transport::endpoint_with`]).
+    /// [`Engine::connect`] to an engine that names its own TLS files or ssh files (an entry of
+    /// a hosts file) instead of the docker CLI's environment ([`transport::endpoint_with`]).
     pub async fn connect_with(
         host: &str,
         tls: Option<&transport::TlsFiles>,
+        ssh: &transport::SshFiles,
         insecure: bool,
     ) -> Result<Engine, EngineError> {
-        let endpoint = transport::endpoint_with(host, tls, &TlsEnv::from_env(), insecure)?;
+        let endpoint = transport::endpoint_with(host, tls, ssh, &TlsEnv::from_env(), insecure)?;
         let connect = |source| EngineError::Connect {
             host: host.to_string(),
             source,
@@ -299,6 +305,7 @@ impl Engine {
             )
             .map_err(connect)?,
             Endpoint::Tls { host, port, files } => transport::tls_client(host, *port, files)?,
+            Endpoint::Ssh(target) => crate::exec::ssh::client(host, target)?,
         };
         let unreachable = |reason: String| EngineError::Unreachable {
             host: host.to_string(),
@@ -315,6 +322,12 @@ impl Engine {
                         " (the engine's certificate must chain to {}: no other CA is trusted)",
                         files.ca.display()
                     );
+                }
+                if let Some(refused) = crate::exec::ssh::refusal(&e) {
+                    return Err(EngineError::SshRefused {
+                        host: host.to_string(),
+                        reason: refused.to_string(),
+                    });
                 }
                 if transport::is_tls_refusal(&e) {
                     return Err(EngineError::TlsRefused {

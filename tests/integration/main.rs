@@ -14,6 +14,7 @@ mod pipeline;
 mod presets;
 mod remote;
 mod state;
+mod swarm;
 mod util;
 mod watch;
 mod worker;

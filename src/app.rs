@@ -97,24 +97,22 @@ fn hash_files(files: &[PathBuf]) -> ExitCode {
 /// With `--swarm`, the manager first removes the worker services of runs that are gone (every
 /// one of this tool's with `all`), then each node's engine is cleaned as an engine of `-H` is.
 async fn gc(args: &EngineArgs, all: bool) -> Result<ExitCode, AppError> {
-    let mut engines = crate::config::EngineConfig::resolve_engines(args)?;
-    if let Some(manager_cfg) = engines.first().filter(|e| e.swarm.is_some()) {
-        let (manager, nodes) = crate::exec::connect::swarm_engines(manager_cfg).await?;
+    let (engines, manager) = crate::exec::connect::command_engines(
+        crate::config::EngineConfig::resolve_engines(args)?,
+        &|node| {
+            show::gc_skipped(
+                &format!("swarm node {}", node.id),
+                &crate::exec::connect::no_engine_label(node),
+            )
+        },
+    )
+    .await?;
+    if let Some(manager) = manager {
         let removed = manager
             .remove_labelled_services(all)
             .await
             .map_err(crate::exec::connect::ConnectError::from)?;
         show::gc_services(&manager.host, removed);
-        engines = Vec::new();
-        for (node, cfg) in nodes {
-            match cfg {
-                Some(cfg) => engines.push(cfg),
-                None => show::gc_skipped(
-                    &format!("swarm node {}", node.id),
-                    &crate::exec::connect::no_engine_label(&node),
-                ),
-            }
-        }
     }
     let clean = |cfg: &crate::config::EngineConfig| {
         let (host, tls, insecure) = (cfg.host.clone(), cfg.tls.clone(), cfg.insecure);

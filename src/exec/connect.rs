@@ -311,6 +311,27 @@ pub async fn swarm_engines(
     Ok((manager, nodes))
 }
 
+/// The engines a command that runs no batch works on (`gc`, `image sync`): `cfgs` as given,
+/// or, with `--swarm`, the engines of the manager's nodes, and the manager itself. A node whose
+/// label names no engine is left out and handed to `skipped`.
+pub async fn command_engines(
+    cfgs: Vec<EngineConfig>,
+    skipped: &dyn Fn(&SwarmNode),
+) -> Result<(Vec<EngineConfig>, Option<Engine>), ConnectError> {
+    let Some(manager_cfg) = cfgs.first().filter(|c| c.swarm.is_some()) else {
+        return Ok((cfgs, None));
+    };
+    let (manager, nodes) = swarm_engines(manager_cfg).await?;
+    let mut engines = Vec::new();
+    for (node, cfg) in nodes {
+        match cfg {
+            Some(cfg) => engines.push(cfg),
+            None => skipped(&node),
+        }
+    }
+    Ok((engines, Some(manager)))
+}
+
 /// Why a swarm node without the label naming its engine takes no work, and how to give it one.
 pub fn no_engine_label(node: &SwarmNode) -> String {
     format!(

@@ -49,10 +49,12 @@
 //! - `pool`: the warm workers: configured, created, attached and started, taken for a job and
 //!   given back, retired in step or removed after a failure;
 //! - `stream`: a job streamed through a pooled worker;
-//! - `mount`: when a job is mounted, and the job in a worker of its own that mounts its input.
+//! - `mount`: when a job is mounted, and the job in a worker of its own that mounts its input;
+//! - `swarm`: workers as Docker Swarm services on one node of a swarm ([`SwarmSeat`]), and what
+//!   a manager says of its nodes.
 //!
-//! Dependencies point one way (`scripts/module-graph.sh` checks it): `pool`, `stream` and
-//! `mount` add methods to [`DockerBackend`] and use this file (`stream` also takes the name of
+//! Dependencies point one way (`scripts/module-graph.sh` checks it): `pool`, `stream`, `mount`
+//! and `swarm` add methods to [`DockerBackend`] and use this file (`stream` also takes the name of
 //! the spooled input from `mount`); this file reaches them only through those methods, and names
 //! no submodule but `client`, which names nothing here. That is why the pieces the setup
 //! containers share with the workers (the lock-down, the tmpfs, the removal) and the worker
@@ -63,7 +65,7 @@ pub mod image;
 mod mount;
 mod pool;
 mod stream;
-mod swarm;
+pub mod swarm;
 
 use super::jobserver::Session;
 use super::transport::{self, Endpoint, TlsEnv};

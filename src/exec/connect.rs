@@ -10,12 +10,13 @@
 //! ID between them: one that lacks the worker image, or holds another build of it, gets it
 //! streamed from the first engine that has it, since air-gapped engines cannot pull.
 
+use super::docker::image::sync_image as copy_image;
 use super::docker::image::{Coarse, SyncError, plan_sync, short_id, sync_image};
 use super::docker::{
     DockerBackend, Engine, EngineError, Limits, MountPolicy, SwarmNode, SwarmSeat,
 };
 use super::fleet::{Fleet, FleetOptions, Member};
-use super::late::{ImageSource, Late};
+use super::late::{Join, Late};
 use super::local::LocalBackend;
 use super::transport::TlsFiles;
 use super::{Backend, JobTimeout};
@@ -448,12 +449,55 @@ async fn connect_members(
         let why = e.to_string();
         up.push(Member {
             slots: cfg.jobs.unwrap_or(slots),
-            backend: Arc::new(Late::new(cfg.clone(), source.clone(), slots, why.clone())),
+            backend: Arc::new(Late::new(
+                cfg.host.clone(),
+                cfg.jobs.unwrap_or(slots),
+                why.clone(),
+                late_join(cfg.clone(), source.clone()),
+            )),
             weight: cfg.weight,
             joining: Some(why),
         });
     }
     Ok(Arc::new(Fleet::with_options(up, fleet)))
+}
+
+/// Where the fleet's worker image comes from for an engine that joins late: an engine that has
+/// it, and its ID.
+#[derive(Clone)]
+pub struct ImageSource {
+    pub engine: Engine,
+    pub id: String,
+}
+
+/// How an engine away at the start joins ([`Late`]): reach it, give it the fleet's image (the
+/// same image ID, streamed from an engine that has it, as at the start), prepare it as every
+/// engine is prepared.
+fn late_join(cfg: EngineConfig, source: Option<ImageSource>) -> Join {
+    Arc::new(move || {
+        let (cfg, source) = (cfg.clone(), source.clone());
+        Box::pin(async move {
+            let engine = Engine::connect_with(&cfg.host, cfg.tls.as_ref(), cfg.insecure)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(source) = &source {
+                let have = engine
+                    .image_facts(&cfg.image)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if have.map(|f| f.id).as_deref() != Some(source.id.as_str()) {
+                    copy_image(&source.engine, &engine, &cfg.image, &mut |_| {})
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            // Messages of the preparation (containers of dead runs removed) have no terminal
+            // here: what matters reaches the user as the engine's join.
+            setup_docker(engine, &cfg, &|_| {}, None)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
 }
 
 /// No engine answers: the first one's error, the others said.

@@ -19,10 +19,15 @@
 #      go on unseen; then the link returns and the containers the run left there are counted
 #      before and after the next run on that engine (which removes them).
 #
+# With SWARM=1 the three hosts are made one Docker Swarm (fleet-hosts.sh swarm: host 1 the
+# manager) and every run goes through `--swarm` with `-j 2` instead of a hosts file: the same
+# workload and the same measures, on workers that are swarm services.
+#
 # Usage: scripts/bench-fleet.sh [WORKDIR]     (default /var/tmp/isc-bench-fleet; removed at the end)
 #   ISC_BIN=path   the binary to time (default: cargo build --release --locked, then a copy)
 #   NET=K          the /27 of the test range for the hosts (default 6; see fleet-hosts.sh)
 #   WHAT="efficiency failover cut"   which parts to run
+#   SWARM=1        the hosts as a swarm, the runs with --swarm
 # Nothing is sent to any address but the test hosts and loopback.
 set -euo pipefail
 
@@ -74,6 +79,23 @@ hosts_file() { # hosts_file SLOTS -> path
     echo "$f"
 }
 FILE2=$(hosts_file 2)
+SWARM=${SWARM:-}
+if [ -n "$SWARM" ]; then
+    log "making the hosts one swarm"
+    "$REPO/scripts/fleet-hosts.sh" swarm "$HOSTS" >>"$WORK/hosts.env"
+fi
+
+# tool ARGS...: the binary, on the three engines with 2 slots each: through the hosts file, or
+# the swarm's manager (over TLS with the test hosts' client certificate).
+tool() {
+    if [ -n "$SWARM" ]; then
+        env -u DOCKER_HOST -u ISC_IMAGE DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH="$CERTS" \
+            "$BIN" "$@" --swarm "$(val MANAGER)" -j 2
+    else
+        env -u DOCKER_HOST -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH -u ISC_IMAGE \
+            "$BIN" "$@" --hosts "$FILE2"
+    fi
+}
 
 # make_clips DIR COUNT SECONDS FIRST: all different (a number in the picture's noise seed).
 make_clips() {
@@ -85,12 +107,11 @@ make_clips() {
     done
 }
 
-# batch OUT HOSTSFILE FILES...: run with --json; the report goes to OUT.json.
+# batch OUT FILES...: run with --json; the report goes to OUT.json.
 batch() {
-    local out=$1 file=$2
-    shift 2
-    env -u DOCKER_HOST -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH -u ISC_IMAGE \
-        "$BIN" "$@" -o "$out" -p "$PRESET" --hosts "$file" --json >"$out.json" 2>"$out.log" ||
+    local out=$1
+    shift
+    tool "$@" -o "$out" -p "$PRESET" --json >"$out.json" 2>"$out.log" ||
         die "the batch into $out failed: $(tail -5 "$out.log")"
 }
 
@@ -101,15 +122,15 @@ efficiency() {
     make_clips "$WORK/in" "$FILES" "$CLIP" 0
     make_clips "$WORK/single" "$((SINGLES + 1))" "$CLIP" 1000
     # Warm-up (untimed): every engine's first worker.
-    batch "$WORK/warm" "$FILE2" "$WORK/single/clip1000.mp4"
+    batch "$WORK/warm" "$WORK/single/clip1000.mp4"
     local singles=() i
     for i in $(seq 1 "$SINGLES"); do
-        batch "$WORK/one$i" "$FILE2" "$WORK/single/clip$((1000 + i)).mp4"
+        batch "$WORK/one$i" "$WORK/single/clip$((1000 + i)).mp4"
         singles+=("$(py "import json;print(json.load(open('$WORK/one$i.json'))['files'][0]['seconds'])")")
     done
     local t0 t1
     t0=$(now)
-    batch "$WORK/out" "$FILE2" "$WORK"/in/*.mp4
+    batch "$WORK/out" "$WORK"/in/*.mp4
     t1=$(now)
     py "
 import json, statistics
@@ -158,8 +179,7 @@ failover() {
     make_clips "$WORK/fin" 3 "$FAIL_CLIP" 2000
     local out=$WORK/fout
     (
-        env -u DOCKER_HOST -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH -u ISC_IMAGE \
-            "$BIN" "$WORK"/fin/*.mp4 -o "$out" -p "$PRESET" --hosts "$FILE2" -v --json \
+        tool "$WORK"/fin/*.mp4 -o "$out" -p "$PRESET" -v --json \
             2>&1 >"$out.json" | while IFS= read -r l; do printf '%s %s\n' "$(now)" "$l"; done
     ) >"$out.log" &
     local run=$!
@@ -202,7 +222,7 @@ print(f'$fault -> its ffmpeg runs on another host: ' + (f'{float(t2) - t0:.2f} s
         local left
         left=$(docker -H "$(val SOCKET2)" ps -aq --filter label=io.isc-transcode | wc -l)
         "$REPO/scripts/fleet-hosts.sh" mend "$HOSTS" 2
-        batch "$WORK/after-mend" "$FILE2" "$WORK/fin/clip2000.mp4"
+        batch "$WORK/after-mend" "$WORK/fin/clip2000.mp4"
         printf 'containers of the tool on host 2: %s while cut, %s after the link returned and a run\n' \
             "$left" "$(docker -H "$(val SOCKET2)" ps -aq --filter label=io.isc-transcode | wc -l)"
     else

@@ -93,8 +93,27 @@ fn hash_files(files: &[PathBuf]) -> ExitCode {
 
 /// `gc`: clean every engine the flags name, at once. With one engine its error is the
 /// command's; with several, each engine's outcome is shown and a failure makes the exit code 1.
+///
+/// With `--swarm`, the manager first removes the worker services of runs that are gone (every
+/// one of this tool's with `all`), then each node's engine is cleaned as an engine of `-H` is.
 async fn gc(args: &EngineArgs, all: bool) -> Result<ExitCode, AppError> {
-    let engines = crate::config::EngineConfig::resolve_engines(args)?;
+    let (engines, manager) = crate::exec::connect::command_engines(
+        crate::config::EngineConfig::resolve_engines(args)?,
+        &|node| {
+            show::gc_skipped(
+                &format!("swarm node {}", node.id),
+                &crate::exec::connect::no_engine_label(node),
+            )
+        },
+    )
+    .await?;
+    if let Some(manager) = manager {
+        let removed = manager
+            .remove_labelled_services(all)
+            .await
+            .map_err(crate::exec::connect::ConnectError::from)?;
+        show::gc_services(&manager.host, removed);
+    }
     let clean = |cfg: &crate::config::EngineConfig| {
         let (host, tls, ssh) = (cfg.host.clone(), cfg.tls.clone(), cfg.ssh.clone());
         let insecure = cfg.insecure;

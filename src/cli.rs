@@ -285,6 +285,23 @@ pub struct EngineArgs {
     /// DOCKER_HOST is unset. Example: `--context build2`
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
+
+    /// A Docker Swarm manager (unix://, tcp:// with TLS as for -H): the swarm's nodes are the
+    /// engines. Each worker is a swarm service pinned to a node, with CPU and memory
+    /// reservations, so the swarm admits it only where there is room; drained and down nodes
+    /// get none. The bytes go through each node's own engine, named by the node label
+    /// `io.isc-transcode.engine` (`docker node update --label-add
+    /// io.isc-transcode.engine=tcp://10.0.0.5:2376 NODE`), with the same TLS files as the
+    /// manager. Nodes' engines must run with `--bridge=none`: a swarm service cannot have
+    /// network `none`. Example: `--swarm tcp://manager:2376`
+    #[arg(long, value_name = "URL", conflicts_with_all = ["host", "hosts", "context"])]
+    pub swarm: Option<String>,
+
+    /// A swarm placement constraint every worker must meet, as `docker service create
+    /// --constraint` takes it; repeat it for several (all must hold). Example:
+    /// `--constraint node.labels.gpu!=true`
+    #[arg(long, value_name = "EXPR", requires = "swarm")]
+    pub constraint: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@
 use crate::cli::{BackendChoice, EngineArgs, RunArgs, TransferChoice};
 use crate::error::AppError;
 use crate::exec::JobTimeout;
-use crate::exec::connect::{ConnectError, HostsError};
+use crate::exec::connect::{ConnectError, HostsError, SwarmRole};
 use crate::exec::context::{self, ContextError};
 use crate::exec::docker::{MountPolicy, default_host};
 use crate::exec::transport::{self, SshFiles, TlsEnv, TlsFiles};
@@ -166,6 +166,7 @@ impl EngineConfig {
             labels: Vec::new(),
             weight: 1.0,
             fleet: crate::exec::fleet::FleetOptions::default(),
+            swarm: None,
         };
         EngineConfig::resolve_with(args, template, docker_host_env(), docker_context_env())
             .map_err(|e| ConnectError::from(e).into())
@@ -185,6 +186,14 @@ impl EngineConfig {
             host,
             ..template.clone()
         };
+        if let Some(manager) = &args.swarm {
+            return Ok(vec![EngineConfig {
+                swarm: Some(SwarmRole::Manager {
+                    constraints: args.constraint.clone(),
+                }),
+                ..with_host(manager.clone())
+            }]);
+        }
         let mut engines: Vec<EngineConfig> =
             args.host.iter().map(|h| with_host(h.clone())).collect();
         if let Some(path) = &args.hosts {
@@ -255,6 +264,7 @@ impl EngineConfig {
                 retries: args.engine_retries,
                 engine_timeout: args.engine_timeout,
             },
+            swarm: None,
         }
     }
 }

@@ -55,12 +55,17 @@ pub async fn run(
     let preset = preset::load(preset_spec)?;
     let engines = EngineConfig::resolve_engines(args)?;
     let needed = needed_encoders(&preset);
-    let rows = futures_util::future::join_all(
-        engines
-            .iter()
-            .map(|cfg| check(cfg, jobs.map(usize::from), &needed)),
-    )
-    .await;
+    let rows = match engines.first().filter(|e| e.swarm.is_some()) {
+        Some(manager) => check_swarm(manager, jobs.map(usize::from), &needed).await?,
+        None => {
+            futures_util::future::join_all(
+                engines
+                    .iter()
+                    .map(|cfg| check(cfg, jobs.map(usize::from), &needed)),
+            )
+            .await
+        }
+    };
     let report = Report {
         preset: preset.name.clone(),
         encoders: needed,
@@ -168,6 +173,13 @@ pub enum Verdict {
     /// The engine answered, but a question failed (an API error, a time limit, ffmpeg that did
     /// not run).
     Error,
+    /// A swarm node that takes no workers now: its state (`down`) or availability (`drain`,
+    /// `pause`).
+    Node(String),
+    /// A swarm node whose label names no engine.
+    NoEngineLabel,
+    /// A swarm node whose engine would give workers a network.
+    Network,
 }
 
 impl std::fmt::Display for Verdict {
@@ -182,6 +194,9 @@ impl std::fmt::Display for Verdict {
             }
             Verdict::MissingEncoders(names) => write!(f, "missing encoders {}", names.join(", ")),
             Verdict::Error => f.write_str("error"),
+            Verdict::Node(word) => write!(f, "node {word}"),
+            Verdict::NoEngineLabel => f.write_str("no engine label"),
+            Verdict::Network => f.write_str("network"),
         }
     }
 }
@@ -214,6 +229,9 @@ pub struct Row {
     pub ready: bool,
     /// Why the engine is not ready, or what else went wrong on it: one line each.
     pub problems: Vec<String>,
+    /// With `--swarm`: the node this engine is, as the manager says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeFacts>,
     /// The engine refused the address before anything was sent.
     #[serde(skip)]
     refused: bool,
@@ -241,6 +259,7 @@ impl Row {
             verdict: String::new(),
             ready: false,
             problems: Vec::new(),
+            node: None,
             refused: false,
             failed: false,
         }
@@ -254,6 +273,17 @@ impl Row {
 
     /// Judge the facts gathered so far: the first reason, in the order a run meets them.
     pub fn verdict(&self) -> Verdict {
+        if let Some(node) = &self.node {
+            if node.state != "ready" {
+                return Verdict::Node(node.state.clone());
+            }
+            if node.availability != "active" {
+                return Verdict::Node(node.availability.clone());
+            }
+            if !node.labelled {
+                return Verdict::NoEngineLabel;
+            }
+        }
         if !self.reachable {
             return match self.refused {
                 true => Verdict::Refused,
@@ -271,6 +301,13 @@ impl Row {
             .collect();
         if !missing.is_empty() {
             return Verdict::MissingEncoders(missing);
+        }
+        if self
+            .node
+            .as_ref()
+            .is_some_and(|n| n.default_bridge == Some(true))
+        {
+            return Verdict::Network;
         }
         if self.failed || self.encoders.iter().any(|e| e.present.is_none()) {
             return Verdict::Error;
@@ -429,6 +466,92 @@ async fn check(cfg: &EngineConfig, jobs: Option<usize>, needed: &[String]) -> Ro
     row.judged()
 }
 
+/// `--swarm`: a row for each node of the manager's swarm, its engine checked as any engine
+/// ([`check`]) and the manager's facts of it added: role, state, availability and what its
+/// reservations leave free; and whether its engine would give workers a network.
+async fn check_swarm(
+    manager_cfg: &EngineConfig,
+    jobs: Option<usize>,
+    needed: &[String],
+) -> Result<Vec<Row>, AppError> {
+    let (manager, nodes) = crate::exec::connect::swarm_engines(manager_cfg).await?;
+    let rows = nodes.into_iter().map(|(node, cfg)| {
+        let manager = &manager;
+        async move {
+            let (mut row, bridge) = match &cfg {
+                Some(cfg) => {
+                    let row = check(cfg, jobs, needed).await;
+                    let bridge = match row.reachable {
+                        true => Engine::connect_with(
+                            &cfg.host,
+                            cfg.tls.as_ref(),
+                            &cfg.ssh,
+                            cfg.insecure,
+                        )
+                        .await
+                        .ok()
+                        .map(|e| async move { within(e.has_default_bridge()).await.ok() }),
+                        false => None,
+                    };
+                    let bridge = match bridge {
+                        Some(asked) => asked.await,
+                        None => None,
+                    };
+                    (row, bridge)
+                }
+                None => {
+                    let mut row = Row::new(manager_cfg);
+                    row.engine = "-".into();
+                    row.problems
+                        .push(crate::exec::connect::no_engine_label(&node).to_string());
+                    (row, None)
+                }
+            };
+            let free = within(manager.node_free(&node)).await.ok();
+            if bridge == Some(true) {
+                row.problems.push(
+                    "its engine has the default bridge network, which every worker there \
+                     would get: start its dockerd with --bridge=none"
+                        .into(),
+                );
+            }
+            row.node = Some(NodeFacts {
+                id: node.id.clone(),
+                hostname: node.hostname.clone(),
+                role: node.role.clone(),
+                state: node.state.clone(),
+                availability: node.availability.clone(),
+                labelled: node.engine.is_some(),
+                default_bridge: bridge,
+                free_cpus: free.map(|f| f.0),
+                free_memory: free.map(|f| f.1),
+            });
+            row.judged()
+        }
+    });
+    Ok(futures_util::future::join_all(rows).await)
+}
+
+/// What the manager of a swarm says of a node (`doctor --swarm`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeFacts {
+    pub id: String,
+    pub hostname: String,
+    /// `manager` or `worker`.
+    pub role: String,
+    /// `ready`, `down`, ...
+    pub state: String,
+    /// `active`, `pause` or `drain`.
+    pub availability: String,
+    /// The node has the label that names its engine.
+    pub labelled: bool,
+    /// Its engine has the default bridge network (`None`: not asked).
+    pub default_bridge: Option<bool>,
+    /// CPUs and bytes of memory its reservations leave free.
+    pub free_cpus: Option<f64>,
+    pub free_memory: Option<i64>,
+}
+
 /// `call` within [`CALL_LIMIT`], its error as one line.
 async fn within<T>(call: impl Future<Output = Result<T, EngineError>>) -> Result<T, String> {
     match tokio::time::timeout(CALL_LIMIT, call).await {
@@ -525,8 +648,25 @@ pub fn render(report: &Report) -> String {
         "RTT",
         "VERDICT",
     ];
-    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-    lines.extend(report.engines.iter().map(cells));
+    let swarm = report.engines.iter().any(|r| r.node.is_some());
+    let node_header = ["NODE", "ROLE", "STATE", "AVAIL", "FREE"];
+    let mut lines: Vec<Vec<String>> = vec![
+        node_header
+            .iter()
+            .filter(|_| swarm)
+            .chain(header.iter())
+            .map(|h| h.to_string())
+            .collect(),
+    ];
+    lines.extend(report.engines.iter().map(|row| {
+        let mut line = match (swarm, &row.node) {
+            (false, _) => Vec::new(),
+            (true, Some(n)) => node_cells(n),
+            (true, None) => vec!["-".to_string(); node_header.len()],
+        };
+        line.extend(cells(row));
+        line
+    }));
     text += &columns(&lines);
     for row in report.engines.iter().filter(|r| !r.problems.is_empty()) {
         for p in &row.problems {
@@ -575,6 +715,26 @@ fn cells(row: &Row) -> Vec<String> {
         row.rtt_ms
             .map_or_else(|| "-".to_string(), |ms| format!("{ms:.1} ms")),
         row.verdict.clone(),
+    ]
+}
+
+/// A swarm node's cells: its hostname and short id, role, state, availability, and what its
+/// reservations leave free.
+fn node_cells(n: &NodeFacts) -> Vec<String> {
+    let id: String = n.id.chars().take(12).collect();
+    let free = match (n.free_cpus, n.free_memory) {
+        (Some(c), Some(m)) => format!(
+            "{c:.1} CPU {}",
+            bytesize::ByteSize::b(m.max(0) as u64).display().iec_short()
+        ),
+        _ => "-".to_string(),
+    };
+    vec![
+        format!("{} {id}", escape(&n.hostname)),
+        escape(&n.role).into_owned(),
+        escape(&n.state).into_owned(),
+        escape(&n.availability).into_owned(),
+        free,
     ]
 }
 
@@ -634,6 +794,7 @@ mod tests {
             verdict: String::new(),
             ready: false,
             problems: Vec::new(),
+            node: None,
             refused: false,
             failed: false,
         }
@@ -745,6 +906,8 @@ Encoders:
                 hosts: None,
                 insecure: false,
                 context: None,
+                swarm: None,
+                constraint: Vec::new(),
             })
             .expect("resolve")[0],
         );

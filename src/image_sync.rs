@@ -75,7 +75,18 @@ async fn ask(
 /// Run `image sync` over the engines of `args`, from the engine `from` (one of them, or another
 /// one) or else the first that has the image. Exit 0 when every engine has it, 1 otherwise.
 pub async fn run(args: &EngineArgs, from: Option<&str>) -> Result<ExitCode, AppError> {
-    let cfgs = EngineConfig::resolve_engines(args)?;
+    let (cfgs, _) =
+        crate::exec::connect::command_engines(EngineConfig::resolve_engines(args)?, &|node| {
+            eprintln!(
+                "{}",
+                escape(&format!(
+                    "not syncing swarm node {}: it {}",
+                    node.id,
+                    crate::exec::connect::no_engine_label(node)
+                ))
+            )
+        })
+        .await?;
     let image = args.image.as_str();
     let outside = from.filter(|f| !cfgs.iter().any(|c| c.host == *f));
     let configured = cfgs.iter().map(|c| {

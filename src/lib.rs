@@ -22,7 +22,8 @@
 //! 5. [`exec`] holds the backends behind one small, object-safe trait: [`exec::docker`] streams
 //!    each input into a container on a Docker engine and the output back; [`exec::local`] runs
 //!    local ffmpeg; [`exec::fleet`] uses several engines as one backend (free slots, a job
-//!    failed by its engine retried on another); [`exec::transport`] decides how an engine may be
+//!    failed by its engine retried on another), the nodes of a Docker Swarm among them
+//!    (`--swarm`: each worker a service, [`exec::connect`]); [`exec::transport`] decides how an engine may be
 //!    reached (plain TCP only to loopback, TLS trusting only the given CA). [`media`] reads
 //!    container layouts (where an MP4's index sits) to choose how the input travels.
 //! 6. [`ffmpeg`] reads ffmpeg's stderr (input facts, progress, errors) and ffprobe's JSON;

@@ -92,6 +92,16 @@ pub fn gc(host: &str, containers: usize, volumes: Option<usize>) {
     }
 }
 
+/// `gc --swarm`: the worker services removed from the swarm.
+pub fn gc_services(manager: &str, services: usize) {
+    println!("removed {services} worker service(s) from the swarm at {manager}");
+}
+
+/// `gc --swarm`: a node whose engine is not known, so it was not cleaned.
+pub fn gc_skipped(what: &str, why: &str) {
+    eprintln!("isc-transcode: not cleaning {what}: it {why}");
+}
+
 /// `gc` on one engine of several that could not be cleaned.
 pub fn gc_failed(host: &str, e: &dyn std::fmt::Display) {
     eprintln!("isc-transcode: cannot clean {host}: {e}");

@@ -10,10 +10,13 @@
 //! ID between them: one that lacks the worker image, or holds another build of it, gets it
 //! streamed from the first engine that has it, since air-gapped engines cannot pull.
 
+use super::docker::image::sync_image as copy_image;
 use super::docker::image::{Coarse, SyncError, plan_sync, short_id, sync_image};
-use super::docker::{DockerBackend, Engine, EngineError, Limits, MountPolicy};
+use super::docker::{
+    DockerBackend, Engine, EngineError, Limits, MountPolicy, SwarmNode, SwarmSeat,
+};
 use super::fleet::{Fleet, FleetOptions, Member};
-use super::late::{ImageSource, Late};
+use super::late::{Join, Late};
 use super::local::LocalBackend;
 use super::transport::{SshFiles, TlsFiles};
 use super::{Backend, JobTimeout};
@@ -55,6 +58,19 @@ pub struct EngineConfig {
     /// How a fleet of several engines retries and waits (`--retries`, `--engine-timeout`):
     /// the same for every engine of a run; the first one's is used.
     pub fleet: FleetOptions,
+    /// Its part in a swarm run (`--swarm`); `None`: a plain engine.
+    pub swarm: Option<SwarmRole>,
+}
+
+/// How an engine takes part in a run on Docker Swarm ([`super::docker::swarm`]).
+#[derive(Debug, Clone)]
+pub enum SwarmRole {
+    /// `--swarm` names this engine, a manager: the swarm's nodes are the engines of the run,
+    /// and every worker must meet `constraints` (`--constraint`).
+    Manager { constraints: Vec<String> },
+    /// One node of the swarm: its workers are services the manager makes, pinned to it, and
+    /// the engine is the node's own, which carries the workers' bytes.
+    Node(SwarmSeat),
 }
 
 /// A hosts file (`--hosts`) that cannot be used. Each message names the file, and the line
@@ -93,6 +109,9 @@ pub enum HostsError {
     MountOverSsh { url: String },
     #[error(transparent)]
     Context(#[from] super::context::ContextError),
+    /// `--swarm`: no node of the swarm can take workers.
+    #[error("no node of the swarm at {manager} can take workers: {reasons}")]
+    NoNodes { manager: String, reasons: String },
 }
 
 /// Why no backend could be made ready.
@@ -190,9 +209,187 @@ pub async fn connect_all(
             reason: "no engine is configured".into(),
         }));
     };
+    if let Some(SwarmRole::Manager { constraints }) = &first.swarm {
+        return connect_swarm(first, constraints, say, jobs).await;
+    }
     if rest.is_empty() || first.backend == BackendChoice::Local {
         return connect(first, say, jobs).await;
     }
+    connect_members(cfgs, Vec::new(), first.fleet, say, jobs).await
+}
+
+/// `--swarm`: the manager's nodes as the engines of a fleet, each member's workers services
+/// pinned to its node ([`super::docker::swarm`]). Services left by runs that are gone are
+/// removed first. A node takes part when it has its engine's URL (the node label
+/// [`super::docker::LABEL_ENGINE`], reached with the manager's TLS files) and Swarm would
+/// place a worker there under the constraints; one that is drained, paused or down now takes
+/// part as a member that is down, and takes jobs once the manager says it is ready and
+/// active.
+async fn connect_swarm(
+    manager_cfg: &EngineConfig,
+    constraints: &[String],
+    say: &(dyn Fn(String) + Send + Sync),
+    jobs: Option<usize>,
+) -> Result<Arc<dyn Backend>, ConnectError> {
+    let manager = reach_engine(manager_cfg).await?;
+    let nodes = manager.swarm_nodes().await?;
+    let removed = manager.remove_labelled_services(false).await?;
+    if removed > 0 {
+        say(format!(
+            "removed {removed} worker service(s) left on the swarm by runs that are gone"
+        ));
+    }
+    let probe_image = match manager.image(&manager_cfg.image).await? {
+        Some(found) => found.id,
+        // The probe's tasks never run: an ID no node has makes each one fail at once,
+        // without any node asking a registry.
+        None => format!("sha256:{}", "0".repeat(64)),
+    };
+    let labels = std::collections::HashMap::from([
+        (
+            super::docker::LABEL_TOOL.to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        (
+            super::docker::LABEL_CLIENT.to_string(),
+            super::docker::client_id(),
+        ),
+    ]);
+    let placeable = manager
+        .placeable_nodes(&probe_image, constraints, labels)
+        .await?;
+    let mut cfgs = Vec::new();
+    let mut down = Vec::new();
+    let mut left_out = Vec::new();
+    for node in nodes {
+        let name = format!("{} ({})", node.id, node.hostname);
+        let unavailable = node.unavailable();
+        let Some(url) = node.engine.clone() else {
+            left_out.push(format!("node {name} {}", no_engine_label(&node)));
+            continue;
+        };
+        if let Some(ok) = &placeable
+            && !ok.contains(&node.id)
+            && unavailable.is_none()
+        {
+            left_out.push(format!("node {name} does not meet the constraints"));
+            continue;
+        }
+        if let Some(why) = unavailable {
+            down.push((cfgs.len(), why));
+        }
+        cfgs.push(node_config(manager_cfg, &manager, &node, url, constraints));
+    }
+    for why in &left_out {
+        say(format!("{why}: it takes no work"));
+    }
+    if cfgs.is_empty() {
+        return Err(HostsError::NoNodes {
+            manager: manager.host.clone(),
+            reasons: match left_out.is_empty() {
+                true => "it has no nodes".into(),
+                false => left_out.join("; "),
+            },
+        }
+        .into());
+    }
+    connect_members(&cfgs, down, manager_cfg.fleet, say, jobs).await
+}
+
+/// `--swarm` for the commands that run no batch (`gc`, `doctor`): the manager, reached under
+/// the transport rules, and each of its nodes with its engine's configuration ([`node_config`]),
+/// `None` for a node whose label names no engine.
+pub async fn swarm_engines(
+    manager_cfg: &EngineConfig,
+) -> Result<(Engine, Vec<(SwarmNode, Option<EngineConfig>)>), ConnectError> {
+    let constraints = match &manager_cfg.swarm {
+        Some(SwarmRole::Manager { constraints }) => constraints.clone(),
+        _ => Vec::new(),
+    };
+    let manager = reach(manager_cfg).await?;
+    let nodes = manager.swarm_nodes().await?;
+    let nodes = nodes
+        .into_iter()
+        .map(|node| {
+            let cfg = node
+                .engine
+                .clone()
+                .map(|url| node_config(manager_cfg, &manager, &node, url, &constraints));
+            (node, cfg)
+        })
+        .collect();
+    Ok((manager, nodes))
+}
+
+/// The engines a command that runs no batch works on (`gc`, `image sync`): `cfgs` as given,
+/// or, with `--swarm`, the engines of the manager's nodes, and the manager itself. A node whose
+/// label names no engine is left out and handed to `skipped`.
+pub async fn command_engines(
+    cfgs: Vec<EngineConfig>,
+    skipped: &dyn Fn(&SwarmNode),
+) -> Result<(Vec<EngineConfig>, Option<Engine>), ConnectError> {
+    let Some(manager_cfg) = cfgs.first().filter(|c| c.swarm.is_some()) else {
+        return Ok((cfgs, None));
+    };
+    let (manager, nodes) = swarm_engines(manager_cfg).await?;
+    let mut engines = Vec::new();
+    for (node, cfg) in nodes {
+        match cfg {
+            Some(cfg) => engines.push(cfg),
+            None => skipped(&node),
+        }
+    }
+    Ok((engines, Some(manager)))
+}
+
+/// Why a swarm node without the label naming its engine takes no work, and how to give it one.
+pub fn no_engine_label(node: &SwarmNode) -> String {
+    format!(
+        "has no {label} label naming its engine: `docker node update --label-add \
+         {label}=tcp://ADDRESS:2376 {}`",
+        node.id,
+        label = super::docker::LABEL_ENGINE,
+    )
+}
+
+/// The engine of a swarm `node`, at `url` (its label), reached as the manager is (its TLS
+/// files, `--insecure`), and always streamed to.
+pub fn node_config(
+    manager_cfg: &EngineConfig,
+    manager: &Engine,
+    node: &SwarmNode,
+    url: String,
+    constraints: &[String],
+) -> EngineConfig {
+    EngineConfig {
+        host: url,
+        transfer: MountPolicy::Never,
+        swarm: Some(SwarmRole::Node(SwarmSeat {
+            manager: manager.clone(),
+            node: node.id.clone(),
+            cpus: node.cpus,
+            constraints: constraints.to_vec(),
+        })),
+        ..manager_cfg.clone()
+    }
+}
+
+/// The engines `cfgs` as the members of one [`Fleet`] ([`connect_all`]); those in `down`
+/// (their index, and why) answer but may not take jobs yet: they start as down, and take jobs
+/// once they say they may ([`Backend::health`]).
+async fn connect_members(
+    cfgs: &[EngineConfig],
+    down: Vec<(usize, String)>,
+    fleet: FleetOptions,
+    say: &(dyn Fn(String) + Send + Sync),
+    jobs: Option<usize>,
+) -> Result<Arc<dyn Backend>, ConnectError> {
+    let Some(image) = cfgs.first().map(|c| c.image.clone()) else {
+        return Err(ConnectError::Engine(EngineError::Unreachable {
+            host: "(none)".into(),
+            reason: "no engine is configured".into(),
+        }));
+    };
     let cfgs: Vec<EngineConfig> = cfgs
         .iter()
         .map(|cfg| EngineConfig {
@@ -218,19 +415,30 @@ pub async fn connect_all(
     if engines.is_empty() && !away.is_empty() {
         return Err(none_answers(away, say));
     }
-    let (engines, source) = one_image(engines, &first.image, say).await?;
+    let (engines, source) = one_image(engines, &image, say).await?;
     let members = engines.into_iter().map(|(cfg, engine)| async move {
         let r = setup_docker(engine, cfg, say, jobs).await;
         (cfg, r.map_err(ConnectError::from))
     });
     let mut up = Vec::new();
     for (cfg, r) in futures_util::future::join_all(members).await {
+        let joining = cfgs
+            .iter()
+            .position(|c| c.host == cfg.host)
+            .and_then(|i| down.iter().find(|(d, _)| *d == i))
+            .map(|(_, why)| why.clone());
+        if let Some(why) = &joining {
+            say(format!(
+                "the engine {} may not take jobs now ({why}); it does once it may",
+                cfg.host
+            ));
+        }
         match r {
             Ok(backend) => up.push(Member {
                 slots: backend.capacity(),
                 backend: Arc::new(backend),
                 weight: cfg.weight,
-                joining: None,
+                joining,
             }),
             Err(e) if e.is_unreachable() => away.push((cfg, e)),
             Err(e) => return Err(e),
@@ -250,12 +458,55 @@ pub async fn connect_all(
         let why = e.to_string();
         up.push(Member {
             slots: cfg.jobs.unwrap_or(slots),
-            backend: Arc::new(Late::new(cfg.clone(), source.clone(), slots, why.clone())),
+            backend: Arc::new(Late::new(
+                cfg.host.clone(),
+                cfg.jobs.unwrap_or(slots),
+                why.clone(),
+                late_join(cfg.clone(), source.clone()),
+            )),
             weight: cfg.weight,
             joining: Some(why),
         });
     }
-    Ok(Arc::new(Fleet::with_options(up, first.fleet)))
+    Ok(Arc::new(Fleet::with_options(up, fleet)))
+}
+
+/// Where the fleet's worker image comes from for an engine that joins late: an engine that has
+/// it, and its ID.
+#[derive(Clone)]
+pub struct ImageSource {
+    pub engine: Engine,
+    pub id: String,
+}
+
+/// How an engine away at the start joins ([`Late`]): reach it, give it the fleet's image (the
+/// same image ID, streamed from an engine that has it, as at the start), prepare it as every
+/// engine is prepared.
+fn late_join(cfg: EngineConfig, source: Option<ImageSource>) -> Join {
+    Arc::new(move || {
+        let (cfg, source) = (cfg.clone(), source.clone());
+        Box::pin(async move {
+            let engine = Engine::connect_with(&cfg.host, cfg.tls.as_ref(), &cfg.ssh, cfg.insecure)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(source) = &source {
+                let have = engine
+                    .image_facts(&cfg.image)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if have.map(|f| f.id).as_deref() != Some(source.id.as_str()) {
+                    copy_image(&source.engine, &engine, &cfg.image, &mut |_| {})
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            // Messages of the preparation (containers of dead runs removed) have no terminal
+            // here: what matters reaches the user as the engine's join.
+            setup_docker(engine, &cfg, &|_| {}, None)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
 }
 
 /// No engine answers: the first one's error, the others said.
@@ -376,6 +627,9 @@ pub(super) async fn setup_docker(
     jobs: Option<usize>,
 ) -> Result<DockerBackend, EngineError> {
     let host = engine.host.clone();
+    if matches!(cfg.swarm, Some(SwarmRole::Node(_))) && engine.has_default_bridge().await? {
+        return Err(EngineError::Bridge { host });
+    }
     // The CPU count is the default for `--jobs`, and one job's share needs it when several
     // run at once.
     let count_cpus = match cfg.jobs {
@@ -423,7 +677,11 @@ pub(super) async fn setup_docker(
             .with_out_dir(&cfg.out)
             .with_job_timeout(cfg.job_timeout)
             .with_libraries(libs)
-            .with_transfer(transfer(cfg)),
+            .with_transfer(transfer(cfg))
+            .with_swarm(match &cfg.swarm {
+                Some(SwarmRole::Node(seat)) => Some(seat.clone()),
+                _ => None,
+            }),
     )
 }
 
@@ -476,6 +734,7 @@ mod tests {
             labels: Vec::new(),
             weight: 1.0,
             fleet: FleetOptions::default(),
+            swarm: None,
         }
     }
 

@@ -15,21 +15,15 @@
 //! (or `--jobs`) when given, else as many as the most any engine of the fleet has. Once it
 //! joined, the fleet uses what the engine says.
 
-use super::connect::{EngineConfig, setup_docker};
-use super::docker::image::sync_image;
-use super::docker::{DockerBackend, Engine};
+use super::docker::DockerBackend;
 use super::{Backend, BoxFuture, EngineFault, JobCtx, JobError, JobSpec, Produced};
 use crate::place::Temp;
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 
-/// Where the fleet's worker image comes from for an engine that joins late: an engine that has
-/// it, and its ID.
-#[derive(Clone)]
-pub struct ImageSource {
-    pub engine: Engine,
-    pub id: String,
-}
+/// One try at joining: reach the engine, give it the fleet's image, prepare it; an error is
+/// why it did not join. Made by [`super::connect`], which knows how engines are prepared.
+pub type Join = Arc<dyn Fn() -> BoxFuture<'static, Result<DockerBackend, String>> + Send + Sync>;
 
 enum State {
     /// No join runs; the last one failed for this reason (or none ran yet).
@@ -40,20 +34,20 @@ enum State {
 
 /// An engine that did not answer when the run started ([module docs](self)).
 pub struct Late {
-    cfg: EngineConfig,
-    source: Option<ImageSource>,
+    host: String,
+    join: Join,
     slots: usize,
     state: Mutex<State>,
 }
 
 impl Late {
-    /// `why`: why it could not be reached at the start. `slots`: what it is taken to have until
-    /// it says.
-    pub fn new(cfg: EngineConfig, source: Option<ImageSource>, slots: usize, why: String) -> Late {
+    /// `host`: the engine's URL; `slots`: what it is taken to have until it says; `why`: why
+    /// it could not be reached at the start; `join`: one try at joining.
+    pub fn new(host: String, slots: usize, why: String, join: Join) -> Late {
         Late {
-            slots: cfg.jobs.unwrap_or(slots).max(1),
-            cfg,
-            source,
+            host,
+            join,
+            slots: slots.max(1),
             state: Mutex::new(State::Idle(why)),
         }
     }
@@ -88,40 +82,15 @@ impl Late {
             }
             State::Idle(why) => {
                 let why = why.clone();
-                let cfg = self.cfg.clone();
-                let source = self.source.clone();
-                *state = State::Joining(tokio::spawn(join(cfg, source)));
+                *state = State::Joining(tokio::spawn((self.join)()));
                 Err(why)
             }
         }
     }
 
     fn host(&self) -> &str {
-        &self.cfg.host
+        &self.host
     }
-}
-
-/// Reach the engine, give it the fleet's image, prepare it: an error is why it did not join.
-async fn join(cfg: EngineConfig, source: Option<ImageSource>) -> Result<DockerBackend, String> {
-    let engine = Engine::connect_with(&cfg.host, cfg.tls.as_ref(), &cfg.ssh, cfg.insecure)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(source) = &source {
-        let have = engine
-            .image_facts(&cfg.image)
-            .await
-            .map_err(|e| e.to_string())?;
-        if have.map(|f| f.id).as_deref() != Some(source.id.as_str()) {
-            sync_image(&source.engine, &engine, &cfg.image, &mut |_| {})
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    // Messages of the preparation (containers of dead runs removed) have no terminal here:
-    // what matters reaches the user as the engine's join.
-    setup_docker(engine, &cfg, &|_| {}, None)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 fn not_joined(host: &str, why: String) -> EngineFault {

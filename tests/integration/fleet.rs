@@ -34,6 +34,18 @@ pub(crate) struct Hosts {
     pub certs: PathBuf,
     /// A client certificate and ca.pem of another CA.
     pub other_ca: PathBuf,
+    /// Each host's network namespace.
+    pub netns: Vec<String>,
+}
+
+/// The test hosts made one swarm (`fleet-hosts.sh swarm`): host 1 is the manager.
+pub(crate) struct Swarm {
+    /// The manager's engine over TLS, as `--swarm` takes it.
+    pub manager: String,
+    /// The manager's engine on its unix socket, for the tests' own questions.
+    pub manager_socket: String,
+    /// Each host's node id.
+    pub nodes: Vec<String>,
 }
 
 impl Hosts {
@@ -92,8 +104,47 @@ impl Hosts {
             sockets: each("SOCKET"),
             certs: value("CERTS").into(),
             other_ca: value("OTHERCA").into(),
+            netns: each("NETNS"),
             dir,
         }
+    }
+
+    /// Make the hosts one swarm, host 1 its manager, each node labelled with its engine.
+    pub fn swarm(&self) -> Swarm {
+        let out = Command::new(script())
+            .arg("swarm")
+            .arg(&self.dir)
+            .output()
+            .expect("run fleet-hosts.sh");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "cannot make the swarm: {}{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("{key} missing from {text}"))
+                .to_string()
+        };
+        Swarm {
+            manager: value("MANAGER"),
+            manager_socket: value("MANAGER_SOCKET"),
+            nodes: (1..=self.hosts.len())
+                .map(|i| value(&format!("NODE{i}")))
+                .collect(),
+        }
+    }
+
+    /// Set host `i`'s node to drain.
+    pub fn drain(&self, i: usize) {
+        self.host_cmd("drain", i)
+    }
+
+    /// Set host `i`'s node back to active.
+    pub fn activate(&self, i: usize) {
+        self.host_cmd("activate", i)
     }
 
     /// `fleet-hosts.sh CMD DIR I` for host `i` (0-based).
@@ -131,7 +182,7 @@ impl Hosts {
     }
 
     /// Whether host `i`'s engine answers on its unix socket.
-    fn answers(&self, i: usize) -> bool {
+    pub fn answers(&self, i: usize) -> bool {
         Command::new("docker")
             .args(["-H", &self.sockets[i], "info", "--format", "{{.ID}}"])
             .output()
@@ -139,7 +190,7 @@ impl Hosts {
     }
 
     /// Undo what an earlier test did: every link up, every engine running.
-    fn heal(&self) {
+    pub fn heal(&self) {
         for i in 0..self.hosts.len() {
             self.mend(i);
             if !self.answers(i) {
@@ -169,7 +220,7 @@ impl Hosts {
     }
 
     /// Whether host `i` runs a container of this tool for `out` in which ffmpeg runs.
-    fn running_ffmpeg(&self, i: usize, out: &Path) -> bool {
+    pub fn running_ffmpeg(&self, i: usize, out: &Path) -> bool {
         self.containers(i, out).iter().any(|l| {
             let id = l.split(' ').next().unwrap_or_default();
             Command::new("docker")
@@ -227,13 +278,13 @@ fn shared() -> MutexGuard<'static, Hosts> {
 
 /// Fleet tests that make hosts of their own wait for the shared set's users, and the other way
 /// round: two sets of engines at work at once would make every timing here a guess on 2 cores.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
+pub(crate) fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The engine named by each `done` line (`... docker <host> (pipe)`).
-fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
+pub(crate) fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
     lines_starting(o, "done")
         .iter()
         .map(|l| {
@@ -247,7 +298,7 @@ fn engines_of_done_lines(o: &std::process::Output) -> Vec<String> {
         .collect()
 }
 
-fn inputs(dir: &Path, from: &Path, range: std::ops::Range<usize>) -> Vec<PathBuf> {
+pub(crate) fn inputs(dir: &Path, from: &Path, range: std::ops::Range<usize>) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).expect("mkdir");
     range
         .map(|n| {
@@ -258,7 +309,7 @@ fn inputs(dir: &Path, from: &Path, range: std::ops::Range<usize>) -> Vec<PathBuf
         .collect()
 }
 
-fn assert_all_checked(out: &Path, inputs: &[PathBuf], seconds: f64) {
+pub(crate) fn assert_all_checked(out: &Path, inputs: &[PathBuf], seconds: f64) {
     for i in inputs {
         let name = i.file_name().expect("name");
         let p = probe(&out.join(name));
@@ -274,7 +325,12 @@ fn assert_all_checked(out: &Path, inputs: &[PathBuf], seconds: f64) {
 
 /// Every output recorded exactly once, one record per input, and the JSON report names each
 /// file once, done, on one of `hosts`. Returns the engines the store records.
-fn assert_recorded_once(out: &Path, inputs: &[PathBuf], report: &Value, hosts: &[String]) {
+pub(crate) fn assert_recorded_once(
+    out: &Path,
+    inputs: &[PathBuf],
+    report: &Value,
+    hosts: &[String],
+) {
     let recorded = outputs_column(out, "host");
     assert_eq!(
         recorded.len(),
@@ -310,7 +366,7 @@ fn assert_recorded_once(out: &Path, inputs: &[PathBuf], report: &Value, hosts: &
     assert_eq!(report["summary"]["done"], inputs.len(), "{report}");
 }
 
-fn tmp() -> tempfile::TempDir {
+pub(crate) fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("isc-fleet")
         .tempdir()
@@ -509,7 +565,7 @@ fn a_cut_host_that_comes_back_has_its_orphaned_containers_removed() {
 }
 
 /// The `error: ` line of a run.
-fn error_line(o: &std::process::Output) -> String {
+pub(crate) fn error_line(o: &std::process::Output) -> String {
     stderr(o)
         .lines()
         .find(|l| l.starts_with("error: "))

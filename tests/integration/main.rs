@@ -15,6 +15,7 @@ mod presets;
 mod remote;
 mod ssh;
 mod state;
+mod swarm;
 mod util;
 mod watch;
 mod worker;

@@ -49,10 +49,12 @@
 //! - `pool`: the warm workers: configured, created, attached and started, taken for a job and
 //!   given back, retired in step or removed after a failure;
 //! - `stream`: a job streamed through a pooled worker;
-//! - `mount`: when a job is mounted, and the job in a worker of its own that mounts its input.
+//! - `mount`: when a job is mounted, and the job in a worker of its own that mounts its input;
+//! - `swarm`: workers as Docker Swarm services on one node of a swarm ([`SwarmSeat`]), and what
+//!   a manager says of its nodes.
 //!
-//! Dependencies point one way (`scripts/module-graph.sh` checks it): `pool`, `stream` and
-//! `mount` add methods to [`DockerBackend`] and use this file (`stream` also takes the name of
+//! Dependencies point one way (`scripts/module-graph.sh` checks it): `pool`, `stream`, `mount`
+//! and `swarm` add methods to [`DockerBackend`] and use this file (`stream` also takes the name of
 //! the spooled input from `mount`); this file reaches them only through those methods, and names
 //! no submodule but `client`, which names nothing here. That is why the pieces the setup
 //! containers share with the workers (the lock-down, the tmpfs, the removal) and the worker
@@ -63,6 +65,7 @@ pub mod image;
 mod mount;
 mod pool;
 mod stream;
+pub mod swarm;
 
 use super::jobserver::Session;
 use super::transport::{self, Endpoint, TlsEnv};
@@ -86,6 +89,66 @@ use std::time::Duration;
 
 pub use client::{client_id, client_is_dead, clients_dir};
 
+/// A node of a swarm as its manager describes it ([`Engine::swarm_nodes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwarmNode {
+    pub id: String,
+    pub hostname: String,
+    /// `manager` or `worker`.
+    pub role: String,
+    /// `ready`, `down`, `unknown`, `disconnected`.
+    pub state: String,
+    /// `active`, `pause`, `drain`.
+    pub availability: String,
+    /// Its engine's URL, from its `io.isc-transcode.engine` label.
+    pub engine: Option<String>,
+    pub cpus: f64,
+    pub memory: i64,
+}
+
+impl SwarmNode {
+    /// Why it takes no new workers now, or `None` when it does.
+    pub fn unavailable(&self) -> Option<String> {
+        match (self.state.as_str(), self.availability.as_str()) {
+            ("ready", "active") => None,
+            ("ready", a) => Some(format!("node {} is set to {a}", self.hostname_or_id())),
+            (s, _) => Some(format!(
+                "node {} is {s} on the swarm",
+                self.hostname_or_id()
+            )),
+        }
+    }
+
+    fn hostname_or_id(&self) -> String {
+        format!("{} ({})", self.id, self.hostname)
+    }
+}
+
+/// A Docker Swarm node the backend's workers run on ([`DockerBackend::with_swarm`]). Each
+/// worker is a service the `manager` creates, pinned to this node (and held to the user's
+/// `constraints`), so that the swarm admits it only where its reservations fit; the backend's
+/// own engine is the node's, which carries the worker's bytes, since a manager cannot attach to
+/// a task.
+#[derive(Clone)]
+pub struct SwarmSeat {
+    pub manager: Engine,
+    /// The node's id.
+    pub node: String,
+    /// The node's CPUs, as the manager counts them: a worker reserves its share of them.
+    pub cpus: f64,
+    pub constraints: Vec<String>,
+}
+
+impl std::fmt::Debug for SwarmSeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmSeat")
+            .field("manager", &self.manager.host)
+            .field("node", &self.node)
+            .field("constraints", &self.constraints)
+            .finish()
+    }
+}
+
 /// Label present on every container this tool creates.
 pub const LABEL_TOOL: &str = "io.isc-transcode";
 pub const LABEL_RUN: &str = "io.isc-transcode.run";
@@ -97,6 +160,10 @@ pub const LABEL_OUT: &str = "io.isc-transcode.out";
 /// `<hostname> <client id>` of the client that created the container, so that a later run can
 /// tell a live run's containers from a dead one's ([`client_id`], [`client_is_dead`]).
 pub const LABEL_CLIENT: &str = "io.isc-transcode.client";
+/// On a swarm worker service: the id of the node it is pinned to.
+pub const LABEL_NODE: &str = "io.isc-transcode.node";
+/// On a swarm node: the URL of the node's own engine, which carries a worker's bytes.
+pub const LABEL_ENGINE: &str = "io.isc-transcode.engine";
 /// On a library volume: the folder of the image it holds (`/usr`).
 pub const LABEL_LIBDIR: &str = "io.isc-transcode.libdir";
 /// On a library volume: the real folder of ffmpeg's libraries, for `LD_LIBRARY_PATH`.
@@ -216,6 +283,22 @@ pub enum EngineError {
         limit.as_secs()
     )]
     SetupTimeout { host: String, limit: Duration },
+    /// `--swarm` named an engine that is not a manager of a swarm.
+    #[error(
+        "{host} is not a swarm manager ({reason}): --swarm takes a manager's engine \
+         (`docker node ls` there lists the nodes)"
+    )]
+    NotAManager { host: String, reason: String },
+    /// A swarm node's engine would give workers a network ([`Engine::has_default_bridge`]).
+    #[error(
+        "the engine {host} of a swarm node has the default bridge network, which every worker \
+         there would get (a swarm service cannot have network none): start its dockerd with \
+         --bridge=none"
+    )]
+    Bridge { host: String },
+    /// The swarm refused a `--constraint`.
+    #[error("the swarm at {host} refused the placement constraints: {reason}")]
+    Constraint { host: String, reason: String },
     #[error("docker engine at {host}: {source}")]
     Api {
         host: String,
@@ -827,9 +910,11 @@ pub struct DockerBackend {
     idle: Mutex<Vec<Worker>>,
     /// Slot numbers handed out so far.
     slots: std::sync::atomic::AtomicUsize,
-    /// Containers that exist right now, idle or busy, so that an impatient exit can still
-    /// remove them.
+    /// Containers (services, on a swarm) that exist right now, idle or busy, so that an
+    /// impatient exit can still remove them.
     live: Arc<Mutex<HashSet<String>>>,
+    /// Workers are swarm services pinned to this node; `None`: containers on the engine.
+    swarm: Option<SwarmSeat>,
 }
 
 impl DockerBackend {
@@ -858,7 +943,18 @@ impl DockerBackend {
             idle: Mutex::default(),
             slots: Default::default(),
             live: Arc::default(),
+            swarm: None,
         }
+    }
+
+    /// Run the workers as services of a swarm, pinned to the node whose engine this backend
+    /// has ([`SwarmSeat`]). Inputs are then always streamed.
+    pub fn with_swarm(mut self, seat: Option<SwarmSeat>) -> Self {
+        if seat.is_some() {
+            self.mount = MountPolicy::Never;
+        }
+        self.swarm = seat;
+        self
     }
 
     /// The image's ID, as the engine named it when the image was checked.
@@ -927,11 +1023,15 @@ impl Backend for DockerBackend {
         self.capacity
     }
 
-    /// The engine answers a ping within [`HEALTH_TIMEOUT`].
+    /// The engine answers a ping within [`HEALTH_TIMEOUT`]; on a swarm, the manager also
+    /// says the node is ready and active (not drained, paused or down).
     fn health(&self) -> super::BoxFuture<'_, Result<(), super::EngineFault>> {
         Box::pin(async {
             match tokio::time::timeout(HEALTH_TIMEOUT, self.engine.docker.ping()).await {
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(_)) => match &self.swarm {
+                    Some(seat) => self.node_health(seat).await,
+                    None => Ok(()),
+                },
                 Ok(Err(e)) => Err(e.into()),
                 Err(_) => Err(super::EngineFault {
                     status: None,
@@ -959,12 +1059,23 @@ impl Backend for DockerBackend {
         ))
     }
 
-    /// End the idle workers ([`DockerBackend::retire`]).
+    /// End the idle workers ([`DockerBackend::retire`]); a swarm's are removed, and waited
+    /// for, since closing their stdin does not end them.
     fn finish(&self) -> super::BoxFuture<'_, ()> {
-        Box::pin(async {
+        Box::pin(async move {
             let idle = self.take_idle();
-            for w in idle {
-                self.retire(w);
+            match self.swarm.is_some() {
+                true => {
+                    let removals = idle.into_iter().map(|mut w| async move {
+                        self.destroy_worker(&mut w).await;
+                    });
+                    futures_util::future::join_all(removals).await;
+                }
+                false => {
+                    for w in idle {
+                        self.retire(w);
+                    }
+                }
             }
         })
     }
@@ -978,6 +1089,9 @@ impl Backend for DockerBackend {
             for mut w in idle {
                 w.session.hang_up();
                 self.retire(w);
+            }
+            if let Some(seat) = &self.swarm {
+                self.remove_node_services(seat).await?;
             }
             let filters = HashMap::from([(
                 "label".to_string(),
@@ -1005,7 +1119,7 @@ impl Backend for DockerBackend {
                 .lock()
                 .map(|l| l.iter().cloned().collect())
                 .unwrap_or_default();
-            let removals = ids.iter().map(|id| remove(&self.engine.docker, id));
+            let removals = ids.iter().map(|id| self.remove_worker(id));
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
                 futures_util::future::join_all(removals),

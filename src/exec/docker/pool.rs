@@ -4,7 +4,7 @@
 
 use super::{
     DockerBackend, LABEL_CLIENT, LABEL_OUT, LABEL_RUN, LABEL_SLOT, LABEL_TOOL, Worker,
-    WorkerOutput, remove, scratch_tmpfs,
+    WorkerOutput, scratch_tmpfs,
 };
 use crate::exec::JobError;
 use crate::exec::jobserver::{
@@ -130,6 +130,14 @@ impl DockerBackend {
             .slots
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("isc-transcode-{}-w{slot}", self.run_id);
+        if let (Some(seat), None) = (&self.swarm, &mounted) {
+            let config = self.container_config(slot);
+            let (id, attach) = self.start_service(seat, &name, config).await?;
+            return Ok(Worker {
+                id,
+                session: Session::attached(framed(attach.output), attach.input),
+            });
+        }
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         let docker = &self.engine.docker;
         let mut config = self.container_config(slot);
@@ -187,6 +195,13 @@ impl DockerBackend {
         if let Ok(mut live) = self.live.lock() {
             live.remove(&worker.id);
         }
+        if let Some(seat) = &self.swarm {
+            // A swarm task's stdin stays open whoever hangs up: only removing the service ends
+            // it. Not awaited here; the end of a run awaits its own ([`Backend::finish`]).
+            let docker = seat.manager.docker.clone();
+            let id = worker.id.clone();
+            tokio::spawn(async move { super::swarm::remove_service(&docker, &id).await });
+        }
         drop(worker);
     }
 
@@ -198,7 +213,7 @@ impl DockerBackend {
     }
 
     async fn destroy(&self, id: &str) {
-        let _ = remove(&self.engine.docker, id).await;
+        let _ = self.remove_worker(id).await;
         if let Ok(mut live) = self.live.lock() {
             live.remove(id);
         }

@@ -764,8 +764,8 @@ fn hosts_started_without_the_image_get_it_and_do_work() {
         4,
         "one set of progress lines for one export to both: {err}"
     );
-    // Host 1 did not wait for the copies: its first job started before they were done.
-    let started = err.find("started ").unwrap_or(usize::MAX);
+    // Host 1 did not wait for the copies: its first job was done before they were.
+    let started = err.find("\ndone ").unwrap_or(usize::MAX);
     let copied = err.find("copied worker image").unwrap_or(0);
     assert!(started < copied, "jobs waited for the copies: {err}");
     let report: Value = serde_json::from_slice(&o.stdout).expect("JSON report");

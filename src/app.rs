@@ -309,9 +309,10 @@ async fn run_jobs(
     store: &Arc<Store>,
     deadline: Option<std::time::Instant>,
 ) -> Result<schedule::BatchOutcome, AppError> {
-    let say = |s: String| {
-        let _ = tx.send(Event::Note(s));
-    };
+    let notes = tx.clone();
+    let say: crate::exec::connect::Say = Arc::new(move |s: String| {
+        let _ = notes.send(Event::Note(s));
+    });
     let backend = crate::exec::connect::connect_all(&cfg.engines, &say, Some(jobs.len())).await?;
     let recorder: Arc<dyn Recorder> = Arc::new(StateRecorder::new(
         store.clone(),

@@ -6,23 +6,25 @@
 //! them as one [`Fleet`]. For a Docker engine it also prepares the engine: containers
 //! left by runs that are gone are removed, the image is checked, the job limits are settled
 //! (one job's CPU share needs the engine's CPU count), and a library volume is made where the
-//! engine's storage makes every ffmpeg start slow. The engines of a fleet first get one image
-//! ID between them: one that lacks the worker image, or holds another build of it, gets it
-//! streamed from the first engine that has it, since air-gapped engines cannot pull.
+//! engine's storage makes every ffmpeg start slow. The engines of a fleet get one image ID
+//! between them: one that lacks the worker image, or holds another build of it, gets it
+//! streamed from the first engine that has it, since air-gapped engines cannot pull, and takes
+//! jobs once it has it; the others start at once.
 
 use super::docker::image::sync_image as copy_image;
-use super::docker::image::{Coarse, SyncError, plan_sync, short_id, sync_image};
+use super::docker::image::{Coarse, SyncError, copy_to_many, plan_sync, short_id};
 use super::docker::{
     DockerBackend, Engine, EngineError, Limits, MountPolicy, SwarmNode, SwarmSeat,
 };
 use super::fleet::{Fleet, FleetOptions, Member};
-use super::late::{Join, Late};
+use super::late::{Join, Late, Settle};
 use super::local::LocalBackend;
 use super::transport::{SshFiles, TlsFiles};
 use super::{Backend, JobTimeout};
 use crate::cli::BackendChoice;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Where jobs run and how each job container is confined: one engine, resolved from the flags
 /// ([`crate::config`]) with every default applied.
@@ -61,6 +63,10 @@ pub struct EngineConfig {
     /// Its part in a swarm run (`--swarm`); `None`: a plain engine.
     pub swarm: Option<SwarmRole>,
 }
+
+/// Where [`connect_all`] says what the user should know (containers of dead runs removed, the
+/// image copied): shared, since an image copy goes on after the run started.
+pub type Say = Arc<dyn Fn(String) + Send + Sync>;
 
 /// How an engine takes part in a run on Docker Swarm ([`super::docker::swarm`]).
 #[derive(Debug, Clone)]
@@ -189,18 +195,21 @@ async fn reach_engine(cfg: &EngineConfig) -> Result<Engine, ConnectError> {
 /// engine exactly as [`connect`] makes it; with several, a [`Fleet`] over those that answer.
 /// They are connected and prepared at once, each as [`connect`] prepares one. An engine that
 /// does not answer joins the run later, when it does ([`Late`]), as long as one answers now;
-/// when none does, the first one's error is returned. Any other error (a refused transport, a broken certificate, no
-/// image) stops the run: it is a configuration to fix, not an engine that is away.
+/// when none does, the first one's error is returned. Any other error (a refused transport, a
+/// broken certificate, no image) stops the run: it is a configuration to fix, not an engine
+/// that is away.
 ///
-/// Before any is prepared, every engine is given the worker image of the first one that has
-/// it, with the same image ID ([`one_image`]); an engine it cannot be copied to is skipped
-/// with a message. Only when no engine has the image does each pull it.
+/// Every engine runs the worker image of the first one that has it, with the same image ID
+/// ([`plan_image`]). Those that hold it are prepared now; the others get it streamed from
+/// there, all from one export, in the background ([`start_copies`]), and join the run once
+/// their copy is checked (a [`Late`] member that waits for it); one it cannot be copied to
+/// stays out, with a message. When no engine has the image, the first that can pulls it.
 ///
 /// Only the engine on a unix socket may bind-mount this machine's files: every other member
 /// streams.
 pub async fn connect_all(
     cfgs: &[EngineConfig],
-    say: &(dyn Fn(String) + Send + Sync),
+    say: &Say,
     jobs: Option<usize>,
 ) -> Result<Arc<dyn Backend>, ConnectError> {
     let [first, rest @ ..] = cfgs else {
@@ -213,7 +222,7 @@ pub async fn connect_all(
         return connect_swarm(first, constraints, say, jobs).await;
     }
     if rest.is_empty() || first.backend == BackendChoice::Local {
-        return connect(first, say, jobs).await;
+        return connect(first, &**say, jobs).await;
     }
     connect_members(cfgs, Vec::new(), first.fleet, say, jobs).await
 }
@@ -228,7 +237,7 @@ pub async fn connect_all(
 async fn connect_swarm(
     manager_cfg: &EngineConfig,
     constraints: &[String],
-    say: &(dyn Fn(String) + Send + Sync),
+    say: &Say,
     jobs: Option<usize>,
 ) -> Result<Arc<dyn Backend>, ConnectError> {
     let manager = reach_engine(manager_cfg).await?;
@@ -381,9 +390,10 @@ async fn connect_members(
     cfgs: &[EngineConfig],
     down: Vec<(usize, String)>,
     fleet: FleetOptions,
-    say: &(dyn Fn(String) + Send + Sync),
+    say_owned: &Say,
     jobs: Option<usize>,
 ) -> Result<Arc<dyn Backend>, ConnectError> {
+    let say: &(dyn Fn(String) + Send + Sync) = &**say_owned;
     let Some(image) = cfgs.first().map(|c| c.image.clone()) else {
         return Err(ConnectError::Engine(EngineError::Unreachable {
             host: "(none)".into(),
@@ -415,7 +425,7 @@ async fn connect_members(
     if engines.is_empty() && !away.is_empty() {
         return Err(none_answers(away, say));
     }
-    let (engines, source) = one_image(engines, &image, say).await?;
+    let (engines, needing, source) = plan_image(engines, &image, say).await?;
     let members = engines.into_iter().map(|(cfg, engine)| async move {
         let r = setup_docker(engine, cfg, say, jobs).await;
         (cfg, r.map_err(ConnectError::from))
@@ -447,9 +457,39 @@ async fn connect_members(
     if up.is_empty() && !away.is_empty() {
         return Err(none_answers(away, say));
     }
-    // Those away join when they answer (`late`), taken to have as many slots as the most any
-    // engine here has until they say.
+    // Those away join when they answer (`late`), and those without the image once it is
+    // copied to them, taken to have as many slots as the most any engine here has until they
+    // say.
     let slots = up.iter().map(|m| m.slots).max().unwrap_or(1);
+    if let (Some(source), false) = (&source, needing.is_empty()) {
+        let targets = needing.iter().map(|(_, e)| e.clone()).collect();
+        let (task, copies) = start_copies(source, targets, &image, say_owned);
+        for ((cfg, engine), copy) in needing.into_iter().zip(copies) {
+            let why = format!(
+                "the worker image is being copied to it from {}",
+                source.engine.host
+            );
+            say(format!(
+                "the engine {} lacks the fleet's worker image: it takes jobs once the image \
+                 is copied to it from {}",
+                cfg.host, source.engine.host
+            ));
+            up.push(Member {
+                slots: cfg.jobs.unwrap_or(slots),
+                backend: Arc::new(
+                    Late::new(
+                        cfg.host.clone(),
+                        cfg.jobs.unwrap_or(slots),
+                        why.clone(),
+                        copy_join(cfg.clone(), engine, copy.clone(), task.clone()),
+                    )
+                    .with_settle(copy_done(copy, task.clone())),
+                ),
+                weight: cfg.weight,
+                joining: Some(why),
+            });
+        }
+    }
     for (cfg, e) in away {
         say(format!(
             "the engine {} does not answer ({e}); it joins the run when it does",
@@ -524,28 +564,35 @@ fn none_answers(
     first
 }
 
-/// Give every engine the image ID of the first engine that has the worker image, by streaming
-/// it over from that one ([`sync_image`]): a fleet runs one image, and a pull could bring
-/// another build of the tag, or nothing at all on engines without a registry. The copies run
-/// at once, one per engine that lacks the image or holds another ID. An engine the image
-/// cannot be asked for its image, or copied to, is left out with a message (an error only when
-/// none is left). When no engine has the image, every one is left as it is, to pull it as a
-/// lone engine would.
-async fn one_image<'a>(
+/// The engines split by the worker image they hold: those that hold the fleet's (the image ID
+/// of the first engine that has the image; when none has it, the first engine that can pull it
+/// pulls it, and only that one, so that every engine ends up with the same build) and those
+/// that lack it or hold another ID, which get it streamed from the source ([`copy_to_many`],
+/// [`start_copies`]): a fleet runs one image, and a pull could bring another build of the tag,
+/// or nothing at all on engines without a registry. An engine that cannot be asked for its
+/// image is left out with a message (an error only when none is left).
+async fn plan_image<'a>(
     engines: Vec<(&'a EngineConfig, Engine)>,
     image: &str,
     say: &(dyn Fn(String) + Send + Sync),
-) -> Result<(Vec<(&'a EngineConfig, Engine)>, Option<ImageSource>), ConnectError> {
+) -> Result<
+    (
+        Vec<(&'a EngineConfig, Engine)>,
+        Vec<(&'a EngineConfig, Engine)>,
+        Option<ImageSource>,
+    ),
+    ConnectError,
+> {
     let asked =
         futures_util::future::join_all(engines.iter().map(|(_, e)| e.image_facts(image))).await;
     let mut kept = Vec::new();
-    let mut facts = Vec::new();
+    let mut ids: Vec<Option<String>> = Vec::new();
     let mut unasked = None;
     for (e, r) in engines.into_iter().zip(asked) {
         match r {
             Ok(f) => {
                 kept.push(e);
-                facts.push(f);
+                ids.push(f.map(|f| f.id));
             }
             Err(why) => {
                 say(format!("skipping the engine {}: {why}", e.1.host));
@@ -556,59 +603,147 @@ async fn one_image<'a>(
     if let (true, Some(why)) = (kept.is_empty(), unasked) {
         return Err(ConnectError::Image(Box::new(why)));
     }
-    let engines = kept;
-    let ids: Vec<Option<&str>> = facts
-        .iter()
-        .map(|f| f.as_ref().map(|f| f.id.as_str()))
-        .collect();
-    let Some((reference, targets)) = plan_sync(&ids) else {
-        return Ok((engines, None));
-    };
-    let source = &engines[reference].1;
-    let id = ids[reference].unwrap_or_default();
-    let late = ImageSource {
-        engine: source.clone(),
-        id: id.to_string(),
-    };
-    let copies = targets.iter().map(|&i| {
-        let target = &engines[i].1;
-        if let Some(other) = ids[i] {
-            say(format!(
-                "the worker image {image} on {} is {}, not the fleet's {} (on {}): replacing it",
-                target.host,
-                short_id(other),
-                short_id(id),
-                source.host
-            ));
-        }
-        async move {
-            let mut lines = Coarse::new(image, id, &source.host, &target.host);
-            let mut progress = |p| {
-                if let Some(line) = lines.line(p) {
-                    say(line);
+    if ids.iter().all(Option::is_none) {
+        let mut first_error = None;
+        for (i, (_, engine)) in kept.iter().enumerate() {
+            match engine.ensure_image(image, say).await {
+                Ok(pulled) => {
+                    ids[i] = Some(pulled.id);
+                    break;
                 }
-            };
-            let r = sync_image(source, target, image, &mut progress).await;
-            if let Ok(copied) = &r {
-                say(lines.done(copied));
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
-            (i, r)
         }
-    });
-    let mut failed = Vec::new();
-    for (i, r) in futures_util::future::join_all(copies).await {
-        if let Err(e) = r {
-            say(format!("skipping the engine {}: {e}", engines[i].1.host));
-            failed.push(i);
+        if let (true, Some(e)) = (ids.iter().all(Option::is_none), first_error) {
+            return Err(e.into());
         }
     }
-    let kept = engines
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !failed.contains(i))
-        .map(|(_, e)| e)
-        .collect();
-    Ok((kept, Some(late)))
+    let refs: Vec<Option<&str>> = ids.iter().map(Option::as_deref).collect();
+    let Some((reference, targets)) = plan_sync(&refs) else {
+        return Ok((kept, Vec::new(), None));
+    };
+    let id = refs[reference].unwrap_or_default().to_string();
+    let source = ImageSource {
+        engine: kept[reference].1.clone(),
+        id: id.clone(),
+    };
+    let mut ready = Vec::new();
+    let mut needing = Vec::new();
+    for (i, e) in kept.into_iter().enumerate() {
+        match targets.contains(&i) {
+            false => ready.push(e),
+            true => {
+                if let Some(other) = &ids[i] {
+                    say(format!(
+                        "the worker image {image} on {} is {}, not the fleet's {} (on {}): \
+                         replacing it",
+                        e.1.host,
+                        short_id(other),
+                        short_id(&id),
+                        source.engine.host
+                    ));
+                }
+                needing.push(e);
+            }
+        }
+    }
+    Ok((ready, needing, Some(source)))
+}
+
+/// What became of one engine's copy of the image: `None` while it runs.
+type CopyState = Option<Result<(), String>>;
+
+/// Copy the image from `source` to every engine of `targets` with one export, in the
+/// background, saying how far it got; each target's outcome is published on its own channel,
+/// in `targets`' order. The copy stops when the returned handle and every clone of it are
+/// dropped (the run is over).
+fn start_copies(
+    source: &ImageSource,
+    targets: Vec<Engine>,
+    image: &str,
+    say: &Say,
+) -> (
+    Arc<AbortOnDropHandle<()>>,
+    Vec<tokio::sync::watch::Receiver<CopyState>>,
+) {
+    let (txs, rxs): (Vec<_>, Vec<_>) = targets
+        .iter()
+        .map(|_| tokio::sync::watch::channel(None))
+        .unzip();
+    let (source, image, say) = (source.clone(), image.to_string(), say.clone());
+    let task = tokio::spawn(async move {
+        let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
+        let mut lines = Coarse::new(&image, &source.id, &source.engine.host, &hosts.join(", "));
+        let mut progress = |p| {
+            if let Some(line) = lines.line(p) {
+                say(line);
+            }
+        };
+        let copied = copy_to_many(&source.engine, &targets, &image, &mut progress).await;
+        let copied: Vec<Result<_, String>> = match copied {
+            Ok(each) => each
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => targets.iter().map(|_| Err(e.to_string())).collect(),
+        };
+        for ((target, tx), r) in targets.iter().zip(txs).zip(copied) {
+            let r = r.map(|c| {
+                say(Coarse::new(&image, &source.id, &source.engine.host, &target.host).done(&c))
+            });
+            let r = r.map_err(|e| {
+                say(format!("skipping the engine {}: {e}", target.host));
+                e
+            });
+            let _ = tx.send(Some(r));
+        }
+    });
+    (Arc::new(AbortOnDropHandle::new(task)), rxs)
+}
+
+/// The end of a copy of the image, for the end of a run to wait for ([`Late::with_settle`]):
+/// a short batch must not cut short the copy that the next run needs.
+fn copy_done(
+    copy: tokio::sync::watch::Receiver<CopyState>,
+    task: Arc<AbortOnDropHandle<()>>,
+) -> Settle {
+    Arc::new(move || {
+        let (mut copy, _task) = (copy.clone(), task.clone());
+        Box::pin(async move {
+            let _ = copy.wait_for(Option::is_some).await;
+        })
+    })
+}
+
+/// How an engine that is waiting for its copy of the image joins ([`Late`]): once its copy is
+/// done, it is prepared as every engine is. One whose copy failed stays out of the run, as an
+/// engine the image could not be copied to at the start always has.
+fn copy_join(
+    cfg: EngineConfig,
+    engine: Engine,
+    copy: tokio::sync::watch::Receiver<CopyState>,
+    task: Arc<AbortOnDropHandle<()>>,
+) -> Join {
+    Arc::new(move || {
+        let (cfg, engine, mut copy, _task) =
+            (cfg.clone(), engine.clone(), copy.clone(), task.clone());
+        Box::pin(async move {
+            let done = copy
+                .wait_for(Option::is_some)
+                .await
+                .map(|state| state.clone())
+                .map_err(|_| "the image copy stopped".to_string())?;
+            match done {
+                Some(Ok(())) => setup_docker(engine, &cfg, &|_| {}, None)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(Err(why)) => Err(format!("the worker image could not be copied: {why}")),
+                None => Err("the image copy stopped".to_string()),
+            }
+        })
+    })
 }
 
 /// Reach the engine of `cfg`: through the docker CLI's environment, or through the TLS files the
@@ -755,8 +890,9 @@ mod tests {
     async fn no_engine_answering_is_the_first_ones_error_and_the_others_are_named() {
         // Nothing listens on these loopback ports: each connection is refused at once.
         let cfgs = [cfg("tcp://127.0.0.1:9"), cfg("tcp://127.0.0.1:7")];
-        let said = Mutex::new(Vec::new());
-        let say = |s: String| said.lock().expect("lock").push(s);
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let sink = said.clone();
+        let say: Say = Arc::new(move |s: String| sink.lock().expect("lock").push(s));
         let e = match connect_all(&cfgs, &say, Some(2)).await {
             Ok(b) => panic!("connected to {}", b.describe()),
             Err(e) => e,
@@ -777,7 +913,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_transport_stops_the_run_even_with_other_engines() {
         let cfgs = [cfg("tcp://127.0.0.1:9"), cfg("tcp://192.0.2.7:2375")];
-        let e = match connect_all(&cfgs, &|_| {}, None).await {
+        let e = match connect_all(&cfgs, &(Arc::new(|_| {}) as Say), None).await {
             Ok(b) => panic!("connected to {}", b.describe()),
             Err(e) => e,
         };

@@ -25,6 +25,10 @@ use tokio::task::JoinHandle;
 /// why it did not join. Made by [`super::connect`], which knows how engines are prepared.
 pub type Join = Arc<dyn Fn() -> BoxFuture<'static, Result<DockerBackend, String>> + Send + Sync>;
 
+/// What the end of a run waits for while the engine has not joined: the copy of the image to
+/// it, which the next run would otherwise start again from nothing.
+pub type Settle = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
 enum State {
     /// No join runs; the last one failed for this reason (or none ran yet).
     Idle(String),
@@ -36,6 +40,7 @@ enum State {
 pub struct Late {
     host: String,
     join: Join,
+    settle: Option<Settle>,
     slots: usize,
     state: Mutex<State>,
 }
@@ -47,9 +52,17 @@ impl Late {
         Late {
             host,
             join,
+            settle: None,
             slots: slots.max(1),
             state: Mutex::new(State::Idle(why)),
         }
+    }
+
+    /// At the end of a run ([`Backend::finish`], not an interrupted one), wait for `settle`
+    /// if the engine has not joined by then.
+    pub fn with_settle(mut self, settle: Settle) -> Late {
+        self.settle = Some(settle);
+        self
     }
 
     fn joined(&self) -> Option<Arc<DockerBackend>> {
@@ -148,6 +161,9 @@ impl Backend for Late {
 
     fn finish(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            if let (None, Some(settle)) = (self.joined(), &self.settle) {
+                settle().await;
+            }
             self.stop_join();
             if let Some(b) = self.joined() {
                 b.finish().await;

@@ -91,7 +91,7 @@ impl Signals {
 /// once: waiting would not change it.
 pub(super) async fn wait_for_engine(
     engines: &[EngineConfig],
-    say: &(dyn Fn(String) + Send + Sync),
+    say: &crate::exec::connect::Say,
     signals: &mut Signals,
     report: &DaemonReport,
 ) -> Result<Option<Arc<dyn Backend>>, ConnectError> {

@@ -161,7 +161,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitCode, AppError> {
     // Every engine of -H and --hosts, as a batch uses them: the daemon keeps taking files
     // while one of them answers.
     let engines = EngineConfig::resolve_all(&args.run)?;
-    let say = |s: String| info!("{s}");
+    let say: crate::exec::connect::Say = Arc::new(|s: String| info!("{s}"));
     let backend_choice = engines[0].backend;
     // The engines' name on the metrics; local ffmpeg has none.
     let engine_host = (backend_choice != BackendChoice::Local).then(|| {

@@ -750,15 +750,38 @@ fn hosts_started_without_the_image_get_it_and_do_work() {
     let err = stderr(&o);
     for i in 1..3 {
         assert!(
-            err.contains(&format!("from {} to {}: ", h.hosts[0], h.hosts[i])),
+            err.contains(&format!("copied worker image {IMAGE}"))
+                && err.contains(&format!("from {} to {}: ", h.hosts[0], h.hosts[i])),
             "the run says it copied the image to host {}: {err}",
             i + 1
         );
         assert_eq!(id(i), id(0), "host {} holds host 1's image", i + 1);
     }
+    // One export fed both loads: the image left host 1 once.
+    assert_eq!(
+        err.matches(&format!("copying worker image {IMAGE}"))
+            .count(),
+        4,
+        "one set of progress lines for one export to both: {err}"
+    );
+    // Host 1 did not wait for the copies: its first job was done before they were.
+    let started = err.find("\ndone ").unwrap_or(usize::MAX);
+    let copied = err.find("copied worker image").unwrap_or(0);
+    assert!(started < copied, "jobs waited for the copies: {err}");
+    let report: Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    assert_recorded_once(&out, &clips, &report, &h.hosts);
+
+    // The next batch finds the image everywhere, and every host does work.
+    let out = tmp.path().join("out2");
+    let clips = inputs(
+        &tmp.path().join("in2"),
+        &samples().join("faststart.mp4"),
+        10..16,
+    );
+    let o = run(batch(&clips, &out, &file, &[]).arg("--json"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("copying"), "{}", stderr(&o));
     let recorded: BTreeSet<String> = outputs_column(&out, "host").into_iter().collect();
     let known: BTreeSet<String> = h.hosts.iter().cloned().collect();
     assert_eq!(recorded, known, "every host made something");
-    let report: Value = serde_json::from_slice(&o.stdout).expect("JSON report");
-    assert_recorded_once(&out, &clips, &report, &h.hosts);
 }

@@ -144,6 +144,33 @@ fn a_batch_on_the_swarm_uses_every_node_and_brings_them_the_image() {
         assert_eq!(image_id(&set, i), "", "host {} still has the image", i + 1);
     }
     let tmp = tmp();
+    // The first batch starts on node 1 while the image is copied to the others, and the run
+    // waits for the copies before it ends.
+    let first = inputs(
+        &tmp.path().join("first"),
+        &samples().join("faststart.mp4"),
+        10..12,
+    );
+    let o = run(&mut batch(
+        &set,
+        &first,
+        &tmp.path().join("out1"),
+        &["-j", "1"],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for i in 1..3 {
+        assert!(
+            stderr(&o).contains(&format!(
+                "from {} to {}: ",
+                set.hosts.hosts[0], set.hosts.hosts[i]
+            )),
+            "the run copied the image to host {}: {}",
+            i + 1,
+            stderr(&o)
+        );
+        assert_eq!(image_id(&set, i), image_id(&set, 0));
+    }
+    // Then every node does work.
     let clips = inputs(
         &tmp.path().join("in"),
         &samples().join("faststart.mp4"),
@@ -175,19 +202,6 @@ fn a_batch_on_the_swarm_uses_every_node_and_brings_them_the_image() {
         reported, recorded,
         "the report names the engines the store records"
     );
-    // The image came from host 1, with its ID.
-    for i in 1..3 {
-        assert!(
-            stderr(&o).contains(&format!(
-                "from {} to {}: ",
-                set.hosts.hosts[0], set.hosts.hosts[i]
-            )),
-            "the run copied the image to host {}: {}",
-            i + 1,
-            stderr(&o)
-        );
-        assert_eq!(image_id(&set, i), image_id(&set, 0));
-    }
     // The same shape as a run of the same file on the default engine alone.
     let single = tmp.path().join("single");
     let o = run(bin()

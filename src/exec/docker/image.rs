@@ -70,14 +70,13 @@ pub enum SyncError {
         source: bollard::errors::Error,
     },
     #[error(
-        "cannot copy worker image {image} from {from} to {to}: exporting it from {from} failed: {source}"
+        "cannot copy worker image {image} from {from} to {to}: exporting it from {from} failed: {reason}"
     )]
     Export {
         image: String,
         from: String,
         to: String,
-        #[source]
-        source: bollard::errors::Error,
+        reason: String,
     },
     #[error(
         "cannot copy worker image {image} from {from} to {to}: loading it into {to} failed: {source}"
@@ -154,6 +153,27 @@ pub async fn sync_image(
     image: &str,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Copied, SyncError> {
+    let mut copied = copy_to_many(from, std::slice::from_ref(to), image, progress).await?;
+    match copied.pop() {
+        Some(one) => one,
+        None => Err(SyncError::Missing {
+            image: image.to_string(),
+            host: from.host.clone(),
+        }),
+    }
+}
+
+/// Copy `image` from `from` to every engine of `to` with one export: each chunk of it goes
+/// to every load still taking it, so the source writes the image out once however many
+/// engines lack it, and the slowest load sets the pace. A load that fails is dropped and the
+/// others go on; each target's own result comes back in `to`'s order, its image ID checked
+/// against the source's. An error of the source's own (no such image) fails them all.
+pub async fn copy_to_many(
+    from: &Engine,
+    to: &[Engine],
+    image: &str,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Vec<Result<Copied, SyncError>>, SyncError> {
     let facts = from
         .image_facts(image)
         .await?
@@ -161,10 +181,17 @@ pub async fn sync_image(
             image: image.to_string(),
             host: from.host.clone(),
         })?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    });
+    let mut senders = Vec::with_capacity(to.len());
+    let mut loads = Vec::with_capacity(to.len());
+    for target in to {
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        senders.push(Some(tx));
+        loads.push(target.load_image(body));
+    }
     let started = Instant::now();
     let export = from.export_image(image);
     let feed = async move {
@@ -174,7 +201,14 @@ pub async fn sync_image(
             match chunk {
                 Ok(bytes) => {
                     done += bytes.len() as u64;
-                    if tx.send(Ok(bytes)).await.is_err() {
+                    for slot in senders.iter_mut() {
+                        if let Some(tx) = slot
+                            && tx.send(Ok(bytes.clone())).await.is_err()
+                        {
+                            *slot = None;
+                        }
+                    }
+                    if senders.iter().all(Option::is_none) {
                         break;
                     }
                     progress(Progress {
@@ -184,46 +218,56 @@ pub async fn sync_image(
                     });
                 }
                 Err(e) => {
-                    let _ = tx
-                        .send(Err(std::io::Error::other(
-                            "the export of the image broke off",
-                        )))
-                        .await;
+                    for tx in senders.iter().flatten() {
+                        let _ = tx
+                            .send(Err(std::io::Error::other(
+                                "the export of the image broke off",
+                            )))
+                            .await;
+                    }
                     return Err(e);
                 }
             }
         }
         Ok(done)
     };
-    let (fed, loaded) = tokio::join!(feed, to.load_image(body));
+    let (fed, loaded) = tokio::join!(feed, futures_util::future::join_all(loads));
     let elapsed = started.elapsed();
-    let bytes = fed.map_err(|source| SyncError::Export {
-        image: image.to_string(),
-        from: from.host.clone(),
-        to: to.host.clone(),
-        source,
-    })?;
-    loaded.map_err(|source| SyncError::Load {
-        image: image.to_string(),
-        from: from.host.clone(),
-        to: to.host.clone(),
-        source,
-    })?;
-    let got = to.image_facts(image).await?.map(|f| f.id);
-    if got.as_deref() != Some(facts.id.as_str()) {
-        return Err(SyncError::Mismatch {
-            image: image.to_string(),
-            from: from.host.clone(),
-            to: to.host.clone(),
-            want: facts.id,
-            got: got.unwrap_or_else(|| "no such image".into()),
-        });
+    let fed = fed.map_err(|e| crate::exec::transport::causes(&e));
+    let mut results = Vec::with_capacity(to.len());
+    for (target, loaded) in to.iter().zip(loaded) {
+        let copied = async {
+            let bytes = fed.clone().map_err(|reason| SyncError::Export {
+                image: image.to_string(),
+                from: from.host.clone(),
+                to: target.host.clone(),
+                reason,
+            })?;
+            loaded.map_err(|source| SyncError::Load {
+                image: image.to_string(),
+                from: from.host.clone(),
+                to: target.host.clone(),
+                source,
+            })?;
+            let got = target.image_facts(image).await?.map(|f| f.id);
+            if got.as_deref() != Some(facts.id.as_str()) {
+                return Err(SyncError::Mismatch {
+                    image: image.to_string(),
+                    from: from.host.clone(),
+                    to: target.host.clone(),
+                    want: facts.id.clone(),
+                    got: got.unwrap_or_else(|| "no such image".into()),
+                });
+            }
+            Ok(Copied {
+                id: facts.id.clone(),
+                bytes,
+                elapsed,
+            })
+        };
+        results.push(copied.await);
     }
-    Ok(Copied {
-        id: facts.id,
-        bytes,
-        elapsed,
-    })
+    Ok(results)
 }
 
 /// Which engine the others take the image from, and which of them need it: the first engine

@@ -251,6 +251,191 @@ fn probe_of(checked: &check::Checked, want: &crate::preset::Check) -> crate::ffm
 mod tests {
     use super::*;
 
+    /// A recorder that keeps what it was told.
+    #[derive(Default)]
+    struct Kept {
+        files: std::sync::Mutex<Vec<OutputFile>>,
+        done: std::sync::Mutex<Vec<(String, u64)>>,
+    }
+
+    impl crate::job::Recorder for Kept {
+        fn done(
+            &self,
+            _: &JobSpec,
+            produced: &Produced,
+            _: &crate::state::FileStat,
+            _: f64,
+        ) -> Result<String, String> {
+            if let Ok(mut d) = self.done.lock() {
+                d.push((produced.output_sha256.clone(), produced.bytes_out));
+            }
+            Ok("key".into())
+        }
+
+        fn failed(&self, _: &JobSpec, _: &str) {}
+
+        fn claim_files(&self, _: &JobSpec, files: &[OutputFile]) -> Result<(), String> {
+            if let Ok(mut f) = self.files.lock() {
+                f.extend_from_slice(files);
+            }
+            Ok(())
+        }
+
+        fn replace(&self, _: &JobSpec) -> Replace {
+            Replace::Nothing
+        }
+    }
+
+    // The fleet's own path with a folder output: the engine that takes the ladder first fails
+    // it with an engine error, another runs it again into an emptied archive, and the folder is
+    // checked, noted and put in place once. The second engine is this machine's ffmpeg, so
+    // that the folder is a real ladder; the real engine's transfer is tested in
+    // tests/integration/ladder.rs.
+    #[tokio::test]
+    async fn a_ladder_failed_by_one_engine_is_made_by_another_and_published_once() {
+        use crate::exec::fake::{FakeBackend, Script};
+        use crate::exec::fleet::{Fleet, Member};
+        use crate::exec::local::LocalBackend;
+        use crate::exec::{EngineFault, JobError};
+        let local = LocalBackend::find().expect("ffmpeg and ffprobe on PATH (scripts/setup.sh)");
+        let t = tempfile::tempdir().expect("tempdir");
+        let input = t.path().join("clip.mp4");
+        let made = std::process::Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=25",
+            ])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-t",
+                "2",
+            ])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+            ])
+            .args(["-c:a", "aac", "-shortest", "-movflags", "+faststart"])
+            .arg(&input)
+            .status()
+            .expect("ffmpeg");
+        assert!(made.success());
+        let preset = crate::preset::parse(
+            "small",
+            "description = \"x\"\nformat = \"hls\"\nargs = [\"-preset\", \"ultrafast\"]\n\
+             [ladder]\nsegment_seconds = 1\nkeyframe_seconds = 1\n\
+             [[ladder.rendition]]\nheight = 240\nbitrate = \"300k\"\n\
+             [[ladder.rendition]]\nheight = 144\nbitrate = \"150k\"\n\
+             [check]\nvideo = \"h264\"\naudio = \"aac\"\n",
+            crate::preset::Source::Builtin,
+        )
+        .expect("preset");
+        let out = t.path().join("out");
+        std::fs::create_dir(&out).expect("out");
+        let stat = crate::schedule::file_stat(&input).expect("stat");
+        let job = crate::job::Job {
+            spec: JobSpec {
+                id: 0,
+                input: input.clone(),
+                output: out.join("clip"),
+                preset: Arc::new(preset),
+                size: stat.size,
+                input_sha256: None,
+                index_reserve: None,
+            },
+            input_stat: stat,
+        };
+        let fake = Arc::new(FakeBackend::new());
+        fake.script(
+            &input,
+            vec![Script::Fail(std::time::Duration::ZERO, || {
+                JobError::Engine(EngineFault {
+                    status: Some(500),
+                    message: "engine gone".into(),
+                })
+            })],
+        );
+        let fleet = Arc::new(Fleet::new(vec![
+            Member {
+                backend: fake.clone(),
+                slots: 1,
+                weight: 2.0,
+                joining: None,
+            },
+            Member {
+                backend: Arc::new(local),
+                slots: 1,
+                weight: 1.0,
+                joining: None,
+            },
+        ]));
+        let kept = Arc::new(Kept::default());
+        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (_no_stop, stops) = tokio::sync::mpsc::channel(1);
+        let outcome = crate::schedule::run_batch(
+            fleet,
+            vec![job],
+            &out,
+            crate::schedule::BatchOptions {
+                parallel: 2,
+                deadline: None,
+                stall_timeout: std::time::Duration::from_secs(120),
+                echo_ffmpeg: false,
+                stops: crate::schedule::Stops::new(stops),
+            },
+            events,
+            kept.clone(),
+        )
+        .await;
+        let r = &outcome.results[0];
+        assert_eq!(r.status, crate::job::Status::Done, "{:?}", r.error);
+        assert_eq!(r.checked_by, Some(Checker::Playlists));
+        assert_eq!(
+            fake.seen(|s| s.started.clone()),
+            [0],
+            "the first engine took it first"
+        );
+        let on_disk = Manifest::of_folder(&out.join("clip"), true).expect("a folder of files");
+        let names: Vec<String> = on_disk
+            .0
+            .iter()
+            .map(|f| f.0.display().to_string())
+            .collect();
+        assert!(names.contains(&"master.m3u8".to_string()), "{names:?}");
+        assert!(names.contains(&"240p/index.m3u8".to_string()), "{names:?}");
+        assert!(names.contains(&"144p/index.m3u8".to_string()), "{names:?}");
+        assert_eq!(
+            *kept.files.lock().expect("lock"),
+            on_disk.0,
+            "each file noted, as it is"
+        );
+        assert_eq!(
+            *kept.done.lock().expect("lock"),
+            [(on_disk.sha256(), on_disk.bytes())],
+            "recorded once, with the manifest's hash and the files' total"
+        );
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            left,
+            [std::ffi::OsString::from("clip")],
+            "nothing else: {left:?}"
+        );
+    }
+
     #[test]
     fn a_manifest_hash_follows_every_file_and_nothing_else() {
         let t = tempfile::tempdir().expect("tempdir");

@@ -508,8 +508,17 @@ impl Preset {
     }
 
     /// The ffmpeg command line for display, with placeholders for input and output.
+    ///
+    /// A ladder's folder shows as `<folder>`, with every rendition the preset lists.
     pub fn command_line(&self) -> String {
-        let args = self.ffmpeg_args("<input>", "<output>");
+        let args = match self.is_ladder() {
+            true => self
+                .ffmpeg_args("<input>", "out.tar")
+                .into_iter()
+                .map(|a| a.replace("out.d/", "<folder>/"))
+                .collect(),
+            false => self.ffmpeg_args("<input>", "<output>"),
+        };
         std::iter::once("ffmpeg".to_string())
             .chain(args.iter().map(|a| shell_quote(a)))
             .collect::<Vec<_>>()

@@ -198,13 +198,32 @@ fn a_dash_ladder_of_a_small_clip_is_never_upscaled_and_streams_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("small.mp4");
     clip(&input, "640x360", "2");
+    let tone = dir.path().join("tone.m4a");
+    make_media(
+        &tone,
+        &["-f", "lavfi", "-i", "sine", "-t", "1", "-c:a", "aac"],
+    );
     let out = dir.path().join("out");
-    let o = run(bin()
-        .arg(&input)
-        .arg("-o")
-        .arg(&out)
-        .args(["-p", "dash", "--transfer", "stream"]));
-    assert_eq!(o.status.code(), Some(0));
+    let o = run(bin().arg(&input).arg(&tone).arg("-o").arg(&out).args([
+        "-p",
+        "dash",
+        "--transfer",
+        "stream",
+    ]));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the tone is refused, the clip done"
+    );
+    assert!(
+        stderr(&o).contains(
+            "tone.m4a: not made: the input has no video stream (cover art does not count), and \
+             this preset makes pictures"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.join("tone").exists());
     assert!(stdout(&o).contains("(pipe)") || stdout(&o).contains("(spool)"));
     let ladder = out.join("small");
     assert_eq!(resolutions(&ladder.join("master.m3u8")), ["640x360"]);

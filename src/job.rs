@@ -531,8 +531,7 @@ pub struct Job {
     pub input_stat: FileStat,
 }
 
-/// One file of a folder output: its path in the folder, size and sha256.
-pub type OutputFile = (PathBuf, u64, String);
+pub use crate::state::OutputFile;
 
 /// Told about each output once it is in place, before it counts as done, and about failures.
 pub trait Recorder: Send + Sync + 'static {

@@ -29,6 +29,9 @@ use std::sync::Mutex;
 pub use crate::place::STATE_DIR;
 const DB_FILE: &str = "state.db";
 
+/// One file of a folder output (a ladder): its path in the folder, size and sha256.
+pub type OutputFile = (PathBuf, u64, String);
+
 /// Ordered migrations; `user_version` counts how many have been applied.
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -500,7 +503,7 @@ impl Store {
     pub fn put_output_files(
         &self,
         output_path: &Path,
-        files: &[crate::job::OutputFile],
+        files: &[OutputFile],
     ) -> Result<(), StateError> {
         self.with(|c| {
             let tx = c.transaction()?;
@@ -519,10 +522,7 @@ impl Store {
     }
 
     /// The files noted for the folder output at `output_path`, by path.
-    pub fn output_files(
-        &self,
-        output_path: &Path,
-    ) -> Result<Vec<(PathBuf, u64, String)>, StateError> {
+    pub fn output_files(&self, output_path: &Path) -> Result<Vec<OutputFile>, StateError> {
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT file, size, sha256 FROM output_files WHERE output_path=?1 ORDER BY file",

@@ -94,7 +94,17 @@ pub fn conflict(output: &Path, replace: Replace) -> Option<String> {
         Replace::Identical => meta.file_type().is_file(),
         Replace::Anything => !meta.file_type().is_dir(),
     };
-    (!allowed).then(|| foreign_message(output))
+    (!allowed).then(
+        || match meta.file_type().is_dir() && replace == Replace::Anything {
+            // --overwrite replaces files and links, never a folder the tool did not record.
+            true => format!(
+                "output exists and was not made by isc-transcode: {} (a folder, which even \
+             --overwrite never replaces: move it away)",
+                output.display()
+            ),
+            false => foreign_message(output),
+        },
+    )
 }
 
 /// A folder below the output folder, opened without following any link.
@@ -909,6 +919,68 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_is_published_whole_and_never_over_what_the_tool_did_not_write() {
+        let (_t, out) = setup();
+        let d = open_dir(&out, &out).expect("open");
+        let fill = |f: &TempFolder, text: &[u8]| {
+            std::fs::write(f.path().join("master.m3u8"), text).expect("w");
+        };
+        let first = d.create_temp_folder().expect("temp folder");
+        assert!(
+            first
+                .path()
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .starts_with(TEMP_PREFIX)
+        );
+        fill(&first, b"one");
+        d.publish_folder(first, OsStr::new("clip"), Replace::Nothing)
+            .expect("a free name");
+        assert_eq!(
+            std::fs::read(out.join("clip/master.m3u8")).expect("r"),
+            b"one"
+        );
+        let second = d.create_temp_folder().expect("temp folder");
+        fill(&second, b"two");
+        let err = d
+            .publish_folder(second, OsStr::new("clip"), Replace::Nothing)
+            .expect_err("not recorded as ours");
+        assert!(matches!(err, PlaceError::Foreign(_)), "{err}");
+        assert_eq!(
+            std::fs::read(out.join("clip/master.m3u8")).expect("r"),
+            b"one"
+        );
+        let third = d.create_temp_folder().expect("temp folder");
+        fill(&third, b"three");
+        d.publish_folder(third, OsStr::new("clip"), Replace::Ours)
+            .expect("ours: swapped");
+        assert_eq!(
+            std::fs::read(out.join("clip/master.m3u8")).expect("r"),
+            b"three"
+        );
+        let fourth = d.create_temp_folder().expect("temp folder");
+        assert!(
+            d.publish_folder(fourth, OsStr::new("clip"), Replace::Anything)
+                .is_err(),
+            "--overwrite never replaces a folder"
+        );
+        std::fs::write(out.join("file"), b"theirs").expect("w");
+        let fifth = d.create_temp_folder().expect("temp folder");
+        assert!(
+            d.publish_folder(fifth, OsStr::new("file"), Replace::Ours)
+                .is_err()
+        );
+        assert_eq!(std::fs::read(out.join("file")).expect("r"), b"theirs");
+        let names: Vec<String> = std::fs::read_dir(&out)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary folder left: {names:?}");
+    }
+
+    #[test]
     fn a_file_swapped_in_after_the_judgement_is_put_back() {
         let (_t, out) = setup();
         let d = open_dir(&out, &out).expect("open");
@@ -946,6 +1018,15 @@ mod tests {
         std::os::unix::fs::symlink(out.join("a.mp4"), out.join("l.mp4")).expect("ln");
         assert!(conflict(&out.join("l.mp4"), Replace::Ours).is_some());
         assert_eq!(conflict(&out.join("l.mp4"), Replace::Anything), None);
+        std::fs::create_dir(out.join("ladder")).expect("mkdir");
+        assert_eq!(
+            conflict(&out.join("ladder"), Replace::Ours),
+            None,
+            "a recorded ladder"
+        );
+        assert!(conflict(&out.join("ladder"), Replace::Nothing).is_some());
+        let kept = conflict(&out.join("ladder"), Replace::Anything).expect("a folder stays");
+        assert!(kept.contains("never replaces"), "{kept}");
     }
     #[test]
     fn second_lock_is_busy_without_wait() {

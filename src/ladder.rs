@@ -3,7 +3,8 @@
 //!
 //! A ladder preset ([`crate::preset::ladder`]) makes, per input, a folder `out/<stem>/`:
 //! `master.m3u8`, one folder per rendition (`1080p/index.m3u8`, `init_0.mp4`, its segments),
-//! with `dash` also `manifest.mpd`, and optionally `poster.jpg`. The path it takes:
+//! with `dash` also `manifest.mpd`, and optionally `poster.jpg` and thumbnail sprites with their
+//! WebVTT track ([`sprites`]). The path it takes:
 //!
 //! 1. Before the job, [`source`] learns the input's height and whether it has audio (from an
 //!    MP4's index, else with ffprobe when this machine has one), so that the ladder drops the
@@ -24,6 +25,7 @@
 //! all there at their sizes (`--verify`: with their hashes), as they skip a file.
 
 pub mod check;
+pub mod sprites;
 pub mod unpack;
 
 use crate::exec::{Checker, JobError, JobSpec, Produced};
@@ -181,6 +183,22 @@ pub(crate) async fn settle(
             reason,
             tail: vec![],
         })?;
+        let mut files = files;
+        if let (Some(every), Some(first)) = (ladder.sprite_seconds, checked.renditions.first()) {
+            let track = sprites::write_track(
+                &check::Folder {
+                    fd: &fd,
+                    files: &files,
+                },
+                every,
+                first.duration,
+            )
+            .map_err(|reason| JobError::Verify {
+                reason,
+                tail: vec![],
+            })?;
+            files.push(track);
+        }
         let mut manifest: Vec<OutputFile> = files
             .into_iter()
             .map(|f| (f.path, f.size, f.sha256))
@@ -333,7 +351,7 @@ mod tests {
         let preset = crate::preset::parse(
             "small",
             "description = \"x\"\nformat = \"hls\"\nargs = [\"-preset\", \"ultrafast\"]\n\
-             [ladder]\nsegment_seconds = 1\nkeyframe_seconds = 1\n\
+             [ladder]\nsegment_seconds = 1\nkeyframe_seconds = 1\nsprite_seconds = 1\n\
              [[ladder.rendition]]\nheight = 240\nbitrate = \"300k\"\n\
              [[ladder.rendition]]\nheight = 144\nbitrate = \"150k\"\n\
              [check]\nvideo = \"h264\"\naudio = \"aac\"\n",
@@ -414,6 +432,18 @@ mod tests {
         assert!(names.contains(&"master.m3u8".to_string()), "{names:?}");
         assert!(names.contains(&"240p/index.m3u8".to_string()), "{names:?}");
         assert!(names.contains(&"144p/index.m3u8".to_string()), "{names:?}");
+        let vtt = std::fs::read_to_string(out.join("clip/thumbnails.vtt")).expect("track");
+        assert!(vtt.starts_with("WEBVTT\n"), "{vtt}");
+        assert!(
+            vtt.contains("00:00:01.000 --> 00:00:02.000\nsprite_001.jpg#xywh=160,0,160,120"),
+            "{vtt}"
+        );
+        let sheet = std::fs::read(out.join("clip/sprite_001.jpg")).expect("sheet");
+        assert_eq!(
+            sprites::jpeg_size(&sheet),
+            Some((800, 600)),
+            "5x5 tiles of 160x120"
+        );
         assert_eq!(
             *kept.files.lock().expect("lock"),
             on_disk.0,

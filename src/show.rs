@@ -41,7 +41,12 @@ pub fn preset(p: &Preset) {
                 .join(", "),
             l.segment_seconds,
             l.keyframe_seconds,
-            if l.poster { "; poster.jpg" } else { "" }
+            match (l.poster, l.sprite_seconds) {
+                (true, Some(_)) => "; poster.jpg; sprites and thumbnails.vtt",
+                (true, None) => "; poster.jpg",
+                (false, Some(_)) => "; sprites and thumbnails.vtt",
+                (false, None) => "",
+            }
         ),
         None => println!("output:      .{} ({})", p.extension, p.format),
     }

@@ -74,7 +74,7 @@ impl Folder<'_> {
 
     /// The bytes of `rel`, at most `max`: opened from the folder one name at a time without
     /// following a link, and only a regular file the archive brought.
-    fn read(&self, rel: &Path, max: u64) -> Result<Vec<u8>, String> {
+    pub(crate) fn read(&self, rel: &Path, max: u64) -> Result<Vec<u8>, String> {
         let size = self
             .size_of(rel)
             .ok_or_else(|| format!("{} is named but not in the folder", rel.display()))?;

@@ -640,13 +640,14 @@ pub fn check_filtergraph(graph: &str) -> Result<(), String> {
 }
 
 /// Check the graph a ladder preset makes ([`super::ladder`]): it reads the input's first video
-/// stream (`[0:V:0]`) and may `split` it, which adds streams no other preset may add; every
+/// stream (`[0:V:0]`) and may `split` it, which adds streams no other preset may add, and `tile`
+/// the sprites' thumbnails; every
 /// other filter passes the same rules as [`check_filtergraph`].
 pub fn check_ladder_graph(graph: &str) -> Result<(), String> {
     let rest = graph
         .strip_prefix("[0:V:0]")
         .ok_or_else(|| "a ladder's graph reads the input's first video stream".to_string())?;
-    check_graph(rest, &["split"])
+    check_graph(rest, &["split", "tile"])
 }
 
 fn check_graph(graph: &str, extra: &[&str]) -> Result<(), String> {

@@ -10,7 +10,10 @@
 //! ffmpeg's `hls` muxer (fMP4 segments, one folder per rendition, `master.m3u8` from
 //! `-master_pl_name` and `-var_stream_map`) or its `dash` muxer (CMAF segments, `manifest.mpd`,
 //! and with `-hls_playlist` the same HLS playlists, so one ladder plays in both worlds). A
-//! poster frame (`poster.jpg`) is an optional extra output of the same run.
+//! poster frame (`poster.jpg`) is an optional extra output of the same run, and so are
+//! thumbnail sprites (`sprite_001.jpg` ..., one tile every `sprite_seconds`, 5x5 tiles of 160
+//! pixels wide a sheet) with their WebVTT track (`thumbnails.vtt`), which this machine writes
+//! once the ladder is checked ([`crate::ladder`]).
 //!
 //! Nothing in the ffmpeg command comes from the preset as text except what passes the same
 //! allow-list as any preset ([`super::args`]): the shared `args` (with the options the ladder
@@ -85,6 +88,7 @@ pub(super) struct LadderFile {
     filter: Option<String>,
     #[serde(default)]
     poster: bool,
+    sprite_seconds: Option<u32>,
     rendition: Vec<RenditionFile>,
 }
 
@@ -160,6 +164,9 @@ pub struct Ladder {
     /// A chain of allowed filters run before the split.
     pub filter: Option<String>,
     pub poster: bool,
+    /// Thumbnail sprites: one tile every this many seconds ([`SPRITE_COLUMNS`] x
+    /// [`SPRITE_ROWS`] tiles of [`SPRITE_WIDTH`] pixels a sheet), and their WebVTT track.
+    pub sprite_seconds: Option<u32>,
     /// Every rendition the preset lists, tallest first.
     pub renditions: Vec<Rendition>,
     /// The input this ladder is for, once known: it chooses the renditions
@@ -173,6 +180,17 @@ pub const MASTER: &str = "master.m3u8";
 pub const MANIFEST: &str = "manifest.mpd";
 /// The poster's name, when the ladder makes one.
 pub const POSTER: &str = "poster.jpg";
+
+/// The sprite sheets' names: `sprite_001.jpg`, `sprite_002.jpg` ...
+pub const SPRITE_PATTERN: &str = "sprite_%03d.jpg";
+/// The WebVTT track that points at each tile of the sprite sheets.
+pub const THUMBNAILS: &str = "thumbnails.vtt";
+/// Width of a sprite tile, in pixels (the height follows the aspect ratio).
+pub const SPRITE_WIDTH: u32 = 160;
+/// Tiles across a sprite sheet.
+pub const SPRITE_COLUMNS: u32 = 5;
+/// Tiles down a sprite sheet.
+pub const SPRITE_ROWS: u32 = 5;
 
 /// Seconds of the poster's `thumbnail` window, in frames.
 const POSTER_FRAMES: u32 = 50;
@@ -203,6 +221,9 @@ impl Ladder {
                  that every segment starts on a keyframe in every rendition",
                 file.segment_seconds, file.keyframe_seconds
             ));
+        }
+        if file.sprite_seconds.is_some_and(|s| !(1..=600).contains(&s)) {
+            return Err("sprite_seconds must be between 1 and 600".into());
         }
         if file.rendition.is_empty() || file.rendition.len() > MAX_RENDITIONS {
             return Err(format!(
@@ -281,6 +302,7 @@ impl Ladder {
             audio_bitrate: file.audio_bitrate,
             filter: file.filter,
             poster: file.poster,
+            sprite_seconds: file.sprite_seconds,
             renditions,
             source: None,
         };
@@ -321,9 +343,11 @@ impl Ladder {
     }
 
     /// The filter graph: the optional filter, the split, one scaled branch per rendition
-    /// (`[v0]`, `[v1]` ...), and the poster's branch (`[poster]`).
+    /// (`[v0]`, `[v1]` ...), the poster's branch (`[poster]`) and the sprites' (`[sprite]`).
     pub fn graph(&self, renditions: &[Rendition]) -> String {
-        let branches = renditions.len() + usize::from(self.poster);
+        let branches = renditions.len()
+            + usize::from(self.poster)
+            + usize::from(self.sprite_seconds.is_some());
         let mut g = String::from("[0:V:0]");
         if let Some(f) = &self.filter {
             g.push_str(f);
@@ -343,6 +367,12 @@ impl Ladder {
             g.push_str(&format!(
                 ";[s{}]thumbnail=n={POSTER_FRAMES},scale=w='min(1280,iw)':h=-2[poster]",
                 renditions.len()
+            ));
+        }
+        if let Some(every) = self.sprite_seconds {
+            g.push_str(&format!(
+                ";[s{}]fps=1/{every},scale=w={SPRITE_WIDTH}:h=-2,tile={SPRITE_COLUMNS}x{SPRITE_ROWS}[sprite]",
+                branches - 1
             ));
         }
         g
@@ -467,6 +497,19 @@ impl Ladder {
                 format!("{dir}/{POSTER}"),
             ]);
         }
+        if self.sprite_seconds.is_some() {
+            v.extend([
+                s("-map"),
+                s("[sprite]"),
+                s("-c:v"),
+                s("mjpeg"),
+                s("-q:v"),
+                s("4"),
+                s("-f"),
+                s("image2"),
+                format!("{dir}/{SPRITE_PATTERN}"),
+            ]);
+        }
         v
     }
 
@@ -481,6 +524,9 @@ impl Ladder {
             self.audio_bitrate.clone(),
             self.filter.clone().unwrap_or_default(),
             self.poster.to_string(),
+            self.sprite_seconds
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
         ];
         for r in &self.renditions {
             w.extend([r.height.to_string(), r.bitrate.clone(), r.codec.clone()]);

@@ -292,7 +292,7 @@ pub struct RunArgs {
     pub inputs: Vec<PathBuf>,
 
     /// Preset: a built-in name (h264, h265, vp9, av1, copy, 720p, aac, mp3, thumbnail; hls and
-    /// dash make a streaming ladder, a folder OUT/<stem>/ with master.m3u8) or the path of a
+    /// dash make a streaming ladder, a folder OUT/STEM/ with master.m3u8) or the path of a
     /// preset TOML file. Example: `-p vp9`, `-p hls`, `-p ./presets/mine.toml`
     #[arg(short, long, value_name = "NAME|FILE", default_value = "h264")]
     pub preset: String,

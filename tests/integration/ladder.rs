@@ -328,3 +328,54 @@ fn a_worker_that_sends_a_hostile_archive_gets_its_job_failed_and_nothing_lands_o
     assert!(!Path::new("/tmp/h/escape.txt").exists());
     assert!(!Path::new("/tmp/escape-abs.txt").exists());
 }
+
+// The watch daemon runs ladders through the same job path: a file that lands in the folder
+// gets its ladder once, recorded, and a restart over it makes nothing again.
+#[test]
+fn a_watch_folder_makes_a_ladder_of_each_file_once() {
+    require_engine();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (watched, out) = (dir.path().join("in"), dir.path().join("out"));
+    std::fs::create_dir(&watched).expect("in");
+    let preset = dir.path().join("tiny.toml");
+    std::fs::write(
+        &preset,
+        "description = \"two small renditions\"\nformat = \"hls\"\n\
+         args = [\"-preset\", \"ultrafast\"]\n[ladder]\nsegment_seconds = 2\n\
+         [[ladder.rendition]]\nheight = 120\nbitrate = \"200k\"\n\
+         [[ladder.rendition]]\nheight = 72\nbitrate = \"100k\"\n\
+         [check]\nvideo = \"h264\"\naudio = \"aac\"\n",
+    )
+    .expect("preset");
+    let preset = preset.to_string_lossy().into_owned();
+    let args = [
+        "-p",
+        preset.as_str(),
+        "--settle",
+        "0.5",
+        "--log-format",
+        "json",
+    ];
+    let mut d = util::Daemon::spawn(&watched, &out, &args, &[]);
+    d.wait_scanned();
+    let staged = dir.path().join("cam.mp4");
+    clip(&staged, "160x120", "2");
+    std::fs::rename(&staged, watched.join("cam.mp4")).expect("move in");
+    d.wait_for("the ladder", std::time::Duration::from_secs(120), |d| {
+        !d.records("job done").is_empty()
+    });
+    assert_eq!(d.stop(), Some(0));
+    let ladder = out.join("cam");
+    assert_eq!(
+        resolutions(&ladder.join("master.m3u8")),
+        ["160x120", "96x72"]
+    );
+    let (heights, _) = plays(&ladder.join("master.m3u8"));
+    assert_eq!(heights, [72, 120]);
+    assert_eq!(leftovers(&out), Vec::<PathBuf>::new());
+
+    let mut again = util::Daemon::spawn(&watched, &out, &args, &[]);
+    again.wait_scanned();
+    assert_eq!(again.stop(), Some(0));
+    assert!(again.records("job done").is_empty(), "{}", again.log());
+}

@@ -10,6 +10,8 @@
 //! - each rendition's initialisation segment holds the preset's video codec at the expected
 //!   size (the rendition's height, never above the source, even dimensions) and pixel format,
 //!   and AAC audio whenever the input has audio;
+//! - the renditions' segments line up: as many in each, of the same lengths (within a frame),
+//!   so that a player switches between renditions at any segment boundary;
 //! - each rendition's duration, summed from its segments' own sample tables (`moof`/`trun`),
 //!   matches the input's within [`DURATION_TOLERANCE`], and so does what its playlist states
 //!   (`#EXTINF`);
@@ -37,6 +39,10 @@ const MAX_PLAYLIST: u64 = 16 << 20;
 
 /// Largest segment read back (the 1 s segments of an 8K rendition are far smaller).
 const MAX_SEGMENT: u64 = 1 << 30;
+
+/// How far the segments of two renditions may differ in length (seconds): less than a frame at
+/// 24 fps, so only segments cut at the same keyframes pass.
+const SEGMENT_SLACK: f64 = 0.04;
 
 /// What the checks measured, per rendition, tallest first.
 #[derive(Debug, Clone, PartialEq)]
@@ -416,6 +422,7 @@ pub fn check(
     };
     let mut renditions = Vec::new();
     let mut rewrite = false;
+    let mut first_cuts: Option<(String, Vec<f64>)> = None;
     for (&vi, want) in variants.iter().zip(&expected) {
         let variant = &master.variants[vi];
         let name = want.name();
@@ -516,6 +523,25 @@ pub fn check(
                         r.width, r.height
                     ))
                 )));
+            }
+        }
+        let cuts: Vec<f64> = m.segments.iter().map(|(_, secs)| *secs).collect();
+        match &first_cuts {
+            None => first_cuts = Some((name.clone(), cuts)),
+            Some((tallest, theirs)) => {
+                let aligned = theirs.len() == cuts.len()
+                    && theirs
+                        .iter()
+                        .zip(&cuts)
+                        .all(|(a, b)| (a - b).abs() <= SEGMENT_SLACK);
+                if !aligned {
+                    return Err(at(format!(
+                        "its segments do not line up with {tallest}'s ({} against {}), so a \
+                         player cannot switch between them cleanly",
+                        cuts.len(),
+                        theirs.len()
+                    )));
+                }
             }
         }
         let (mut peak, mut average) = rates(&m.segments, m.target);

@@ -613,6 +613,129 @@ fn replace_file(dir: &OwnedFd, name: &str, bytes: &[u8]) -> std::io::Result<()> 
 mod tests {
     use super::*;
 
+    /// A real two-rendition ladder of a 2 s 320x240 clip, made by host ffmpeg with the
+    /// ladder's own arguments, in `dir/out.d`; the ladder, with its source set.
+    fn made(dir: &Path) -> Ladder {
+        let preset = crate::preset::parse(
+            "t",
+            "description = \"x\"\nformat = \"hls\"\nargs = [\"-preset\", \"ultrafast\"]\n\
+             [ladder]\nsegment_seconds = 1\nkeyframe_seconds = 1\n\
+             [[ladder.rendition]]\nheight = 240\nbitrate = \"300k\"\n\
+             [[ladder.rendition]]\nheight = 144\nbitrate = \"150k\"\n\
+             [check]\nvideo = \"h264\"\naudio = \"aac\"\n",
+            crate::preset::Source::Builtin,
+        )
+        .expect("preset");
+        let mut ladder = preset.ladder.clone().expect("a ladder");
+        ladder.source = Some(ladder::Source {
+            height: 240,
+            audio: true,
+        });
+        std::fs::create_dir(dir.join("out.d")).expect("mkdir");
+        let ok = std::process::Command::new("ffmpeg")
+            .current_dir(dir)
+            .args(["-v", "error", "-f", "lavfi", "-t", "2"])
+            .args([
+                "-i",
+                "testsrc2=size=320x240:rate=25[out0];sine=sample_rate=48000[out1]",
+            ])
+            .args(ladder.output_args(&preset.args, "out.d"))
+            .status()
+            .expect("ffmpeg (scripts/setup.sh installs it)");
+        assert!(ok.success());
+        ladder
+    }
+
+    /// Check the folder `dir/out.d` as the dispatcher would.
+    fn checked(dir: &Path, ladder: &Ladder, duration: f64) -> Result<Checked, String> {
+        let root = dir.join("out.d");
+        let manifest = crate::ladder::Manifest::of_folder(&root, true).expect("files");
+        let files: Vec<FileEntry> = manifest
+            .0
+            .into_iter()
+            .map(|(path, size, sha256)| FileEntry { path, size, sha256 })
+            .collect();
+        let fd = rustix::fs::open(&root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .expect("open");
+        let want = Check {
+            video: Some("h264".into()),
+            audio: Some("aac".into()),
+            pix_fmt: Some("yuv420p".into()),
+            ..Check::default()
+        };
+        check(
+            &Folder {
+                fd: &fd,
+                files: &files,
+            },
+            ladder,
+            &want,
+            Some(duration),
+        )
+    }
+
+    #[test]
+    fn a_real_ladder_passes_and_each_lie_or_gap_in_it_fails() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let ladder = made(t.path());
+        let ok = checked(t.path(), &ladder, 2.0).expect("a sound ladder");
+        let sizes: Vec<(u32, u32)> = ok.renditions.iter().map(|r| (r.width, r.height)).collect();
+        assert_eq!(sizes, [(320, 240), (192, 144)]);
+        assert!(ok.renditions.iter().all(|r| (r.duration - 2.0).abs() < 0.1));
+        assert!(
+            ok.renditions[0].codecs.starts_with("avc1.")
+                && ok.renditions[0].codecs.ends_with(",mp4a.40.2")
+        );
+        let master = t.path().join("out.d").join(ladder::MASTER);
+        let text = std::fs::read_to_string(&master).expect("master");
+        assert!(
+            text.contains("AVERAGE-BANDWIDTH="),
+            "measured and written: {text}"
+        );
+
+        let e = checked(t.path(), &ladder, 5.0).expect_err("too short");
+        assert!(e.contains("the input lasts 5.00 s"), "{e}");
+
+        let lied = text.replacen("RESOLUTION=320x240", "RESOLUTION=1920x1080", 1);
+        std::fs::write(&master, &lied).expect("w");
+        let e = checked(t.path(), &ladder, 2.0).expect_err("a false resolution");
+        assert!(e.contains("RESOLUTION=1920x1080"), "{e}");
+
+        let codecs = text
+            .split("CODECS=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("codecs");
+        let lied = text.replacen(codecs, "avc1.42e01e,mp4a.40.2", 1);
+        std::fs::write(&master, &lied).expect("w");
+        let e = checked(t.path(), &ladder, 2.0).expect_err("false codecs");
+        assert!(e.contains("CODECS=\"avc1.42e01e,mp4a.40.2\""), "{e}");
+        std::fs::write(&master, &text).expect("w");
+
+        std::fs::remove_file(t.path().join("out.d/144p/seg_00001.m4s")).expect("rm");
+        let e = checked(t.path(), &ladder, 2.0).expect_err("a segment gone");
+        assert!(
+            e.contains("144p/seg_00001.m4s is named but not in the folder"),
+            "{e}"
+        );
+
+        let mut taller = ladder.clone();
+        taller.source = Some(ladder::Source {
+            height: 480,
+            audio: true,
+        });
+        taller.renditions.insert(
+            0,
+            ladder::Rendition {
+                height: 480,
+                bitrate: "1M".into(),
+                codec: "libx264".into(),
+            },
+        );
+        let e = checked(t.path(), &taller, 2.0).expect_err("a rendition missing");
+        assert!(e.contains("lists 2 renditions, the ladder makes 3"), "{e}");
+    }
+
     #[test]
     fn a_short_last_segment_counts_with_the_one_before() {
         let (peak, avg) = rates(&[(1_000_000, 4.0), (500_000, 4.0), (400_000, 0.5)], 4);

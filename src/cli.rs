@@ -17,6 +17,8 @@ Examples:
   isc-transcode -H tcp://build1:2376 raw/      run the containers on another engine (TLS
                                                from DOCKER_TLS_VERIFY and DOCKER_CERT_PATH)
   isc-transcode --backend local a.mkv          use this machine's ffmpeg, no Docker
+  isc-transcode talks/ -p hls -o /srv/web      an HLS ladder per file (1080p..360p, never
+                                               upscaled): /srv/web/<stem>/master.m3u8
   isc-transcode presets                        list the presets
   isc-transcode presets h264                   show one, with its ffmpeg command line
 
@@ -312,8 +314,9 @@ pub struct RunArgs {
     #[arg(value_name = "INPUT", required = true)]
     pub inputs: Vec<PathBuf>,
 
-    /// Preset: a built-in name (h264, h265, vp9, av1, copy, 720p, aac, mp3, thumbnail) or the
-    /// path of a preset TOML file. Example: `-p vp9`, `-p ./presets/mine.toml`
+    /// Preset: a built-in name (h264, h265, vp9, av1, copy, 720p, aac, mp3, thumbnail; hls and
+    /// dash make a streaming ladder, a folder OUT/STEM/ with master.m3u8) or the path of a
+    /// preset TOML file. Example: `-p vp9`, `-p hls`, `-p ./presets/mine.toml`
     #[arg(short, long, value_name = "NAME|FILE", default_value = "h264")]
     pub preset: String,
 

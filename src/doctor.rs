@@ -581,7 +581,12 @@ fn short_id(id: &str) -> String {
 /// and are not looked at.
 pub fn needed_encoders(preset: &Preset) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for pair in preset.args.windows(2) {
+    // A ladder's encoders are in the arguments it makes, not in its `args`.
+    let args = match preset.is_ladder() {
+        true => preset.ffmpeg_args("in", "out.tar"),
+        false => preset.args.clone(),
+    };
+    for pair in args.windows(2) {
         let opt = pair[0].as_str();
         let is_codec = matches!(opt, "-c" | "-codec" | "-vcodec" | "-acodec")
             || opt.starts_with("-c:")
@@ -849,6 +854,7 @@ mod tests {
         assert_eq!(names("vp9"), ["libvpx-vp9", "libopus"]);
         assert_eq!(names("mp3"), ["libmp3lame"]);
         assert!(names("copy").is_empty());
+        assert_eq!(names("hls"), ["libx264", "aac", "mjpeg"], "a ladder's own");
         let mut p = preset::load("copy").expect("preset");
         p.args = [
             "-vcodec",

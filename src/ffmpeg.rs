@@ -378,7 +378,12 @@ fn refusal(line: &str) -> Option<String> {
         .strip_prefix('[')
         .and_then(|l| l.split_once("] "))
         .map_or(line, |(_, rest)| rest);
-    if let Some(rest) = line.strip_prefix("Stream map '") {
+    // `-map` names the stream; a ladder's graph (`-filter_complex [0:V:0]...`) names it too.
+    let named = line.strip_prefix("Stream map '").or_else(|| {
+        line.strip_prefix("Stream specifier '")
+            .filter(|r| r.contains("in filtergraph description"))
+    });
+    if let Some(rest) = named {
         let spec = rest.split('\'').next().unwrap_or("");
         let kind = spec.split(':').nth(1).unwrap_or("");
         if rest.contains("matches no streams") {

@@ -81,6 +81,8 @@ pub enum Checker {
     Index,
     /// ffprobe, in the worker or on this machine.
     Ffprobe,
+    /// A ladder's playlists and segments, read here ([`crate::ladder`]).
+    Playlists,
 }
 
 impl Checker {
@@ -88,6 +90,7 @@ impl Checker {
         match self {
             Checker::Index => "index",
             Checker::Ffprobe => "ffprobe",
+            Checker::Playlists => "playlists",
         }
     }
 }
@@ -528,6 +531,8 @@ pub struct Job {
     pub input_stat: FileStat,
 }
 
+pub use crate::state::OutputFile;
+
 /// Told about each output once it is in place, before it counts as done, and about failures.
 pub trait Recorder: Send + Sync + 'static {
     /// The output is renamed into place and synced; `input` is the input's identity, the same
@@ -549,6 +554,14 @@ pub trait Recorder: Send + Sync + 'static {
     /// rename.
     fn claim(&self, job: &JobSpec, output_sha256: &str) -> Result<(), String> {
         let _ = (job, output_sha256);
+        Ok(())
+    }
+
+    /// The job's output is a folder (a ladder) about to be renamed into place, holding these
+    /// files (path in the folder, size, sha256): note them with the output, after
+    /// [`Recorder::claim`]. An error stops the job before the rename.
+    fn claim_files(&self, job: &JobSpec, files: &[OutputFile]) -> Result<(), String> {
+        let _ = (job, files);
         Ok(())
     }
 

@@ -44,6 +44,10 @@
 //! has stopped changing, keeps its queue in the [`state`] store, and runs the same
 //! [`schedule`] job path one file at a time; [`metrics`] serves what it does to Prometheus.
 //!
+//! [`ladder`] makes a ladder preset's output, a folder of renditions for adaptive streaming:
+//! the backend's archive taken apart confined to the job's folder, its playlists and segments
+//! checked, the folder put in place as a whole.
+//!
 //! [`codec`] says what a stream is, whatever its container calls it, for [`verify`].
 //!
 //! [`fsopen`] is the one way an input is opened: never blocking, only a regular file.
@@ -76,6 +80,7 @@ pub mod fuzzing;
 pub mod hash;
 pub mod image_sync;
 pub mod job;
+pub mod ladder;
 pub mod media;
 pub mod metrics;
 pub mod place;

@@ -22,7 +22,10 @@
 //!   (`O_CREAT | O_EXCL | O_NOFOLLOW`, [`Dir::create_temp`]), and every later look at it goes
 //!   through the folder's descriptor or the file's own ([`Temp`]): the backends are handed the
 //!   open file, never a path to open again. A mounted job's private folder is made and removed
-//!   the same way ([`PrivateDir`]).
+//!   the same way ([`PrivateDir`]);
+//! - a folder output (a ladder) is made in a temporary folder beside its final path
+//!   ([`Dir::create_temp_folder`]) and renamed into place as a whole ([`Dir::publish_folder`]),
+//!   under the same rules: never over anything this tool did not write.
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -87,10 +90,21 @@ pub fn conflict(output: &Path, replace: Replace) -> Option<String> {
     let meta = std::fs::symlink_metadata(output).ok()?;
     let allowed = match replace {
         Replace::Nothing => false,
-        Replace::Ours | Replace::Identical => meta.file_type().is_file(),
+        Replace::Ours => meta.file_type().is_file() || meta.file_type().is_dir(),
+        Replace::Identical => meta.file_type().is_file(),
         Replace::Anything => !meta.file_type().is_dir(),
     };
-    (!allowed).then(|| foreign_message(output))
+    (!allowed).then(
+        || match meta.file_type().is_dir() && replace == Replace::Anything {
+            // --overwrite replaces files and links, never a folder the tool did not record.
+            true => format!(
+                "output exists and was not made by isc-transcode: {} (a folder, which even \
+             --overwrite never replaces: move it away)",
+                output.display()
+            ),
+            false => foreign_message(output),
+        },
+    )
 }
 
 /// A folder below the output folder, opened without following any link.
@@ -359,6 +373,154 @@ impl PrivateDir {
 impl Drop for PrivateDir {
     fn drop(&mut self) {
         let _ = remove_tree_at(&self.parent, &self.name);
+    }
+}
+
+/// A folder output (a ladder, [`crate::ladder`]) being made: `TEMP_PREFIX<random>.d` in the
+/// folder its final path is in, made and filled through descriptors, never through a link.
+/// Removed whole, by descriptor, when dropped, unless [`Dir::publish_folder`] put it in place.
+#[derive(Debug)]
+pub struct TempFolder {
+    parent: OwnedFd,
+    name: OsString,
+    fd: OwnedFd,
+    path: PathBuf,
+    kept: bool,
+}
+
+impl TempFolder {
+    /// The folder, open: what goes into it is created from this descriptor.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Its path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = remove_tree_at(&self.parent, &self.name);
+        }
+    }
+}
+
+impl Dir {
+    /// A new, empty temporary folder in this folder (mode 0o777 less the umask, like any folder
+    /// the user makes), for a folder output.
+    pub fn create_temp_folder(&self) -> Result<TempFolder, PlaceError> {
+        let (name, fd) = fresh_name(&self.fd, &self.path, ".d", |dir, name| {
+            rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o777))?;
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            rustix::fs::openat(dir, name, flags, Mode::empty())
+        })?;
+        let parent = self.fd.try_clone().map_err(|e| PlaceError::Io {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        Ok(TempFolder {
+            path: self.path.join(&name),
+            parent,
+            name,
+            fd,
+            kept: false,
+        })
+    }
+
+    /// Make a checked folder output final, as a whole: the caller has synced every file and
+    /// sub-folder in it; here the folder itself is synced, renamed to `name` in one step, and
+    /// this folder synced. A player, or a crash, sees no folder under `name` or the whole one.
+    ///
+    /// What may stand at `name`: nothing, unless `replace` says it is this tool's own folder
+    /// ([`Replace::Ours`]: a real folder, not a link, which is swapped out with
+    /// `RENAME_EXCHANGE`, checked to be the one judged, and then removed whole) or `--overwrite`
+    /// was given ([`Replace::Anything`]: a file or a link there is replaced; a folder the tool
+    /// did not record is never replaced, even then, since that would delete what it holds).
+    pub fn publish_folder(
+        &self,
+        mut folder: TempFolder,
+        name: &OsStr,
+        replace: Replace,
+    ) -> Result<(), PlaceError> {
+        let target = self.path.join(name);
+        let err = |e: Errno| io_err(&target, e);
+        rustix::fs::fsync(&folder.fd).map_err(|e| io_err(&folder.path, e))?;
+        let standing = match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(err(e)),
+            Ok(st) => Some((FileType::from_raw_mode(st.st_mode), (st.st_dev, st.st_ino))),
+        };
+        match (standing, replace) {
+            (None, _) => self.no_replace_folder(&folder.name, name, &target)?,
+            (Some((FileType::Directory, judged)), Replace::Ours) => {
+                match rustix::fs::renameat_with(
+                    &self.fd,
+                    &folder.name,
+                    &self.fd,
+                    name,
+                    RenameFlags::EXCHANGE,
+                ) {
+                    Ok(()) => {}
+                    Err(Errno::NOENT) => self.no_replace_folder(&folder.name, name, &target)?,
+                    Err(e) => return Err(err(e)),
+                }
+                let out = rustix::fs::statat(&self.fd, &folder.name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(err)?;
+                if (out.st_dev, out.st_ino) != judged {
+                    // Someone put another folder there after it was judged: give it its place.
+                    rustix::fs::renameat_with(
+                        &self.fd,
+                        &folder.name,
+                        &self.fd,
+                        name,
+                        RenameFlags::EXCHANGE,
+                    )
+                    .map_err(err)?;
+                    return Err(PlaceError::Foreign(target));
+                }
+                // Under the temporary name now: the old folder, which the drop removes.
+                let _ = rustix::fs::fsync(&self.fd);
+                return Ok(());
+            }
+            (Some((kind, _)), Replace::Anything) if kind != FileType::Directory => {
+                rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(err)?;
+                self.no_replace_folder(&folder.name, name, &target)?;
+            }
+            (Some(_), _) => return Err(PlaceError::Foreign(target)),
+        }
+        folder.kept = true;
+        let _ = rustix::fs::fsync(&self.fd);
+        Ok(())
+    }
+
+    /// Rename the folder `temp` to `name` only if nothing stands there. Without
+    /// `RENAME_NOREPLACE` a plain rename still never replaces a file or a folder that holds
+    /// anything; it could replace only an empty folder.
+    fn no_replace_folder(
+        &self,
+        temp: &OsStr,
+        name: &OsStr,
+        target: &Path,
+    ) -> Result<(), PlaceError> {
+        match rustix::fs::renameat_with(&self.fd, temp, &self.fd, name, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST | Errno::NOTEMPTY | Errno::NOTDIR) => {
+                Err(PlaceError::Foreign(target.to_path_buf()))
+            }
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                match rustix::fs::renameat(&self.fd, temp, &self.fd, name) {
+                    Ok(()) => Ok(()),
+                    Err(Errno::EXIST | Errno::NOTEMPTY | Errno::NOTDIR | Errno::ISDIR) => {
+                        Err(PlaceError::Foreign(target.to_path_buf()))
+                    }
+                    Err(e) => Err(io_err(target, e)),
+                }
+            }
+            Err(e) => Err(io_err(target, e)),
+        }
     }
 }
 
@@ -757,6 +919,68 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_is_published_whole_and_never_over_what_the_tool_did_not_write() {
+        let (_t, out) = setup();
+        let d = open_dir(&out, &out).expect("open");
+        let fill = |f: &TempFolder, text: &[u8]| {
+            std::fs::write(f.path().join("master.m3u8"), text).expect("w");
+        };
+        let first = d.create_temp_folder().expect("temp folder");
+        assert!(
+            first
+                .path()
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .starts_with(TEMP_PREFIX)
+        );
+        fill(&first, b"one");
+        d.publish_folder(first, OsStr::new("clip"), Replace::Nothing)
+            .expect("a free name");
+        assert_eq!(
+            std::fs::read(out.join("clip/master.m3u8")).expect("r"),
+            b"one"
+        );
+        let second = d.create_temp_folder().expect("temp folder");
+        fill(&second, b"two");
+        let err = d
+            .publish_folder(second, OsStr::new("clip"), Replace::Nothing)
+            .expect_err("not recorded as ours");
+        assert!(matches!(err, PlaceError::Foreign(_)), "{err}");
+        assert_eq!(
+            std::fs::read(out.join("clip/master.m3u8")).expect("r"),
+            b"one"
+        );
+        let third = d.create_temp_folder().expect("temp folder");
+        fill(&third, b"three");
+        d.publish_folder(third, OsStr::new("clip"), Replace::Ours)
+            .expect("ours: swapped");
+        assert_eq!(
+            std::fs::read(out.join("clip/master.m3u8")).expect("r"),
+            b"three"
+        );
+        let fourth = d.create_temp_folder().expect("temp folder");
+        assert!(
+            d.publish_folder(fourth, OsStr::new("clip"), Replace::Anything)
+                .is_err(),
+            "--overwrite never replaces a folder"
+        );
+        std::fs::write(out.join("file"), b"theirs").expect("w");
+        let fifth = d.create_temp_folder().expect("temp folder");
+        assert!(
+            d.publish_folder(fifth, OsStr::new("file"), Replace::Ours)
+                .is_err()
+        );
+        assert_eq!(std::fs::read(out.join("file")).expect("r"), b"theirs");
+        let names: Vec<String> = std::fs::read_dir(&out)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary folder left: {names:?}");
+    }
+
+    #[test]
     fn a_file_swapped_in_after_the_judgement_is_put_back() {
         let (_t, out) = setup();
         let d = open_dir(&out, &out).expect("open");
@@ -794,6 +1018,15 @@ mod tests {
         std::os::unix::fs::symlink(out.join("a.mp4"), out.join("l.mp4")).expect("ln");
         assert!(conflict(&out.join("l.mp4"), Replace::Ours).is_some());
         assert_eq!(conflict(&out.join("l.mp4"), Replace::Anything), None);
+        std::fs::create_dir(out.join("ladder")).expect("mkdir");
+        assert_eq!(
+            conflict(&out.join("ladder"), Replace::Ours),
+            None,
+            "a recorded ladder"
+        );
+        assert!(conflict(&out.join("ladder"), Replace::Nothing).is_some());
+        let kept = conflict(&out.join("ladder"), Replace::Anything).expect("a folder stays");
+        assert!(kept.contains("never replaces"), "{kept}");
     }
     #[test]
     fn second_lock_is_busy_without_wait() {

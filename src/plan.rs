@@ -212,8 +212,11 @@ pub fn plan(
                 OutputState::Altered => items[i].why = "output altered".into(),
             }
         }
+        // A folder output (a ladder) is made again rather than copied from another one.
+        let folders = preset.is_ladder();
         if let Some(src) = records
             .iter()
+            .filter(|_| !folders)
             .filter(|r| r.output_path != rel)
             .find(|r| output_state(out_dir, r, opts.verify) == OutputState::Intact)
         {
@@ -224,7 +227,7 @@ pub fn plan(
             items[i].why = format!("same content as {}", src.input_path.display());
             continue;
         }
-        if let Some(&primary) = first_with_key.get(&key) {
+        if let Some(&primary) = first_with_key.get(&key).filter(|_| !folders) {
             items[i].action = Action::Follow { primary };
             items[i].why = format!("same content as {}", items[primary].planned.input.display());
             continue;
@@ -261,7 +264,7 @@ pub fn replaceable(
         // it still holds exactly the bytes that run claimed. Any other file stays untouchable.
         None if store
             .claim_at(&rel)?
-            .is_some_and(|sha| hash::file(output, |_| {}).is_ok_and(|h| h == sha)) =>
+            .is_some_and(|sha| content_sha256(output).is_some_and(|h| h == sha)) =>
         {
             Replace::Ours
         }
@@ -319,9 +322,30 @@ enum OutputState {
     Altered,
 }
 
+/// The sha256 of what stands at `path`, as the state store records it: a file's own, or a
+/// folder's manifest ([`crate::ladder::Manifest`]).
+fn content_sha256(path: &Path) -> Option<String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => crate::ladder::Manifest::of_folder(path, true).map(|m| m.sha256()),
+        Ok(m) if m.is_file() => hash::file(path, |_| {}).ok(),
+        _ => None,
+    }
+}
+
 fn output_state(out_dir: &Path, rec: &OutputRecord, verify: bool) -> OutputState {
     let path = out_dir.join(&rec.output_path);
     match std::fs::symlink_metadata(&path) {
+        // A folder output: its files, at their recorded total size (under --verify, their
+        // manifest, with every file's bytes); a link in it is an alteration.
+        Ok(m) if m.is_dir() => match crate::ladder::Manifest::of_folder(&path, verify) {
+            Some(found)
+                if found.bytes() == rec.output_size
+                    && (!verify || found.sha256() == rec.output_sha256) =>
+            {
+                OutputState::Intact
+            }
+            _ => OutputState::Altered,
+        },
         Ok(m) if m.is_file() && m.len() == rec.output_size => {
             if verify && hash::file(&path, |_| {}).ok().as_deref() != Some(&rec.output_sha256) {
                 OutputState::Altered

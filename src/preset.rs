@@ -13,10 +13,15 @@
 //! The `[check]` table says what a correct output looks like (codecs, pixel format, size limits,
 //! whether the duration must match the input). The verifier enforces it before an output counts
 //! as done.
+//!
+//! A preset with a `[ladder]` table ([`ladder`]) makes a folder instead of a file: several
+//! renditions of the input, packaged for adaptive streaming (HLS or DASH), in one ffmpeg run.
 
 mod args;
+pub mod ladder;
 
 pub use args::{Place, Refusal, check as check_args, check_filtergraph};
+pub use ladder::Ladder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -33,6 +38,8 @@ const BUILTIN: &[(&str, &str)] = &[
     ("aac", include_str!("../presets/aac.toml")),
     ("mp3", include_str!("../presets/mp3.toml")),
     ("thumbnail", include_str!("../presets/thumbnail.toml")),
+    ("hls", include_str!("../presets/hls.toml")),
+    ("dash", include_str!("../presets/dash.toml")),
 ];
 
 /// Options that the executor owns. A preset that sets them would fight the executor over where
@@ -103,8 +110,11 @@ pub struct Check {
 #[serde(deny_unknown_fields)]
 struct PresetFile {
     description: String,
+    /// Absent for a ladder, whose output is a folder.
+    #[serde(default)]
     extension: String,
     format: String,
+    #[serde(default)]
     args: Vec<toml::Spanned<String>>,
     #[serde(default)]
     input_args: Vec<toml::Spanned<String>>,
@@ -112,6 +122,7 @@ struct PresetFile {
     transfer: Transfer,
     #[serde(default)]
     check: Check,
+    ladder: Option<ladder::LadderFile>,
 }
 
 /// Where a preset came from, for messages.
@@ -146,6 +157,9 @@ pub struct Preset {
     pub transfer: Transfer,
     pub check: Check,
     pub source: Source,
+    /// For a ladder preset: its renditions and packaging. Its output is a folder, made from the
+    /// archive ([`Preset::output_file_ext`]) the executor sends back.
+    pub ladder: Option<Ladder>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,7 +254,13 @@ pub fn parse(name: &str, text: &str, source: Source) -> Result<Preset, PresetErr
     if file.description.trim().is_empty() {
         return Err(field("description", "must not be empty".into()));
     }
-    if file.extension.is_empty()
+    if file.ladder.is_some() && !file.extension.is_empty() {
+        return Err(field(
+            "extension",
+            "a ladder preset makes a folder named after the input, without an extension".into(),
+        ));
+    }
+    if file.ladder.is_none() && file.extension.is_empty()
         || !file
             .extension
             .bytes()
@@ -265,7 +285,7 @@ pub fn parse(name: &str, text: &str, source: Source) -> Result<Preset, PresetErr
             format!("{:?} is not an ffmpeg muxer name", file.format),
         ));
     }
-    if file.args.is_empty() {
+    if file.args.is_empty() && file.ladder.is_none() {
         return Err(field("args", "must list at least one ffmpeg option".into()));
     }
     let plain = |list: &[toml::Spanned<String>]| -> Vec<String> {
@@ -319,6 +339,25 @@ pub fn parse(name: &str, text: &str, source: Source) -> Result<Preset, PresetErr
             "must name at least one of video or audio".into(),
         ));
     }
+    let ladder = match file.ladder {
+        Some(l) => Some(
+            Ladder::from_file(l, &file.format, &args)
+                .map_err(|message| field("ladder", message))?,
+        ),
+        None => None,
+    };
+    if let Some(l) = &ladder {
+        let video = l.renditions.first().map(|r| r.codec_name());
+        if file.check.video.as_deref() != video
+            || l.renditions.iter().any(|r| Some(r.codec_name()) != video)
+            || file.check.audio.as_deref().is_some_and(|a| a != "aac")
+        {
+            return Err(field(
+                "check",
+                "a ladder's check names the codec of its renditions (one for all) and aac".into(),
+            ));
+        }
+    }
 
     Ok(Preset {
         name: name.to_string(),
@@ -330,6 +369,7 @@ pub fn parse(name: &str, text: &str, source: Source) -> Result<Preset, PresetErr
         transfer: file.transfer,
         check: file.check,
         source,
+        ladder,
     })
 }
 
@@ -354,6 +394,9 @@ impl Preset {
     /// The complete ffmpeg argument list (without the program name) for one job.
     ///
     /// `input` and `output` are names chosen by the executor, never a user's file name.
+    ///
+    /// For a ladder, `output` names the archive the folder is sent back as (`out.tar`): ffmpeg
+    /// writes the folder beside it ([`ladder::folder_for`]), and the job server packs it.
     pub fn ffmpeg_args(&self, input: &str, output: &str) -> Vec<String> {
         // No -hide_banner: the banner's first line names the ffmpeg version for provenance,
         // which saves asking with a process of its own; the parser keeps it out of messages.
@@ -364,6 +407,10 @@ impl Preset {
         v.extend(self.input_args.iter().cloned());
         v.push("-i".into());
         v.push(input.into());
+        if let Some(l) = &self.ladder {
+            v.extend(l.output_args(&self.args, &ladder::folder_for(output)));
+            return v;
+        }
         v.extend(self.args.iter().cloned());
         v.push("-f".into());
         v.push(self.format.clone());
@@ -415,6 +462,21 @@ impl Preset {
             && faststart_at(&self.args).is_some()
     }
 
+    /// Whether the output is a folder of renditions ([`ladder`]).
+    pub fn is_ladder(&self) -> bool {
+        self.ladder.is_some()
+    }
+
+    /// The extension of the one file a backend hands back: the output's own, or `tar` for a
+    /// ladder, whose folder travels as an archive.
+    pub fn output_file_ext(&self) -> &str {
+        if self.is_ladder() {
+            "tar"
+        } else {
+            &self.extension
+        }
+    }
+
     /// Whether the output is an ISO base media file (MP4 family), which must be faststart.
     pub fn is_mp4_family(&self) -> bool {
         MP4_FAMILY.contains(&self.format.as_str())
@@ -430,6 +492,11 @@ impl Preset {
             &self.input_args,
             &["--".to_string()][..],
             &self.args,
+            &self
+                .ladder
+                .as_ref()
+                .map(Ladder::fingerprint_words)
+                .unwrap_or_default(),
         ] {
             for s in part {
                 h.update((s.len() as u64).to_le_bytes());
@@ -441,8 +508,17 @@ impl Preset {
     }
 
     /// The ffmpeg command line for display, with placeholders for input and output.
+    ///
+    /// A ladder's folder shows as `<folder>`, with every rendition the preset lists.
     pub fn command_line(&self) -> String {
-        let args = self.ffmpeg_args("<input>", "<output>");
+        let args = match self.is_ladder() {
+            true => self
+                .ffmpeg_args("<input>", "out.tar")
+                .into_iter()
+                .map(|a| a.replace("out.d/", "<folder>/"))
+                .collect(),
+            false => self.ffmpeg_args("<input>", "<output>"),
+        };
         std::iter::once("ffmpeg".to_string())
             .chain(args.iter().map(|a| shell_quote(a)))
             .collect::<Vec<_>>()

@@ -115,6 +115,12 @@ impl Recorder for StateRecorder {
             .map_err(|e| e.to_string())
     }
 
+    fn claim_files(&self, job: &JobSpec, files: &[crate::job::OutputFile]) -> Result<(), String> {
+        self.store
+            .put_output_files(&plan::relative(&self.out, &job.output), files)
+            .map_err(|e| e.to_string())
+    }
+
     fn failed(&self, job: &JobSpec, error: &str) {
         let _ =
             self.store

@@ -498,7 +498,17 @@ pub(crate) async fn run_one<B: Backend + ?Sized>(
     } = job;
     let replace = recorder.replace(&job);
     let claim = |sha: &str| recorder.claim(&job, sha);
-    let work = produce(backend, &job, &input_stat, replace, &claim, out_root, ctx);
+    let claim_files = |files: &[crate::job::OutputFile]| recorder.claim_files(&job, files);
+    let work = produce(
+        backend,
+        &job,
+        &input_stat,
+        replace,
+        &claim,
+        &claim_files,
+        out_root,
+        ctx,
+    );
     tokio::pin!(work);
     let mut stalled = None;
     let outcome = loop {
@@ -581,13 +591,19 @@ async fn index_reserve(job: &JobSpec) -> Option<u64> {
 }
 
 /// Run the job into a temp file, check it, and move it into place. `input_stat` is the input's
-/// identity as planned; `replace` says what may stand at the output path.
+/// identity as planned; `replace` says what may stand at the output path. A ladder's archive is
+/// made into its folder by [`crate::ladder::settle`], under the same rules.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one job's whole context, from its one caller"
+)]
 async fn produce<B: Backend + ?Sized>(
     backend: &B,
     job: &JobSpec,
     input_stat: &FileStat,
     replace: Replace,
     claim: &(dyn Fn(&str) -> Result<(), String> + Sync),
+    claim_files: &(dyn Fn(&[crate::job::OutputFile]) -> Result<(), String> + Sync),
     out_root: &Path,
     ctx: &JobCtx,
 ) -> Result<Produced, JobError> {
@@ -610,9 +626,16 @@ async fn produce<B: Backend + ?Sized>(
         )));
     }
     let temp = dir
-        .create_temp(&job.preset.extension)
+        .create_temp(job.preset.output_file_ext())
         .map_err(|e| JobError::Output(e.into()))?;
 
+    let for_input;
+    let job = if job.preset.is_ladder() {
+        for_input = crate::ladder::for_input(job).await;
+        &for_input
+    } else {
+        job
+    };
     let reserved;
     let job = match index_reserve(job).await {
         Some(reserve) => {
@@ -642,6 +665,26 @@ async fn produce<B: Backend + ?Sized>(
         other => other?,
     };
 
+    if job.preset.is_ladder() {
+        let unchanged = || match file_stat(&job.input).as_ref() == Some(input_stat) {
+            true => Ok(()),
+            false => Err(changed("while it was transcoded")),
+        };
+        let claim_folder = |sha: &str, files: &[crate::job::OutputFile]| {
+            claim(sha).and_then(|()| claim_files(files))
+        };
+        return crate::ladder::settle(
+            job,
+            &dir,
+            temp,
+            produced,
+            &name,
+            replace,
+            &unchanged,
+            &claim_folder,
+        )
+        .await;
+    }
     let preset = &job.preset;
     // What stands under the temporary name now: a backend may have put another file there (a
     // mounted job renames its output over the temporary one), and that file is the one that
@@ -860,6 +903,7 @@ mod tests {
             &job,
             &stat,
             Replace::Nothing,
+            &|_| Ok(()),
             &|_| Ok(()),
             dir.path(),
             &ctx,

@@ -15,7 +15,11 @@ use std::path::Path;
 /// The built-in presets, one a line, and how to see one or bring one's own.
 pub fn presets(list: &[Preset]) {
     for p in list {
-        println!("{:<10} .{:<5} {}", p.name, p.extension, p.description);
+        let ext = match p.is_ladder() {
+            true => "/".to_string(),
+            false => format!(".{}", p.extension),
+        };
+        println!("{:<10} {:<6} {}", p.name, ext, p.description);
     }
     println!("\nShow one: isc-transcode presets NAME. Use your own: --preset FILE.toml");
 }
@@ -25,7 +29,27 @@ pub fn preset(p: &Preset) {
     println!("name:        {}", p.name);
     println!("source:      {}", p.source);
     println!("description: {}", p.description);
-    println!("output:      .{} ({})", p.extension, p.format);
+    match &p.ladder {
+        Some(l) => println!(
+            "output:      a folder <stem>/ ({}; renditions {}; segments of {} s, keyframes every \
+             {} s{})",
+            p.format,
+            l.renditions
+                .iter()
+                .map(|r| format!("{} at {} ({})", r.name(), r.bitrate, r.codec))
+                .collect::<Vec<_>>()
+                .join(", "),
+            l.segment_seconds,
+            l.keyframe_seconds,
+            match (l.poster, l.sprite_seconds) {
+                (true, Some(_)) => "; poster.jpg; sprites and thumbnails.vtt",
+                (true, None) => "; poster.jpg",
+                (false, Some(_)) => "; sprites and thumbnails.vtt",
+                (false, None) => "",
+            }
+        ),
+        None => println!("output:      .{} ({})", p.extension, p.format),
+    }
     println!("transfer:    {:?}", p.transfer);
     println!("fingerprint: {}", p.fingerprint());
     println!("command:     {}", p.command_line());

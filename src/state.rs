@@ -29,6 +29,9 @@ use std::sync::Mutex;
 pub use crate::place::STATE_DIR;
 const DB_FILE: &str = "state.db";
 
+/// One file of a folder output (a ladder): its path in the folder, size and sha256.
+pub type OutputFile = (PathBuf, u64, String);
+
 /// Ordered migrations; `user_version` counts how many have been applied.
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -107,6 +110,19 @@ const MIGRATIONS: &[&str] = &[
         output_path   BLOB PRIMARY KEY,
         output_sha256 TEXT NOT NULL,
         claimed_at    INTEGER NOT NULL
+    );
+    ",
+    // 5: the files of folder outputs (ladders): each file's path in the folder, size and
+    // sha256. The folder's row in `outputs` holds their total size and the sha256 of their
+    // manifest (`crate::ladder::Manifest`), so the rows of a path belong to the output recorded
+    // there when their manifest hashes to its `output_sha256`.
+    "
+    CREATE TABLE output_files (
+        output_path BLOB NOT NULL,
+        file        BLOB NOT NULL,
+        size        INTEGER NOT NULL,
+        sha256      TEXT NOT NULL,
+        PRIMARY KEY (output_path, file)
     );
     ",
 ];
@@ -479,6 +495,48 @@ impl Store {
                 params![path_bytes(output_path), output_sha256, now()],
             )
             .map(|_| ())
+        })
+    }
+
+    /// Note the files of the folder output at `output_path` (relative to the output folder):
+    /// each file's path in the folder, size and sha256, replacing what was noted there before.
+    pub fn put_output_files(
+        &self,
+        output_path: &Path,
+        files: &[OutputFile],
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM output_files WHERE output_path=?1",
+                params![path_bytes(output_path)],
+            )?;
+            for (file, size, sha) in files {
+                tx.execute(
+                    "INSERT INTO output_files(output_path, file, size, sha256) VALUES (?1,?2,?3,?4)",
+                    params![path_bytes(output_path), path_bytes(file), *size as i64, sha],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// The files noted for the folder output at `output_path`, by path.
+    pub fn output_files(&self, output_path: &Path) -> Result<Vec<OutputFile>, StateError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT file, size, sha256 FROM output_files WHERE output_path=?1 ORDER BY file",
+            )?;
+            let rows = st.query_map(params![path_bytes(output_path)], |r| {
+                let file: Vec<u8> = r.get(0)?;
+                let size: i64 = r.get(1)?;
+                Ok((
+                    PathBuf::from(OsStr::from_bytes(&file)),
+                    size as u64,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            rows.collect()
         })
     }
 

@@ -1,7 +1,8 @@
 //! Preset files (`preset::parse`), which a user may take from anywhere: whatever the text, the
 //! parser answers with a preset or an error that names the file, never a panic; and a preset it
 //! accepts keeps the executor's options for the executor: the input and the output come where
-//! the executor puts them, and an MP4-family output is faststart.
+//! the executor puts them, and an MP4-family output is faststart; a ladder's files all go into
+//! its folder.
 #![no_main]
 
 use isc_transcode::preset::{self, Source};
@@ -20,6 +21,18 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
+    if p.is_ladder() {
+        // A ladder writes a folder beside the archive it is sent back as: every file it names
+        // is in that folder, and the input comes where the executor puts it.
+        let args = p.ffmpeg_args("pipe:0", "out.tar");
+        assert_eq!(args.iter().filter(|a| *a == "-i").count(), 1, "{args:?}");
+        let at = args.iter().position(|a| a == "-i").expect("one -i");
+        assert_eq!(args[at + 1], "pipe:0");
+        assert!(args.last().is_some_and(|a| a.starts_with("out.d/")), "{args:?}");
+        assert!(!args.iter().any(|a| a.contains('\0') || a.contains("..")));
+        let _ = p.command_line();
+        return;
+    }
     let args = p.ffmpeg_args("pipe:0", "out.bin");
     assert_eq!(args.last().map(String::as_str), Some("out.bin"));
     assert_eq!(args.iter().filter(|a| *a == "-i").count(), 1, "{args:?}");

@@ -21,6 +21,12 @@
 //!                            after a probe
 //! ```
 //!
+//! A ladder preset's output is a folder ([`crate::preset::ladder`]). Its job names an output
+//! ending in `.tar` (`out.tar`): the server gives ffmpeg an empty folder beside it (`out.d`),
+//! and once ffmpeg succeeded packs the folder into that one file (`tar -cf`), which then
+//! travels like any output, framed by its announced size. This machine never trusts what it
+//! holds: [`crate::ladder::unpack`] takes the archive apart, confined to the job's folder.
+//!
 //! Lengths, not delimiters, frame the binary parts: the server reads exactly SIZE input bytes
 //! (`head -c`, which never reads ahead), and the client takes exactly N output bytes. stdout and
 //! stderr reach the client as separate streams whose relative order the engine does not keep,
@@ -84,6 +90,11 @@ while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
     cd "$base" || { echo "@isc:$nonce:stage=scratch" >&2; fail 70; }
     d=$base
   fi
+  case $out_name in
+    *.tar) pack=${out_name%.tar}.d; rm -rf "$pack" && mkdir "$pack" ||
+      { echo "@isc:$nonce:stage=scratch" >&2; fail 70; } ;;
+    *) pack= ;;
+  esac
   case $mode in
     spool)
       echo "@isc:$nonce:stage=store" >&2
@@ -99,6 +110,11 @@ while IFS=' ' read -r verb nonce mode in_ext out_name token size nargs; do
   esac
   rc=$?
   [ $rc -eq 0 ] || fail $rc
+  if [ -n "$pack" ]; then
+    echo "@isc:$nonce:stage=pack" >&2
+    tar -cf "$out_name" -C "$pack" . </dev/null >&2 || fail 74
+    rm -rf "$pack"
+  fi
   echo "@isc:$nonce:stage=send" >&2
   if [ "$mode" = mount ]; then
     [ -f "$out_name" ] || fail 73

@@ -5,6 +5,8 @@
 //! opened by this process and handed to ffmpeg as its stdin, and ffmpeg reads it as
 //! `file:/dev/stdin`, which is seekable because stdin is the file itself, not a pipe. The output
 //! goes the same way through stdout (`file:/dev/stdout`), so `+faststart` can rewrite it in place.
+//! A ladder ([`crate::ladder`]) is written into a scratch folder and packed into the output as
+//! the same archive the job server sends, so the dispatcher takes both apart the same way.
 
 use super::{
     Backend, BoxFuture, Checker, EngineFault, JobCtx, JobError, JobSpec, JobTimeout, MadeBy,
@@ -94,6 +96,34 @@ pub async fn probe_file(ffprobe: &Path, stdin: std::fs::File) -> Result<Probe, J
     })
 }
 
+/// The name a local ladder job's archive is given on ffmpeg's command line: ffmpeg writes the
+/// folder beside it ([`crate::preset::ladder::folder_for`]).
+const LADDER_ARCHIVE: &str = "out.tar";
+
+/// A scratch folder for a local ladder job, holding the empty folder ffmpeg writes into.
+fn ladder_scratch() -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("isc-ladder-").tempdir()?;
+    std::fs::create_dir(
+        dir.path()
+            .join(crate::preset::ladder::folder_for(LADDER_ARCHIVE)),
+    )?;
+    Ok(dir)
+}
+
+/// Pack the folder ffmpeg wrote in `scratch` into `out` as a tar archive, links not followed;
+/// the scratch folder goes when dropped.
+fn pack_ladder(scratch: &tempfile::TempDir, out: std::fs::File) -> std::io::Result<()> {
+    let folder = scratch
+        .path()
+        .join(crate::preset::ladder::folder_for(LADDER_ARCHIVE));
+    let mut builder = tar::Builder::new(std::io::BufWriter::new(out));
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", folder)?;
+    let mut w = builder.into_inner()?;
+    std::io::Write::flush(&mut w)?;
+    Ok(())
+}
+
 impl Backend for LocalBackend {
     fn describe(&self) -> String {
         format!("local {}", self.ffmpeg.display())
@@ -133,11 +163,29 @@ impl LocalBackend {
         let stdin = crate::fsopen::open_regular(&job.input).map_err(JobError::Input)?;
         // The input that is hashed is the file ffmpeg reads, not whatever the path names later.
         let input = stdin.try_clone().map_err(JobError::Input)?;
-        let stdout = out.file().try_clone().map_err(JobError::Output)?;
-        let mut child = Command::new(&self.ffmpeg)
-            .args(job.ffmpeg_args("file:/dev/stdin", "file:/dev/stdout"))
+        // A ladder is written into a scratch folder of its own, then packed into `out` as the
+        // archive every backend hands back ([`crate::ladder`]).
+        let scratch = match job.preset.is_ladder() {
+            true => Some(ladder_scratch().map_err(JobError::Output)?),
+            false => None,
+        };
+        let mut command = Command::new(&self.ffmpeg);
+        match &scratch {
+            Some(dir) => {
+                command
+                    .args(job.ffmpeg_args("file:/dev/stdin", LADDER_ARCHIVE))
+                    .current_dir(dir.path())
+                    .stdout(Stdio::null());
+            }
+            None => {
+                let stdout = out.file().try_clone().map_err(JobError::Output)?;
+                command
+                    .args(job.ffmpeg_args("file:/dev/stdin", "file:/dev/stdout"))
+                    .stdout(stdout);
+            }
+        }
+        let mut child = command
             .stdin(stdin)
-            .stdout(stdout)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -180,6 +228,13 @@ impl LocalBackend {
                 status.code().map_or(-1, i64::from),
                 &parser,
             ));
+        }
+        if let Some(dir) = scratch {
+            let file = out.file().try_clone().map_err(JobError::Output)?;
+            tokio::task::spawn_blocking(move || pack_ladder(&dir, file))
+                .await
+                .map_err(|e| JobError::Output(std::io::Error::other(e)))?
+                .map_err(JobError::Output)?;
         }
         let result = Arc::new(out.reopen().map_err(JobError::Output)?);
         let (probe, checked_by) =

@@ -183,6 +183,11 @@ pub(crate) async fn read_back_file(
             tail: parser.tail(),
         });
     }
+    // A ladder's archive is no media file: its folder is checked once it is taken apart here,
+    // by the dispatcher ([`crate::ladder`]).
+    if preset.is_ladder() {
+        return Ok(Some(Probe::default()));
+    }
     let (preset, input) = (preset.clone(), parser.input.clone());
     let verdict = tokio::task::spawn_blocking(move || {
         crate::readback::for_check_file(&preset, &input, &file)

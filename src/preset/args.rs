@@ -636,6 +636,21 @@ fn labels(s: &mut &str) -> Result<(), String> {
 /// Check a filtergraph: every filter allowed, and no option of theirs loading its value from a
 /// file (ffmpeg 7.1 reads `/option=path` that way).
 pub fn check_filtergraph(graph: &str) -> Result<(), String> {
+    check_graph(graph, &[])
+}
+
+/// Check the graph a ladder preset makes ([`super::ladder`]): it reads the input's first video
+/// stream (`[0:V:0]`) and may `split` it, which adds streams no other preset may add, and `tile`
+/// the sprites' thumbnails; every
+/// other filter passes the same rules as [`check_filtergraph`].
+pub fn check_ladder_graph(graph: &str) -> Result<(), String> {
+    let rest = graph
+        .strip_prefix("[0:V:0]")
+        .ok_or_else(|| "a ladder's graph reads the input's first video stream".to_string())?;
+    check_graph(rest, &["split", "tile"])
+}
+
+fn check_graph(graph: &str, extra: &[&str]) -> Result<(), String> {
     let mut s = graph;
     loop {
         labels(&mut s)?;
@@ -647,7 +662,7 @@ pub fn check_filtergraph(graph: &str) -> Result<(), String> {
             }
             None => String::new(),
         };
-        check_filter(&name, &opts)?;
+        check_filter(&name, &opts, extra)?;
         labels(&mut s)?;
         s = s.trim_start_matches(WHITESPACE);
         let mut chars = s.chars();
@@ -659,12 +674,12 @@ pub fn check_filtergraph(graph: &str) -> Result<(), String> {
     }
 }
 
-fn check_filter(name: &str, opts: &str) -> Result<(), String> {
+fn check_filter(name: &str, opts: &str, extra: &[&str]) -> Result<(), String> {
     let base = name.split_once('@').map_or(name, |(b, _)| b);
     if let Some((_, why)) = FILTER_REASONS.iter().find(|(f, _)| *f == base) {
         return Err(format!("filter {base:?} {why}, which a preset may not do"));
     }
-    if !FILTERS.contains(&base) {
+    if !FILTERS.contains(&base) && !extra.contains(&base) {
         return Err(format!(
             "filter {base:?} is not one a preset may use (the README lists them)"
         ));

@@ -9,6 +9,7 @@ mod hostile;
 mod images;
 mod inputs;
 mod jobserver;
+mod ladder;
 mod outputs;
 mod pipeline;
 mod presets;

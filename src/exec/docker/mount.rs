@@ -182,8 +182,8 @@ impl DockerBackend {
         token: &str,
         ctx: &JobCtx,
     ) -> Result<Result<Produced, JobError>, String> {
-        let out_name = format!("/out/out.{}", job.preset.extension);
-        let name = format!("out.{}", job.preset.extension);
+        let out_name = format!("/out/out.{}", job.preset.output_file_ext());
+        let name = format!("out.{}", job.preset.output_file_ext());
         ctx.started(job.id, &self.engine.host, Transfer::Mount);
         let writeback = match (job.index_reserve, dir_fd.try_clone()) {
             (Some(_), Ok(fd)) => Some(EarlyWriteback::start(fd, name.clone())),

@@ -35,7 +35,7 @@ impl DockerBackend {
                 (Transfer::Spool, Mode::Spool)
             };
         let in_ext = input_ext(&job.input);
-        let out_name = format!("out.{}", job.preset.extension);
+        let out_name = format!("out.{}", job.preset.output_file_ext());
         let input_arg = match mode {
             Mode::Pipe => "pipe:0".to_string(),
             _ => format!("in.{in_ext}"),

@@ -10,8 +10,8 @@
 # after one untimed warm-up of each; every run writes into a fresh folder after an untimed
 # `sync`, and each run is also charged the CPU time the whole machine spent meanwhile (engine
 # included). It prints every round, the medians, the overhead (isc-transcode against local,
-# ratio of the medians and median of the rounds' paired ratios; the target is at most +5 %)
-# and the load average before and after.
+# ratio of the medians and median of the rounds' paired ratios; the target is at most +5 %),
+# the same ratio for the CPU time, and the load average before and after.
 #
 # Usage:
 #   scripts/bench-ladder.sh [WORKDIR]     # default WORKDIR: /var/tmp/isc-bench-ladder
@@ -110,5 +110,7 @@ echo "|---|---:|---:|---|"
 echo "| host ffmpeg, the same command | $lt | $lc | ${LT[*]} |"
 echo "| isc-transcode -p hls (default engine) | $it | $ic | ${IT[*]} |"
 echo
+cpct=$(python3 -c "import sys; print(f'{(float(sys.argv[2]) / float(sys.argv[1]) - 1) * 100:+.1f}')" "$lc" "$ic")
 echo "overhead: ${pct}% (ratio of medians), ${paired}% (median of the rounds' paired ratios); target <= +5%"
+echo "CPU time: ${cpct}% (ratio of the medians of the whole machine's CPU-s)"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

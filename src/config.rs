@@ -432,6 +432,28 @@ mod tests {
     }
 
     #[test]
+    fn local_ffmpeg_with_several_engines_is_refused_in_plain_words() {
+        let cli = Cli::try_parse_from([
+            "isc-transcode",
+            "a.mp4",
+            "--backend",
+            "local",
+            "-H",
+            "unix:///a.sock",
+            "-H",
+            "unix:///b.sock",
+        ])
+        .expect("parse");
+        let e = RunConfig::resolve(&cli.run)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("drop the 2 engines of -H and --hosts, or choose --backend docker"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn what_a_job_may_replace_keeps_only_overwrite_and_adopt() {
         let c = resolve(&[
             "isc-transcode",

@@ -29,6 +29,7 @@ use crate::exec::transport::{self, Endpoint, TlsEnv};
 use crate::ffmpeg::StderrParser;
 use crate::preset::{self, Preset};
 use crate::report::escape;
+use crate::show::outln;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::future::Future;
@@ -74,11 +75,11 @@ pub async fn run(
     };
     if json {
         match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => outln!("{text}"),
             Err(e) => eprintln!("error: cannot write the JSON report: {e}"),
         }
     } else {
-        print!("{}", render(&report));
+        crate::show::out(format_args!("{}", render(&report)));
     }
     Ok(match report.ready {
         true => ExitCode::Success,

@@ -13,6 +13,7 @@ use crate::error::{AppError, ExitCode};
 use crate::exec::docker::Engine;
 use crate::exec::docker::image::{Coarse, Copied, ImageFacts, mib, rate, short_id, sync_image};
 use crate::report::escape;
+use crate::show::outln;
 use futures_util::future::join_all;
 
 /// What became of one engine.
@@ -141,7 +142,7 @@ pub async fn run(args: &EngineArgs, from: Option<&str>) -> Result<ExitCode, AppE
         None => {
             for n in &nodes {
                 if let Err(why) = &n.facts {
-                    println!("{}", line(&n.host, &Outcome::Failed(why.clone())));
+                    outln!("{}", line(&n.host, &Outcome::Failed(why.clone())));
                 }
             }
             let hosts: Vec<&str> = nodes.iter().map(|n| n.host.as_str()).collect();
@@ -182,7 +183,7 @@ pub async fn run(args: &EngineArgs, from: Option<&str>) -> Result<ExitCode, AppE
     });
     let outcomes = join_all(results).await;
     if extra.is_some() {
-        println!(
+        outln!(
             "{}",
             line(
                 &source.host,
@@ -193,7 +194,7 @@ pub async fn run(args: &EngineArgs, from: Option<&str>) -> Result<ExitCode, AppE
         );
     }
     for (n, o) in nodes.iter().zip(&outcomes) {
-        println!("{}", line(&n.host, o));
+        outln!("{}", line(&n.host, o));
     }
     Ok(
         match outcomes.iter().any(|o| matches!(o, Outcome::Failed(_))) {

@@ -10,7 +10,29 @@ use crate::report::{escape, human_bytes};
 use crate::state::StatusReport;
 use serde::Serialize;
 use std::fmt::Display;
+use std::io::Write;
 use std::path::Path;
+
+/// Print to stdout, as `print!` does, but a reader that went away (`isc-transcode presets |
+/// head -1`) ends the process quietly with status 0, as ripgrep does, instead of the panic
+/// `print!` gives: what is left to print has nobody to read it. Any other write error is
+/// reported once on stderr, and the command goes on.
+pub fn out(args: std::fmt::Arguments) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+    }
+}
+
+/// `println!` through [`out`].
+macro_rules! outln {
+    () => { $crate::show::out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::show::out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+pub(crate) use outln;
 
 /// The built-in presets, one a line, and how to see one or bring one's own.
 pub fn presets(list: &[Preset]) {
@@ -19,18 +41,18 @@ pub fn presets(list: &[Preset]) {
             true => "/".to_string(),
             false => format!(".{}", p.extension),
         };
-        println!("{:<10} {:<6} {}", p.name, ext, p.description);
+        outln!("{:<10} {:<6} {}", p.name, ext, p.description);
     }
-    println!("\nShow one: isc-transcode presets NAME. Use your own: --preset FILE.toml");
+    outln!("\nShow one: isc-transcode presets NAME. Use your own: --preset FILE.toml");
 }
 
 /// Everything about one preset, down to the ffmpeg command it runs.
 pub fn preset(p: &Preset) {
-    println!("name:        {}", p.name);
-    println!("source:      {}", p.source);
-    println!("description: {}", p.description);
+    outln!("name:        {}", p.name);
+    outln!("source:      {}", p.source);
+    outln!("description: {}", p.description);
     match &p.ladder {
-        Some(l) => println!(
+        Some(l) => outln!(
             "output:      a folder <stem>/ ({}; renditions {}; segments of {} s, keyframes every \
              {} s{})",
             p.format,
@@ -48,28 +70,33 @@ pub fn preset(p: &Preset) {
                 (false, None) => "",
             }
         ),
-        None => println!("output:      .{} ({})", p.extension, p.format),
+        None => outln!("output:      .{} ({})", p.extension, p.format),
     }
-    println!("transfer:    {:?}", p.transfer);
-    println!("fingerprint: {}", p.fingerprint());
-    println!("command:     {}", p.command_line());
+    outln!("transfer:    {:?}", p.transfer);
+    outln!("fingerprint: {}", p.fingerprint());
+    outln!("command:     {}", p.command_line());
 }
 
 /// `status` on an output folder that has no state store.
 pub fn no_state(out: &Path) {
-    println!("no state recorded in {}", out.display());
+    outln!("no state recorded in {}", out.display());
 }
 
 /// `status`: outputs and bytes by preset with a total row, then the last failures.
 pub fn status(store_path: &Path, st: &StatusReport) {
-    println!("state: {}", store_path.display());
-    println!(
+    outln!("state: {}", store_path.display());
+    outln!(
         "{:<12} {:>8} {:>11} {:>10} {:>10} {:>10}",
-        "preset", "outputs", "transcoded", "in", "out", "saved"
+        "preset",
+        "outputs",
+        "transcoded",
+        "in",
+        "out",
+        "saved"
     );
     let (mut n, mut t, mut bin, mut bout) = (0, 0, 0, 0);
     for (preset, count, transcoded, bytes_in, bytes_out) in &st.by_preset {
-        println!(
+        outln!(
             "{preset:<12} {count:>8} {transcoded:>11} {:>10} {:>10} {:>10}",
             human_bytes(*bytes_in),
             human_bytes(*bytes_out),
@@ -77,7 +104,7 @@ pub fn status(store_path: &Path, st: &StatusReport) {
         );
         (n, t, bin, bout) = (n + count, t + transcoded, bin + bytes_in, bout + bytes_out);
     }
-    println!(
+    outln!(
         "{:<12} {n:>8} {t:>11} {:>10} {:>10} {:>10}",
         "total",
         human_bytes(bin),
@@ -85,12 +112,12 @@ pub fn status(store_path: &Path, st: &StatusReport) {
         human_bytes(bin.saturating_sub(bout))
     );
     if st.failures.is_empty() {
-        println!("\nno failures recorded");
+        outln!("\nno failures recorded");
     } else {
-        println!("\nlast failures, newest first:");
+        outln!("\nlast failures, newest first:");
         for (input, preset, error, at) in &st.failures {
             let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs((*at).max(0) as u64);
-            println!(
+            outln!(
                 "  {} {input} ({preset}): {error}",
                 humantime::format_rfc3339_seconds(when)
             );
@@ -100,7 +127,7 @@ pub fn status(store_path: &Path, st: &StatusReport) {
 
 /// One line of `hash`, as `sha256sum` writes it.
 pub fn hash(sha: &str, file: &Path) {
-    println!("{sha}  {}", file.display());
+    outln!("{sha}  {}", file.display());
 }
 
 /// A file `hash` could not read.
@@ -110,15 +137,15 @@ pub fn hash_failed(file: &Path, error: &dyn Display) {
 
 /// What `gc` removed from an engine; volumes only with `--all`.
 pub fn gc(host: &str, containers: usize, volumes: Option<usize>) {
-    println!("removed {containers} container(s) from {host}");
+    outln!("removed {containers} container(s) from {host}");
     if let Some(v) = volumes {
-        println!("removed {v} library volume(s) from {host}");
+        outln!("removed {v} library volume(s) from {host}");
     }
 }
 
 /// `gc --swarm`: the worker services removed from the swarm.
 pub fn gc_services(manager: &str, services: usize) {
-    println!("removed {services} worker service(s) from the swarm at {manager}");
+    outln!("removed {services} worker service(s) from the swarm at {manager}");
 }
 
 /// `gc --swarm`: a node whose engine is not known, so it was not cleaned.
@@ -151,14 +178,14 @@ pub fn plan(steps: &[Step], json: bool) {
             plan: &'a [Step],
         }
         match serde_json::to_string_pretty(&Plan { plan: steps }) {
-            Ok(t) => println!("{t}"),
+            Ok(t) => outln!("{t}"),
             Err(e) => eprintln!("error: cannot write the JSON plan: {e}"),
         }
     } else {
         for s in steps {
-            println!("{}", plan_line(s));
+            outln!("{}", plan_line(s));
         }
-        println!("{}", plan_summary(steps));
+        outln!("{}", plan_summary(steps));
     }
 }
 

@@ -104,7 +104,8 @@ pub enum HostsError {
     #[error("the engine {url} is named twice (-H and --hosts together name each engine once)")]
     Twice { url: String },
     #[error(
-        "--backend local runs this machine's ffmpeg, on no engine: drop the {count} engines of          -H and --hosts, or choose --backend docker"
+        "--backend local runs this machine's ffmpeg, on no engine: drop the {count} engines of \
+         -H and --hosts, or choose --backend docker"
     )]
     LocalFleet { count: usize },
     #[error(

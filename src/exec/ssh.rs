@@ -31,8 +31,8 @@
 //! engine), the connection closes before the engine said anything; what the far side printed
 //! is then the connection's error, so that the user reads it instead of "connection closed".
 
-use super::transport::{self, REQUEST_TIMEOUT_S, SshTarget, TransportError};
-use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker};
+use super::transport::{self, SshTarget, TransportError};
+use bollard::Docker;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -162,21 +162,10 @@ pub fn client(url: &str, target: &SshTarget) -> Result<Docker, TransportError> {
     builder
         .pool_idle_timeout(IDLE_KEPT)
         .pool_timer(hyper_util::rt::TokioTimer::new());
-    let client = Arc::new(builder.build(connector));
-    let transport = move |req: BollardRequest| {
-        let client = client.clone();
-        async move {
-            client
-                .request(req)
-                .await
-                .map_err(|err| bollard::errors::Error::HyperLegacyError { err })
-        }
-    };
-    Docker::connect_with_custom_transport(
-        transport,
-        Some(format!("ssh://{}", transport::bracket(&target.host))),
-        REQUEST_TIMEOUT_S,
-        API_DEFAULT_VERSION,
+    transport::through(
+        &builder,
+        connector,
+        format!("ssh://{}", transport::bracket(&target.host)),
     )
     .map_err(|source| TransportError::SshClient {
         host: url.to_string(),

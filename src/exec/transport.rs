@@ -476,7 +476,26 @@ pub fn tls_client(host: &str, port: u16, files: &TlsFiles) -> Result<Docker, Tra
     let https: HttpsConnector<HttpConnector> = HttpsConnector::from((http, config));
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_max_idle_per_host(0);
-    let client = Arc::new(builder.build(https));
+    through(&builder, https, format!("https://{}:{port}", bracket(host))).map_err(|source| {
+        TransportError::Client {
+            host: host.to_string(),
+            source,
+        }
+    })
+}
+
+/// A bollard client that sends every request through an HTTP client made by `builder` over
+/// `connector`, a connector of this crate's (TLS here, ssh in [`super::ssh`]); `url` is the
+/// engine's address as bollard's messages name it.
+pub(crate) fn through<C>(
+    builder: &hyper_util::client::legacy::Builder,
+    connector: C,
+    url: String,
+) -> Result<Docker, bollard::errors::Error>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let client = Arc::new(builder.build(connector));
     let transport = move |req: BollardRequest| {
         let client = client.clone();
         async move {
@@ -488,14 +507,10 @@ pub fn tls_client(host: &str, port: u16, files: &TlsFiles) -> Result<Docker, Tra
     };
     Docker::connect_with_custom_transport(
         transport,
-        Some(format!("https://{}:{port}", bracket(host))),
+        Some(url),
         REQUEST_TIMEOUT_S,
         API_DEFAULT_VERSION,
     )
-    .map_err(|source| TransportError::Client {
-        host: host.to_string(),
-        source,
-    })
 }
 
 /// The rustls client configuration: roots from `ca.pem` only, the client certificate and key

@@ -4,7 +4,6 @@
 mod contexts;
 mod cron;
 mod doctor;
-mod fleet;
 mod hostile;
 mod images;
 mod inputs;
@@ -16,7 +15,6 @@ mod presets;
 mod remote;
 mod ssh;
 mod state;
-mod swarm;
 mod util;
 mod watch;
 mod worker;

@@ -97,3 +97,26 @@ fn a_hostile_preset_is_refused_before_anything_runs() {
         "the engine's socket saw a connection"
     );
 }
+
+// Regression: `isc-transcode presets | head -1` panicked ("failed printing to stdout: Broken
+// pipe") once the reader was gone.
+#[test]
+fn a_reader_that_goes_away_ends_the_listing_quietly() {
+    for args in [
+        &["presets"][..],
+        &["presets", "hls"],
+        &["hash", "samples/faststart.mp4"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let o = bin()
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -46,6 +46,8 @@
 //!   down the mounted or the streamed path;
 //! - `client`: who this process is on the engine's labels, and whether another client still
 //!   lives; it touches only this host, never the engine;
+//! - `attach`: a worker's attached stdin, stdout and stderr, framed again for the job server's
+//!   session; plain containers and swarm tasks are attached alike;
 //! - `pool`: the warm workers: configured, created, attached and started, taken for a job and
 //!   given back, retired in step or removed after a failure;
 //! - `stream`: a job streamed through a pooled worker;
@@ -55,11 +57,13 @@
 //!
 //! Dependencies point one way (`scripts/module-graph.sh` checks it): `pool`, `stream`, `mount`
 //! and `swarm` add methods to [`DockerBackend`] and use this file (`stream` also takes the name of
-//! the spooled input from `mount`); this file reaches them only through those methods, and names
-//! no submodule but `client`, which names nothing here. That is why the pieces the setup
+//! the spooled input from `mount`, `pool` and `swarm` attach through `attach`); this file reaches
+//! them only through those methods, and names no submodule but `client`, which names nothing
+//! here. That is why the pieces the setup
 //! containers share with the workers (the lock-down, the tmpfs, the removal) and the worker
 //! handle the pool's idle list holds live here rather than in `pool`.
 
+mod attach;
 mod client;
 pub mod image;
 mod mount;

@@ -4,17 +4,12 @@
 
 use super::{
     DockerBackend, LABEL_CLIENT, LABEL_OUT, LABEL_RUN, LABEL_SLOT, LABEL_TOOL, Worker,
-    WorkerOutput, scratch_tmpfs,
+    scratch_tmpfs,
 };
 use crate::exec::JobError;
-use crate::exec::jobserver::{
-    FRAME_STDERR, FRAME_STDOUT, SERVER_SCRIPT, Session, WORKER_MAIN, frame_header,
-};
-use bollard::container::LogOutput;
+use crate::exec::jobserver::{SERVER_SCRIPT, WORKER_MAIN};
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
-use bollard::query_parameters::{AttachContainerOptionsBuilder, CreateContainerOptionsBuilder};
-use bytes::Bytes;
-use futures_util::StreamExt;
+use bollard::query_parameters::CreateContainerOptionsBuilder;
 use std::collections::HashMap;
 
 /// A pooled worker's scratch folder `/work`: an anonymous volume, on the engine's disk rather
@@ -26,31 +21,6 @@ fn scratch_volume() -> Mount {
         typ: Some(MountType::VOLUME),
         ..Default::default()
     }
-}
-
-/// The engine's attached output, which bollard has already taken apart into stdout and stderr
-/// messages, framed again for the session. Only the headers are new bytes; an engine error
-/// travels inside the I/O error, where the session finds it.
-fn framed(
-    output: std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
-    >,
-) -> WorkerOutput {
-    let pieces = output.flat_map(|frame| {
-        let (stream, message) = match frame {
-            Ok(LogOutput::StdOut { message }) => (FRAME_STDOUT, message),
-            Ok(LogOutput::StdErr { message }) => (FRAME_STDERR, message),
-            Ok(_) => return futures_util::stream::iter(vec![]),
-            Err(e) => return futures_util::stream::iter(vec![Err(std::io::Error::other(e))]),
-        };
-        futures_util::stream::iter(match frame_header(stream, message.len()) {
-            Some(header) => vec![Ok(Bytes::copy_from_slice(&header)), Ok(message)],
-            None => vec![Err(std::io::Error::other(
-                "the engine sent a message too long to frame",
-            ))],
-        })
-    });
-    Box::pin(tokio_util::io::StreamReader::new(pieces))
 }
 
 impl DockerBackend {
@@ -132,11 +102,8 @@ impl DockerBackend {
         let name = format!("isc-transcode-{}-w{slot}", self.run_id);
         if let (Some(seat), None) = (&self.swarm, &mounted) {
             let config = self.container_config(slot);
-            let (id, attach) = self.start_service(seat, &name, config).await?;
-            return Ok(Worker {
-                id,
-                session: Session::attached(framed(attach.output), attach.input),
-            });
+            let (id, session) = self.start_service(seat, &name, config).await?;
+            return Ok(Worker { id, session });
         }
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         let docker = &self.engine.docker;
@@ -155,25 +122,11 @@ impl DockerBackend {
             live.insert(id.clone());
         }
         let started = async {
-            // Attach before starting, so that nothing the job server says is missed, and hold
-            // the container's stdin for its whole life: when this process goes away, the
-            // container ends and the engine removes it. No log replay: it would corrupt output.
-            let attach = docker
-                .attach_container(
-                    &id,
-                    Some(
-                        AttachContainerOptionsBuilder::default()
-                            .stdin(true)
-                            .stdout(true)
-                            .stderr(true)
-                            .stream(true)
-                            .logs(false)
-                            .build(),
-                    ),
-                )
-                .await?;
+            // Attach before starting, so that nothing the job server says is missed: when this
+            // process goes away, the container's stdin ends, and so does the container.
+            let session = super::attach::attach(docker, &id).await?;
             docker.start_container(&id, None).await?;
-            Ok::<_, JobError>(Session::attached(framed(attach.output), attach.input))
+            Ok::<_, JobError>(session)
         }
         .await;
         match started {
@@ -205,7 +158,7 @@ impl DockerBackend {
         drop(worker);
     }
 
-    /// [`DockerBackend::destroy`] a worker after hanging up on it ([`Session::hang_up`]): its
+    /// [`DockerBackend::destroy`] a worker after hanging up on it ([`crate::exec::jobserver::Session::hang_up`]): its
     /// removal must not wait on output that nobody will read.
     pub(super) async fn destroy_worker(&self, worker: &mut Worker) {
         worker.session.hang_up();

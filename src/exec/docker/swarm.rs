@@ -36,18 +36,16 @@ use super::{
     DockerBackend, Engine, EngineError, LABEL_CLIENT, LABEL_NODE, LABEL_RUN, LABEL_TOOL, SwarmNode,
     SwarmSeat, client_is_dead, remove,
 };
+use crate::exec::jobserver::Session;
 use crate::exec::{EngineFault, JobError};
 use bollard::Docker;
-use bollard::container::AttachContainerResults;
 use bollard::models::{
     ContainerCreateBody, Limit, Mount, MountTmpfsOptions, MountType, ResourceObject, ServiceSpec,
     ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec,
     TaskSpecContainerSpecPrivileges, TaskSpecLogDriver, TaskSpecPlacement, TaskSpecResources,
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
-use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
-};
+use bollard::query_parameters::{ListServicesOptionsBuilder, ListTasksOptionsBuilder};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -454,7 +452,7 @@ impl DockerBackend {
         seat: &SwarmSeat,
         name: &str,
         config: ContainerCreateBody,
-    ) -> Result<(String, AttachContainerResults), JobError> {
+    ) -> Result<(String, Session<super::WorkerOutput, super::WorkerInput>), JobError> {
         let image = self.image_id.clone().unwrap_or_else(|| self.image.clone());
         let reserve = seat.cpus / self.capacity.max(1) as f64;
         let spec = service_spec(name, config, seat, image, reserve);
@@ -469,27 +467,11 @@ impl DockerBackend {
         }
         let attached = async {
             let container = self.wait_running(seat, &id).await?;
-            let attach = self
-                .engine
-                .docker
-                .attach_container(
-                    &container,
-                    Some(
-                        AttachContainerOptionsBuilder::default()
-                            .stdin(true)
-                            .stdout(true)
-                            .stderr(true)
-                            .stream(true)
-                            .logs(false)
-                            .build(),
-                    ),
-                )
-                .await?;
-            Ok::<_, JobError>(attach)
+            Ok::<_, JobError>(super::attach::attach(&self.engine.docker, &container).await?)
         }
         .await;
         match attached {
-            Ok(attach) => Ok((id, attach)),
+            Ok(session) => Ok((id, session)),
             Err(e) => {
                 let _ = self.remove_worker(&id).await;
                 if let Ok(mut live) = self.live.lock() {

@@ -8,6 +8,7 @@
 //! started again, a cut link mended). The set is taken down when the test process ends, by a
 //! watcher process started with it. The no-image test has a set of its own.
 
+use crate::running::Running;
 use crate::util::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -18,6 +19,14 @@ use std::time::Duration;
 
 fn script() -> PathBuf {
     root().join("scripts/fleet-hosts.sh")
+}
+
+/// The value of `KEY=value` in what fleet-hosts.sh printed.
+fn value_of(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} missing from {text}"))
+        .to_string()
 }
 
 /// Test hosts made by scripts/fleet-hosts.sh. Dropping it takes them down; a watcher process
@@ -91,12 +100,7 @@ impl Hosts {
             "cannot bring the test hosts up: {}{text}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let value = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("{key} missing from {text}"))
-                .to_string()
-        };
+        let value = |key: &str| value_of(&text, key);
         let each = |key: &str| (1..=n).map(|i| value(&format!("{key}{i}"))).collect();
         Hosts {
             hosts: each("HOST"),
@@ -122,12 +126,7 @@ impl Hosts {
             "cannot make the swarm: {}{text}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let value = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("{key} missing from {text}"))
-                .to_string()
-        };
+        let value = |key: &str| value_of(&text, key);
         Swarm {
             manager: value("MANAGER"),
             manager_socket: value("MANAGER_SOCKET"),

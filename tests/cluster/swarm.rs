@@ -7,6 +7,7 @@
 use crate::fleet::{
     Hosts, Swarm, assert_all_checked, assert_recorded_once, inputs, one_at_a_time, tmp,
 };
+use crate::running::Running;
 use crate::util::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -270,40 +271,26 @@ fn a_drained_node_gets_no_workers() {
     let report: Value = serde_json::from_slice(&o.stdout).expect("JSON report");
     assert_recorded_once(&out, &clips, &report, &set.hosts.hosts[..2]);
     // Not one container was even made on the drained node's engine during the run.
-    let made = docker(
-        &set.hosts.sockets[2],
-        &[
-            "events",
-            "--since",
-            &format!("{since:.3}"),
-            "--until",
-            &format!("{until:.3}"),
-            "--filter",
-            "type=container",
-            "--filter",
-            "event=create",
-            "--format",
-            "{{.Actor.ID}}",
-        ],
-    );
-    assert_eq!(made.trim(), "", "containers made on the drained node");
-    let made = docker(
-        &set.hosts.sockets[0],
-        &[
-            "events",
-            "--since",
-            &format!("{since:.3}"),
-            "--until",
-            &format!("{until:.3}"),
-            "--filter",
-            "type=container",
-            "--filter",
-            "event=create",
-            "--format",
-            "{{.Actor.ID}}",
-        ],
-    );
-    assert!(!made.trim().is_empty(), "node 1 made workers");
+    let made = |i: usize| {
+        docker(
+            &set.hosts.sockets[i],
+            &[
+                "events",
+                "--since",
+                &format!("{since:.3}"),
+                "--until",
+                &format!("{until:.3}"),
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=create",
+                "--format",
+                "{{.Actor.ID}}",
+            ],
+        )
+    };
+    assert_eq!(made(2).trim(), "", "containers made on the drained node");
+    assert!(!made(0).trim().is_empty(), "node 1 made workers");
 }
 
 #[test]
@@ -402,21 +389,47 @@ fn a_worker_has_no_network_and_gains_no_privilege() {
 }
 
 #[test]
-fn services_of_a_dead_run_are_removed_by_gc_and_doctor_shows_the_nodes() {
+fn services_of_a_dead_run_are_removed_by_the_next_run_and_by_gc_and_doctor_shows_the_nodes() {
     let (_one, set) = shared();
     let tmp = tmp();
     let long = tmp.path().join("long.mp4");
     long_clip(&long, 6);
     let clips = inputs(&tmp.path().join("in"), &long, 0..3);
+    // A run killed while its workers are at work leaves its services behind.
+    let killed = |out: &Path| {
+        let running = Running::spawn(&mut batch(&set, &clips, out, &["-j", "1"]));
+        wait_until("ffmpeg at work on node 1", Duration::from_secs(180), || {
+            set.hosts.running_ffmpeg(0, out)
+        });
+        drop(running);
+        let left = set.services();
+        assert!(!left.is_empty(), "the killed run left its services");
+        left
+    };
+
+    // The next run removes them before it places its own workers, and says so.
+    let left = killed(&tmp.path().join("out-killed"));
+    let out = tmp.path().join("out-next");
+    let next = run(&mut batch(&set, &clips[..1], &out, &["-j", "1"]));
+    let said = format!("{}{}", stdout(&next), stderr(&next));
+    assert_eq!(next.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "removed {} worker service(s) left on the swarm by runs that are gone",
+            left.len()
+        )),
+        "{said}"
+    );
+    assert_all_checked(&out, &clips[..1], 6.0);
+    let still = set.services();
+    assert!(
+        left.iter().all(|s| !still.contains(s)),
+        "the dead run's services are still there: {still:?}"
+    );
+
+    // `gc --swarm` removes them too, without a run.
     let out = tmp.path().join("out");
-    let running = Running::spawn(&mut batch(&set, &clips, &out, &["-j", "1"]));
-    wait_until("ffmpeg at work on node 1", Duration::from_secs(180), || {
-        set.hosts.running_ffmpeg(0, &out)
-    });
-    drop(running);
-    let left = set.services();
-    assert!(!left.is_empty(), "the killed run left its services");
-    // `gc --swarm` removes them (the next run would too).
+    let left = killed(&out);
     let gc = run(bin()
         .args(["gc", "--swarm", &set.swarm.manager])
         .env_remove("DOCKER_HOST")

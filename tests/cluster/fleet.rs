@@ -201,21 +201,7 @@ impl Hosts {
     /// The tool's containers on host `i` (running or not) working for an output folder under
     /// `out`, asked over its unix socket.
     pub fn containers(&self, i: usize, out: &Path) -> Vec<String> {
-        let o = Command::new("docker")
-            .args(["-H", &self.sockets[i], "ps", "-a", "--filter"])
-            .arg("label=io.isc-transcode")
-            .args(["--format", "{{.ID}} {{.Label \"io.isc-transcode.out\"}}"])
-            .output()
-            .expect("docker ps");
-        let out = out.to_string_lossy().into_owned();
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| {
-                l.split_once(' ')
-                    .is_some_and(|(_, o)| !o.is_empty() && o.starts_with(&out))
-            })
-            .map(str::to_string)
-            .collect()
+        containers_on(&["-H", &self.sockets[i]], out)
     }
 
     /// Whether host `i` runs a container of this tool for `out` in which ffmpeg runs.

@@ -332,6 +332,13 @@ fn content_sha256(path: &Path) -> Option<String> {
     }
 }
 
+/// Whether a recorded output still stands as recorded: a file at its recorded size, or a
+/// ladder's folder with its files at their recorded total (under `verify`, their bytes hashed
+/// too). The batch's plan and the watch daemon's scan judge outputs the same way.
+pub fn output_intact(out_dir: &Path, rec: &OutputRecord, verify: bool) -> bool {
+    output_state(out_dir, rec, verify) == OutputState::Intact
+}
+
 fn output_state(out_dir: &Path, rec: &OutputRecord, verify: bool) -> OutputState {
     let path = out_dir.join(&rec.output_path);
     match std::fs::symlink_metadata(&path) {

@@ -60,8 +60,9 @@ pub(super) struct Finished {
     pub(super) end: End,
 }
 
-/// Whether this exact file (by its cached hash) already has its output in place, without
-/// reading it: the startup scan and rescans must not read every file again.
+/// Whether this exact file (by its cached hash) already has its output in place
+/// ([`plan::output_intact`], sizes only), without reading it: the startup scan and rescans
+/// must not read every file again.
 pub(super) fn already_done(store: &Store, cfg: &Config, output: &Path, st: &FileStat) -> bool {
     if cfg.plan.force {
         return false;
@@ -72,11 +73,9 @@ pub(super) fn already_done(store: &Store, cfg: &Config, output: &Path, st: &File
     let key = hash::job_key(&sha, &cfg.preset.fingerprint());
     let rel = plan::relative(&cfg.out, output);
     store.outputs_for_key(&key).is_ok_and(|records| {
-        records.iter().any(|r| {
-            r.output_path == rel
-                && std::fs::symlink_metadata(cfg.out.join(&r.output_path))
-                    .is_ok_and(|m| m.is_file() && m.len() == r.output_size)
-        })
+        records
+            .iter()
+            .any(|r| r.output_path == rel && plan::output_intact(&cfg.out, r, false))
     })
 }
 

@@ -905,3 +905,65 @@ fn watch_deletes_an_input_edited_during_its_job_only_after_transcoding_the_new_b
     );
     assert!(temp_files(&out).is_empty(), "{:?}", temp_files(&out));
 }
+
+// The daemon makes ladders as a run does: a file that lands becomes a whole folder
+// `OUT/<stem>/` that plays from its master playlist, and a restart finds it done.
+#[test]
+fn watch_makes_a_ladder_once_and_a_restart_finds_it_done() {
+    require_engine();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("in");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let args = ["-p", "hls", "--settle", "1"];
+    let mut d = start(&input, &out, &args);
+    make_media(
+        &tmp.path().join("clip.mp4"),
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "3",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ],
+    );
+    std::fs::rename(tmp.path().join("clip.mp4"), input.join("clip.mp4")).expect("mv");
+    d.wait_for("the ladder done", Duration::from_secs(120), |d| {
+        !d.about("job done", &input.join("clip.mp4")).is_empty()
+    });
+    assert_eq!(d.stop(), Some(0));
+    let master = out.join("clip/master.m3u8");
+    let text = std::fs::read_to_string(&master).expect("master playlist");
+    assert!(text.contains("#EXT-X-STREAM-INF"), "{text}");
+    let p = probe(&master);
+    assert!(
+        (duration(&p) - 3.0).abs() <= 0.5,
+        "the ladder plays for {} s",
+        duration(&p)
+    );
+    assert!(temp_files(&out).is_empty(), "{:?}", temp_files(&out));
+
+    let mut d = start(&input, &out, &args);
+    let scan = d.records("initial scan done")[0].clone();
+    assert_eq!(scan["done_before"], 1, "{scan}");
+    assert_eq!(scan["to_settle"], 0, "{scan}");
+    assert_eq!(d.stop(), Some(0));
+    assert!(
+        d.records("job started").is_empty(),
+        "the done ladder ran again"
+    );
+}

@@ -201,7 +201,7 @@ impl Hosts {
     /// The tool's containers on host `i` (running or not) working for an output folder under
     /// `out`, asked over its unix socket.
     pub fn containers(&self, i: usize, out: &Path) -> Vec<String> {
-        containers_on(&["-H", &self.sockets[i]], out)
+        containers_for_on(&["-H", &self.sockets[i]], out)
     }
 
     /// Whether host `i` runs a container of this tool for `out` in which ffmpeg runs.

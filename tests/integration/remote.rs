@@ -132,6 +132,28 @@ fn tls_engine_from_docker_environment_variables() {
         assert!((duration(&p) - 2.0).abs() <= 0.5);
         assert_faststart(&out.join(name));
     }
+    // A ladder comes back from an engine over TCP (never mounted: its files all travel in
+    // the worker's archive) and plays.
+    let ladders = tmp.path().join("ladders");
+    let o = run(bin()
+        .arg(&inputs[0])
+        .arg("-o")
+        .arg(&ladders)
+        .args(["--backend", "docker", "-p", "dash"])
+        .env("DOCKER_HOST", &engine.host)
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", &engine.certs));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mpd = probe(&ladders.join("moov-at-end/manifest.mpd"));
+    assert_eq!(streams(&mpd, "video").len(), 1, "{mpd}");
+    assert_eq!(streams(&mpd, "audio").len(), 1, "{mpd}");
+    assert!((duration(&mpd) - 2.0).abs() <= 0.5, "{mpd}");
+    assert!(
+        temp_files(&ladders).is_empty(),
+        "{:?}",
+        temp_files(&ladders)
+    );
+
     // The run ends its workers as it exits; the engine removes them just after.
     assert!(
         soon(|| containers_on(&engine.host, &engine.certs).is_empty()),

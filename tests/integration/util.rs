@@ -226,11 +226,11 @@ pub fn containers_gone(dir: &Path) -> bool {
 /// Containers of this tool on the engine working for an output folder under `dir`, as
 /// `<id> <output folder>` lines.
 pub fn containers_for(dir: &Path) -> Vec<String> {
-    containers_on(&[], dir)
+    containers_for_on(&[], dir)
 }
 
 /// [`containers_for`] on the engine that `docker_args` (e.g. `-H unix:///...`) name.
-pub fn containers_on(docker_args: &[&str], dir: &Path) -> Vec<String> {
+pub fn containers_for_on(docker_args: &[&str], dir: &Path) -> Vec<String> {
     let out = Command::new("docker")
         .args(docker_args)
         .args([
